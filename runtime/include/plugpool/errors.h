@@ -1,0 +1,87 @@
+// plugpool/errors.h — the one error vocabulary of plugpool, grouped by what the caller does.
+//
+// Every exception plugpool throws derives from plugpool::Error, so `catch (const
+// plugpool::Error&)` is always enough. The subclasses say what to do next:
+//
+//   TaskError      the task itself threw (or its arguments did not decode). The remote type
+//                  name and message say why. Other items are unaffected. Fix the input or task.
+//   WorkerCrashed  the worker process running the item died (signal or exit status). The
+//                  items it held fail; the pool replaces the worker and keeps serving.
+//   PluginError    a plugin cannot be used as asked: file missing or not a plugin, ABI or Cap'n
+//                  Proto version mismatch, unknown plugin or task, or a signature that does not
+//                  match the manifest. Raised early: at pool start or at bind time, before any
+//                  work is sent. Fix the configuration.
+//   StartError     the pool could not start (or restart) its workers: the worker executable
+//                  is missing, or workers keep dying before they are ready.
+//   ProtocolError  a worker sent a message that breaks the protocol (malformed, wrong size,
+//                  unknown id). The worker is killed; its items fail with this error.
+//
+// Thread safety: these are immutable values; copy and rethrow them freely across threads.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "plugpool/export.h"
+
+namespace plugpool {
+
+class PLUGPOOL_API Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what);
+  ~Error() override;
+};
+
+class PLUGPOOL_API TaskError : public Error {
+ public:
+  TaskError(std::string plugin, std::string task, std::string remoteType,
+            std::string remoteMessage);
+  ~TaskError() override;
+
+  const std::string& plugin() const { return plugin_; }
+  const std::string& task() const { return task_; }
+  // The demangled type of what the task threw, e.g. "std::runtime_error".
+  const std::string& remoteType() const { return remoteType_; }
+  // The thrown exception's what().
+  const std::string& remoteMessage() const { return remoteMessage_; }
+
+ private:
+  std::string plugin_, task_, remoteType_, remoteMessage_;
+};
+
+class PLUGPOOL_API WorkerCrashed : public Error {
+ public:
+  // signal is the terminating signal number, or 0 if the worker exited with exitStatus.
+  WorkerCrashed(int pid, int signal, int exitStatus, std::string plugin, std::string task);
+  ~WorkerCrashed() override;
+
+  int pid() const { return pid_; }
+  int signal() const { return signal_; }
+  int exitStatus() const { return exitStatus_; }
+  const std::string& plugin() const { return plugin_; }
+  const std::string& task() const { return task_; }
+
+ private:
+  int pid_, signal_, exitStatus_;
+  std::string plugin_, task_;
+};
+
+class PLUGPOOL_API PluginError : public Error {
+ public:
+  using Error::Error;
+  ~PluginError() override;
+};
+
+class PLUGPOOL_API StartError : public Error {
+ public:
+  using Error::Error;
+  ~StartError() override;
+};
+
+class PLUGPOOL_API ProtocolError : public Error {
+ public:
+  using Error::Error;
+  ~ProtocolError() override;
+};
+
+}  // namespace plugpool

@@ -1,0 +1,462 @@
+#include "core.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include "plugpool/errors.h"
+#include "termination.h"
+
+namespace plugpool::detail {
+
+namespace {
+
+// A message received from a worker, kept alive for as long as any result read from it.
+struct Received {
+  explicit Received(kj::Array<capnp::word> w)
+      : words(std::move(w)), reader(words.asPtr(), readerOptions(words.size())) {}
+  kj::Array<capnp::word> words;
+  capnp::FlatArrayMessageReader reader;
+};
+
+template <typename E, typename... Args>
+std::exception_ptr errorPtr(Args&&... args) {
+  return std::make_exception_ptr(E(std::forward<Args>(args)...));
+}
+
+PluginInfo toPluginInfo(wire::PluginManifest::Reader m) {
+  PluginInfo info{m.getName(), m.getPath(), m.getAbiVersion(), {}};
+  for (auto t : m.getTasks()) {
+    TaskInfo task{t.getName(), t.getDoc(), {}, t.getResultType()};
+    for (auto a : t.getArgTypes()) task.argTypes.emplace_back(a);
+    info.tasks.push_back(std::move(task));
+  }
+  return info;
+}
+
+}  // namespace
+
+Core::Core(Options options, std::vector<std::string> pluginPaths, std::string workerExecutable,
+           std::unique_ptr<Launcher> launcher)
+    : options_(std::move(options)),
+      pluginPaths_(std::move(pluginPaths)),
+      workerExecutable_(std::move(workerExecutable)),
+      launcher_(std::move(launcher)),
+      maxWords_(options_.maxMessageBytes / sizeof(capnp::word)),
+      wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
+  std::promise<void> started;
+  auto ready = started.get_future();
+  thread_ = std::thread([this, &started] { run(started); });
+  try {
+    ready.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
+}
+
+Core::~Core() {
+  {
+    std::lock_guard lock(mutex_);
+    stopRequested_ = true;
+  }
+  std::uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof one);
+  thread_.join();
+}
+
+Stats Core::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+void Core::submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest chunk) {
+  unsigned items = chunk.size();
+  {
+    std::lock_guard lock(mutex_);
+    incoming_.push_back({std::move(call), index, std::move(chunk), items});
+  }
+  std::uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof one);
+}
+
+void Core::run(std::promise<void>& started) {
+  if (!startUp()) {
+    started.set_exception(startError_);
+    return;
+  }
+  started.set_value();  // `started` dies with the constructor's frame: not touched again
+  loop();
+}
+
+bool Core::startUp() {
+  for (unsigned i = 0; i < options_.workers && !startError_; ++i) spawnWorker();
+  auto anyStarting = [&] {
+    return std::any_of(slots_.begin(), slots_.end(),
+                       [](const auto& w) { return w->state == State::STARTING; });
+  };
+  while (!startError_ && anyStarting()) pollOnce();
+  starting_ = false;
+  if (!startError_) return true;
+  // Could not start: stop whatever did start, and reap it, before reporting.
+  for (auto& w : slots_) {
+    ::kill(w->process.pid, SIGKILL);
+    closeChannel(*w);
+    w->state = State::CLOSING;
+  }
+  closing_ = true;
+  while (!slots_.empty()) pollOnce();
+  return false;
+}
+
+void Core::loop() {
+  for (;;) {
+    takeIncoming();
+    if (broken_) failAll(broken_);
+    dispatch();
+    bool idle = pending_.empty() && std::all_of(slots_.begin(), slots_.end(), [](const auto& w) {
+                  return w->inFlight.empty();
+                });
+    bool stop;
+    {
+      std::lock_guard lock(mutex_);
+      stop = stopRequested_;
+    }
+    if (stop && idle && !closing_) beginClosing();
+    if (closing_ && slots_.empty()) return;
+    pollOnce();
+  }
+}
+
+void Core::takeIncoming() {
+  std::deque<Job> incoming;
+  {
+    std::lock_guard lock(mutex_);
+    incoming.swap(incoming_);
+  }
+  for (auto& job : incoming) {
+    if (closing_) {
+      fail(job, errorPtr<Error>("the pool is shutting down; the chunk was not run"));
+    } else {
+      pending_.push_back(std::move(job));
+    }
+  }
+}
+
+void Core::dispatch() {
+  while (!pending_.empty()) {
+    Worker* best = nullptr;
+    for (auto& w : slots_) {
+      if (w->state != State::READY || !w->channelOpen) continue;
+      if (w->inFlight.size() >= options_.chunksInFlight) continue;
+      if (best == nullptr || w->inFlight.size() < best->inFlight.size()) best = w.get();
+    }
+    if (best == nullptr) return;
+    Job job = std::move(pending_.front());
+    pending_.pop_front();
+    std::uint64_t id = nextId_++;
+    auto message = job.request.finish(id);
+    if (capnp::computeSerializedSizeInWords(*message) > maxWords_) {
+      const TaskRef& task = job.call->task();
+      fail(job, errorPtr<TaskError>(task.pluginName, task.taskName, "plugpool::MessageTooLarge",
+                                    "the chunk's arguments exceed the pool's maxMessageBytes; "
+                                    "use a smaller chunksize or raise the limit"));
+      continue;
+    }
+    best->writer.push(std::move(message));
+    countStats(job);
+    best->inFlight.push_back({id, std::move(job)});
+    flush(*best);
+  }
+}
+
+void Core::beginClosing() {
+  closing_ = true;
+  for (auto& w : slots_) {
+    closeChannel(*w);  // a worker exits when it reads the end of its channel
+    w->state = State::CLOSING;
+    w->deadline = Clock::now() + options_.stopTimeout;
+  }
+}
+
+void Core::spawnWorker() {
+  auto w = std::make_unique<Worker>(maxWords_);
+  try {
+    w->process = launcher_->spawn(workerExecutable_);
+  } catch (const std::system_error& e) {
+    auto error = errorPtr<StartError>("cannot start worker executable " + workerExecutable_ +
+                                      ": " + e.what());
+    if (starting_) {
+      startError_ = error;
+    } else {
+      breakPool(error);
+    }
+    return;
+  }
+  w->deadline = Clock::now() + options_.startTimeout;
+  auto setup = std::make_unique<capnp::MallocMessageBuilder>();
+  auto s = setup->initRoot<wire::HostMessage>().initSetup();
+  s.setProtocolVersion(wire::PROTOCOL_VERSION);
+  s.setMaxMessageWords(maxWords_);
+  auto paths = s.initPlugins(static_cast<unsigned>(pluginPaths_.size()));
+  for (unsigned i = 0; i < pluginPaths_.size(); ++i) paths.set(i, pluginPaths_[i]);
+  w->writer.push(std::move(setup));
+  flush(*w);
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.workersStarted;
+  }
+  slots_.push_back(std::move(w));
+}
+
+void Core::pollOnce() {
+  std::vector<pollfd> fds;
+  fds.push_back({wake_.get(), POLLIN, 0});
+  auto now = Clock::now();
+  auto next = Clock::time_point::max();
+  for (auto& w : slots_) {
+    short events = POLLIN;
+    if (!w->writer.empty()) events |= POLLOUT;
+    fds.push_back({w->channelOpen ? w->process.channel.get() : -1, events, 0});
+    fds.push_back({w->process.pidfd.get(), POLLIN, 0});
+    if (w->state != State::READY) next = std::min(next, w->deadline);
+  }
+  int timeout = -1;
+  if (next != Clock::time_point::max()) {
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
+    timeout = static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
+  }
+  int n = ::poll(fds.data(), fds.size(), timeout);
+  if (n < 0 && errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
+
+  if (n > 0 && (fds[0].revents & POLLIN) != 0) {
+    std::uint64_t count;
+    (void)!::read(wake_.get(), &count, sizeof count);
+  }
+  std::vector<Worker*> exited;
+  for (std::size_t i = 0; n > 0 && i < slots_.size(); ++i) {
+    Worker& w = *slots_[i];
+    short channel = fds[1 + 2 * i].revents;
+    if (w.channelOpen && (channel & (POLLIN | POLLHUP | POLLERR)) != 0 && !drain(w)) {
+      // The channel ended or broke, or the worker broke the protocol. Either way it can no
+      // longer answer: make sure it dies, and learn how from its pidfd.
+      if (w.state != State::CLOSING) ::kill(w.process.pid, SIGKILL);
+      closeChannel(w);
+    }
+    if (w.channelOpen && (channel & POLLOUT) != 0) flush(w);
+    if ((fds[2 + 2 * i].revents & POLLIN) != 0) exited.push_back(&w);
+  }
+  for (Worker* w : exited) {
+    auto it = std::find_if(slots_.begin(), slots_.end(), [&](auto& s) { return s.get() == w; });
+    reap(static_cast<std::size_t>(it - slots_.begin()));
+  }
+
+  now = Clock::now();
+  for (auto& w : slots_) {
+    if (w->state == State::READY || now < w->deadline) continue;
+    if (w->state == State::STARTING) {
+      violate(*w, "did not become ready within " +
+                      std::to_string(options_.startTimeout.count()) + " ms");
+    } else {
+      ::kill(w->process.pid, SIGKILL);  // CLOSING and still running: stuck in a task
+    }
+    w->deadline = Clock::time_point::max();
+  }
+}
+
+bool Core::drain(Worker& w) {
+  for (;;) {
+    kj::Array<capnp::word> words;
+    FrameReader::Status status;
+    try {
+      status = w.reader.read(w.process.channel.get(), words);
+    } catch (const ProtocolViolation& e) {
+      violate(w, e.what());
+      return false;
+    } catch (const std::system_error&) {
+      return false;  // ECONNRESET and the like: the worker is gone
+    }
+    if (status == FrameReader::Status::AGAIN) return true;
+    if (status == FrameReader::Status::END) return false;
+    handleMessage(w, std::move(words));
+    if (!w.violation.empty()) return false;
+  }
+}
+
+void Core::handleMessage(Worker& w, kj::Array<capnp::word> words) {
+  try {
+    auto received = std::make_shared<Received>(std::move(words));
+    auto root = received->reader.getRoot<wire::WorkerMessage>();
+    switch (root.which()) {
+      case wire::WorkerMessage::HELLO:
+        if (w.state != State::STARTING) return violate(w, "sent Hello twice");
+        return handleHello(w, root.getHello());
+      case wire::WorkerMessage::CHUNK_DONE:
+        if (w.state == State::STARTING) return violate(w, "sent ChunkDone before Hello");
+        return handleChunkDone(w, root.getChunkDone(), received);
+    }
+    violate(w, "sent a message of unknown kind");
+  } catch (const kj::Exception& e) {
+    violate(w, std::string("sent a malformed message: ") + e.getDescription().cStr());
+  }
+}
+
+void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
+  if (hello.getProtocolVersion() != wire::PROTOCOL_VERSION) {
+    return violate(w, "speaks protocol version " + std::to_string(hello.getProtocolVersion()));
+  }
+  if (hello.isLoadError()) {
+    // The worker exits by itself after this; its exit is then expected.
+    auto error = errorPtr<PluginError>(hello.getLoadError().getMessage().cStr());
+    if (starting_) {
+      if (!startError_) startError_ = error;
+    } else {
+      breakPool(error);
+    }
+    return;
+  }
+  std::vector<PluginInfo> infos;
+  for (auto m : hello.getPlugins()) infos.push_back(toPluginInfo(m));
+  if (starting_ && std::none_of(slots_.begin(), slots_.end(),
+                                [](auto& s) { return s->state == State::READY; })) {
+    plugins_ = std::move(infos);
+  } else if (infos != plugins_) {
+    return violate(w, "loaded plugins that differ from the other workers'");
+  }
+  w.state = State::READY;
+  w.deadline = Clock::time_point::max();
+  startFailures_ = 0;
+}
+
+void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
+                           std::shared_ptr<const void> keep) {
+  if (w.inFlight.empty()) return violate(w, "answered a chunk that was not sent");
+  InFlight& front = w.inFlight.front();
+  if (done.getId() != front.id) {
+    return violate(w, "answered chunk " + std::to_string(done.getId()) + " but chunk " +
+                          std::to_string(front.id) + " was next");
+  }
+  ChunkOutcome outcome;
+  try {
+    outcome.results = codec::readTupleList(done.getResults());
+  } catch (const DecodeError& e) {
+    return violate(w, std::string("sent results that are not ") + e.what());
+  }
+  if (outcome.results.size() != front.job.items) {
+    return violate(w, "sent " + std::to_string(outcome.results.size()) + " results for " +
+                          std::to_string(front.job.items) + " items");
+  }
+  long last = -1;
+  for (auto e : done.getErrors()) {
+    if (static_cast<long>(e.getIndex()) <= last || e.getIndex() >= front.job.items) {
+      return violate(w, "sent an error for an item index out of order or out of range");
+    }
+    last = e.getIndex();
+    outcome.errors.push_back({e.getIndex(), e.getType().cStr(), e.getMessage().cStr()});
+  }
+  outcome.keepAlive = std::move(keep);
+  Job job = std::move(front.job);
+  w.inFlight.pop_front();
+  job.call->complete(job.index, std::move(outcome));
+}
+
+void Core::flush(Worker& w) {
+  if (!w.channelOpen) return;
+  try {
+    w.writer.flush(w.process.channel.get());
+  } catch (const std::system_error&) {
+    // EPIPE: the worker closed its end, so it is exiting or dead; the pidfd will say how.
+    if (w.state != State::CLOSING) ::kill(w.process.pid, SIGKILL);
+    closeChannel(w);
+  }
+}
+
+void Core::closeChannel(Worker& w) {
+  w.process.channel.reset();
+  w.channelOpen = false;
+}
+
+void Core::violate(Worker& w, const std::string& why) {
+  if (w.violation.empty()) w.violation = why;
+  ::kill(w.process.pid, SIGKILL);
+  closeChannel(w);
+}
+
+void Core::reap(std::size_t slot) {
+  Worker& w = *slots_[slot];
+  // Replies written just before the worker died are still in the socket: take them first.
+  if (w.channelOpen && w.violation.empty()) drain(w);
+  int status = 0;
+  pid_t r;
+  do {
+    r = ::waitpid(w.process.pid, &status, 0);
+  } while (r < 0 && errno == EINTR);
+  const bool known = r == w.process.pid;
+  const int sig = known && WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  const int exitStatus = known && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const std::string how = describeTermination(sig, exitStatus);
+
+  for (auto& f : w.inFlight) {
+    const TaskRef& task = f.job.call->task();
+    if (!w.violation.empty()) {
+      fail(f.job, errorPtr<ProtocolError>("worker " + std::to_string(w.process.pid) + " " +
+                                          w.violation + "; it was killed while running " +
+                                          task.pluginName + "." + task.taskName));
+    } else {
+      fail(f.job, errorPtr<WorkerCrashed>(w.process.pid, sig, exitStatus, task.pluginName,
+                                          task.taskName));
+    }
+  }
+  if (w.state == State::STARTING) {
+    auto error = errorPtr<StartError>(
+        "worker " + std::to_string(w.process.pid) + " " +
+        (w.violation.empty() ? how : w.violation) + " before it was ready");
+    if (starting_) {
+      if (!startError_) startError_ = error;
+    } else if (!broken_ && ++startFailures_ >= MAX_START_FAILURES) {
+      breakPool(errorPtr<StartError>(std::to_string(MAX_START_FAILURES) +
+                                     " workers in a row died before they were ready; the pool "
+                                     "stopped respawning them. Last: worker " +
+                                     std::to_string(w.process.pid) + " " + how));
+    }
+  } else if (w.state == State::READY) {
+    std::lock_guard lock(mutex_);
+    ++stats_.workersLost;
+  }
+  slots_.erase(slots_.begin() + static_cast<long>(slot));
+  if (!starting_ && !closing_ && !broken_ && slots_.size() < options_.workers) spawnWorker();
+}
+
+void Core::failAll(std::exception_ptr error) {
+  takeIncoming();
+  for (auto& job : pending_) fail(job, error);
+  pending_.clear();
+}
+
+void Core::breakPool(std::exception_ptr error) {
+  if (!broken_) broken_ = std::move(error);
+}
+
+void Core::fail(Job& job, std::exception_ptr error) {
+  ChunkOutcome outcome;
+  outcome.failure = std::move(error);
+  job.call->complete(job.index, std::move(outcome));
+}
+
+void Core::countStats(const Job& job) {
+  std::lock_guard lock(mutex_);
+  ++stats_.chunksSent;
+  stats_.itemsSent += job.items;
+}
+
+}  // namespace plugpool::detail

@@ -1,0 +1,94 @@
+// framing.h — Cap'n Proto stream framing over a file descriptor, for both ends. Internal.
+//
+// FrameReader reads the standard segment-table framing incrementally, so the same code serves
+// the worker (blocking descriptor, one message at a time) and the host's dispatcher
+// (non-blocking descriptor, whatever has arrived). It checks a message's declared size
+// against its cap before allocating, and tells a clean end of stream (at a message boundary)
+// from a truncated message.
+//
+// FrameWriter queues built messages and writes them with sendmsg(MSG_NOSIGNAL): a closed peer
+// is an error return (EPIPE), never SIGPIPE. It writes the builder's segments in place.
+//
+// Neither is thread-safe; each belongs to one thread at a time.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/array.h>
+
+namespace plugpool::detail {
+
+// The peer broke the framing or the protocol. Caught where a message is read; costs that peer.
+class ProtocolViolation : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Cap'n Proto reader limits for one message of at most `maxWords`: traversal bounded by the
+// message size (each word may be read once more than that, for safety), nesting 64.
+capnp::ReaderOptions readerOptions(std::uint64_t maxWords);
+
+// The most segments a message may declare. Cap'n Proto writers use a handful; 512 is the
+// limit capnp's own stream reader applies.
+inline constexpr std::uint32_t MAX_SEGMENTS = 512;
+
+class FrameReader {
+ public:
+  explicit FrameReader(std::uint64_t maxWords);
+
+  enum class Status {
+    MESSAGE,  // `out` holds one complete message
+    AGAIN,    // the descriptor would block (non-blocking descriptors only)
+    END,      // the peer closed the stream at a message boundary
+  };
+
+  // Reads until one message is complete, the descriptor would block, or the stream ends.
+  // Throws ProtocolViolation for a bad segment table, an oversized message or end of stream
+  // inside a message; std::system_error for other read errors. EINTR is retried.
+  Status read(int fd, kj::Array<capnp::word>& out);
+
+  void setMaxWords(std::uint64_t maxWords) { maxWords_ = maxWords; }
+
+ private:
+  bool startMessage();  // parses a segment table from the staging buffer if it is all there
+  std::size_t buffered() const { return end_ - begin_; }
+
+  std::uint64_t maxWords_;
+  std::vector<std::byte> staging_;
+  std::size_t begin_ = 0, end_ = 0;
+  kj::Array<capnp::word> message_;  // being filled; empty when between messages
+  std::size_t filled_ = 0;          // bytes of message_ filled
+};
+
+class FrameWriter {
+ public:
+  void push(std::unique_ptr<capnp::MessageBuilder> message);
+  // Writes as much as the descriptor takes. Returns true once everything queued is written.
+  // Throws std::system_error (EPIPE when the peer is gone). EINTR is retried.
+  bool flush(int fd);
+  bool empty() const { return queue_.empty(); }
+  std::size_t queued() const { return queue_.size(); }
+
+ private:
+  struct Outgoing {
+    std::unique_ptr<capnp::MessageBuilder> message;
+    kj::Array<capnp::word> table;
+    std::vector<iovec> pieces;
+    std::size_t next = 0;  // first piece not completely written
+  };
+  std::deque<Outgoing> queue_;
+};
+
+// Blocking convenience for a worker: writes one message completely.
+void writeMessage(int fd, capnp::MessageBuilder& message);
+
+}  // namespace plugpool::detail

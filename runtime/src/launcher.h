@@ -1,0 +1,40 @@
+// launcher.h — how the pool starts a worker process. Internal.
+//
+// The dispatcher asks a Launcher for processes; it never calls fork/exec itself, so a test
+// (or a future transport) can substitute its own. The POSIX implementation is in
+// launcher_posix.cc.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+
+#include "fd.h"
+
+namespace plugpool::detail {
+
+// A started worker. The caller owns the descriptors and must reap the process (waitpid on
+// exactly this pid, or waitid on the pidfd): holding the pidfd keeps the pid from being
+// reused before then.
+struct SpawnedProcess {
+  pid_t pid = -1;
+  UniqueFd pidfd;    // readable once the process has exited
+  UniqueFd channel;  // our end of the socketpair: non-blocking, close-on-exec
+};
+
+class Launcher {
+ public:
+  virtual ~Launcher() = default;
+  // Starts `executable` with the other end of a new socketpair as its descriptor 3 and no
+  // other inherited descriptors beyond 0-2. Throws std::system_error on failure.
+  virtual SpawnedProcess spawn(const std::string& executable) = 0;
+};
+
+// posix_spawn + pidfd_open; safe to call from a multithreaded host.
+std::unique_ptr<Launcher> newPosixLauncher();
+
+// The descriptor a worker finds its channel on.
+inline constexpr int WORKER_CHANNEL_FD = 3;
+
+}  // namespace plugpool::detail

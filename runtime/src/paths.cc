@@ -1,0 +1,100 @@
+#include "paths.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+#include <boost/dll/runtime_symbol_info.hpp>
+
+#include "plugpool/errors.h"
+
+namespace plugpool::detail {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The directory libplugpool itself was loaded from.
+fs::path libraryDirectory() {
+  std::error_code ec;
+  return fs::path(boost::dll::this_line_location(ec)).parent_path();
+}
+
+bool isExecutableFile(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0;
+}
+
+std::vector<fs::path> pluginDirectories() {
+  std::vector<fs::path> dirs;
+  if (const char* env = std::getenv("PLUGPOOL_PLUGIN_PATH")) {
+    std::stringstream in(env);
+    for (std::string dir; std::getline(in, dir, ':');) {
+      if (!dir.empty()) dirs.emplace_back(dir);
+    }
+  }
+  // In a build tree libplugpool lives in build/runtime and plugins in build/plugins.
+  dirs.push_back(libraryDirectory().parent_path() / "plugins");
+  dirs.emplace_back(PLUGPOOL_INSTALL_PLUGINDIR);
+  return dirs;
+}
+
+}  // namespace
+
+std::string findWorkerExecutable(const std::string& configured) {
+  std::vector<fs::path> candidates;
+  if (!configured.empty()) {
+    candidates.emplace_back(configured);
+  } else {
+    if (const char* env = std::getenv("PLUGPOOL_WORKER")) candidates.emplace_back(env);
+    candidates.push_back(libraryDirectory() / "plugpool-worker");
+    candidates.emplace_back(PLUGPOOL_INSTALL_WORKER);
+  }
+  std::string looked;
+  for (const auto& c : candidates) {
+    if (isExecutableFile(c)) return fs::absolute(c).string();
+    looked += (looked.empty() ? "" : ", ") + c.string();
+  }
+  throw StartError("cannot find the plugpool-worker executable (looked at " + looked +
+                   "); set Options::workerExecutable or PLUGPOOL_WORKER");
+}
+
+std::string findPlugin(const std::string& spec) {
+  if (spec.find('/') != std::string::npos) {
+    std::error_code ec;
+    fs::path p = fs::absolute(spec, ec);
+    return ec ? spec : p.lexically_normal().string();
+  }
+  std::string looked;
+  for (const auto& dir : pluginDirectories()) {
+    for (const auto& file : {"lib" + spec + ".so", spec + ".so"}) {
+      std::error_code ec;
+      fs::path p = dir / file;
+      if (fs::is_regular_file(p, ec)) return fs::absolute(p).lexically_normal().string();
+    }
+    looked += (looked.empty() ? "" : ", ") + dir.string();
+  }
+  throw PluginError("no plugin named \"" + spec + "\" (looked for lib" + spec + ".so and " +
+                    spec + ".so in " + looked + "); give a path or set PLUGPOOL_PLUGIN_PATH");
+}
+
+std::uint32_t bindTask(const PluginInfo& plugin, std::string_view name,
+                       const std::vector<std::string>& argTypes, const std::string& resultType) {
+  for (std::uint32_t i = 0; i < plugin.tasks.size(); ++i) {
+    const TaskInfo& task = plugin.tasks[i];
+    if (task.name != name) continue;
+    if (task.argTypes != argTypes || task.resultType != resultType) {
+      throw PluginError(plugin.name + "." + task.name + " is " + task.signature() +
+                        ", but was bound as " + formatSignature(argTypes, resultType));
+    }
+    return i;
+  }
+  std::string names;
+  for (const auto& t : plugin.tasks) names += (names.empty() ? "" : ", ") + t.name;
+  throw PluginError("plugin " + plugin.name + " has no task \"" + std::string(name) +
+                    "\"; it has: " + (names.empty() ? "(none)" : names));
+}
+
+}  // namespace plugpool::detail

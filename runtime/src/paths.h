@@ -1,0 +1,26 @@
+// paths.h — finding the worker executable and plugins by name. Internal.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "plugpool/manifest.h"
+
+namespace plugpool::detail {
+
+// The worker executable to start: `configured` if not empty, else $PLUGPOOL_WORKER, else
+// plugpool-worker next to libplugpool (a build tree), else the installed one.
+// Throws StartError naming every place looked at.
+std::string findWorkerExecutable(const std::string& configured);
+
+// The absolute path of a plugin given as a path (contains '/') or a bare name (see
+// Options::plugins). Throws PluginError naming every place looked at.
+std::string findPlugin(const std::string& spec);
+
+// Finds task `name` in `plugin` and checks its signature. Returns its index.
+// Throws PluginError: no such task (listing the plugin's tasks), or a different signature
+// (naming both).
+std::uint32_t bindTask(const PluginInfo& plugin, std::string_view name,
+                       const std::vector<std::string>& argTypes, const std::string& resultType);
+
+}  // namespace plugpool::detail

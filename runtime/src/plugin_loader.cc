@@ -1,0 +1,91 @@
+#include "plugin_loader.h"
+
+#include <dlfcn.h>
+
+#include <filesystem>
+#include <set>
+#include <string_view>
+#include <system_error>
+
+#include <boost/dll/shared_library.hpp>
+#include <capnp/common.h>
+
+namespace plugpool::detail {
+
+namespace {
+
+[[noreturn]] void refuse(const std::string& path, const std::string& why) {
+  throw PluginLoadError(path + ": " + why);
+}
+
+void checkDescriptor(const std::string& path, const abi::PluginDescriptor* d) {
+  if (d == nullptr) refuse(path, "plugpool_plugin_v1() returned no descriptor");
+  if (d->abiVersion != PLUGPOOL_ABI_VERSION) {
+    refuse(path, "its descriptor is for plugpool ABI version " + std::to_string(d->abiVersion) +
+                     ", this loader speaks " + std::to_string(PLUGPOOL_ABI_VERSION));
+  }
+  if (d->capnpVersion != CAPNP_VERSION) {
+    refuse(path, "built with Cap'n Proto " + std::to_string(d->capnpVersion) +
+                     ", this loader uses " + std::to_string(CAPNP_VERSION) +
+                     "; rebuild the plugin against this SDK");
+  }
+  if (d->name == nullptr || *d->name == '\0') refuse(path, "the plugin has no name");
+  if (d->taskCount > 0 && d->tasks == nullptr) refuse(path, "the task table is missing");
+  std::set<std::string_view> names;
+  for (std::uint32_t i = 0; i < d->taskCount; ++i) {
+    const abi::TaskDescriptor& t = d->tasks[i];
+    if (t.name == nullptr || *t.name == '\0') refuse(path, "task " + std::to_string(i) + " has no name");
+    if (!names.insert(t.name).second) refuse(path, std::string("two tasks are named ") + t.name);
+    if (t.invoke == nullptr || t.resultType == nullptr ||
+        (t.argCount > 0 && t.argTypes == nullptr)) {
+      refuse(path, std::string("task ") + t.name + " has an incomplete descriptor");
+    }
+  }
+}
+
+}  // namespace
+
+LoadedPlugin loadPlugin(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) refuse(path, "no such file");
+  if (std::filesystem::is_directory(path, ec)) refuse(path, "is a directory, not a plugin");
+
+  namespace mode = boost::dll::load_mode;
+  const auto flags = static_cast<mode::type>(mode::rtld_now | mode::rtld_local | RTLD_NODELETE);
+  boost::dll::shared_library library;
+  try {
+    library.load(path, flags);
+  } catch (const std::system_error& e) {
+    refuse(path, std::string("cannot be loaded as a shared library: ") + e.what());
+  }
+  if (!library.has(abi::ABI_VERSION_SYMBOL)) {
+    refuse(path, "not a plugpool plugin (it does not export plugpool_abi_version)");
+  }
+  const std::uint32_t version = library.get<const std::uint32_t>(abi::ABI_VERSION_SYMBOL);
+  if (version != PLUGPOOL_ABI_VERSION) {
+    refuse(path, "built for plugpool ABI version " + std::to_string(version) +
+                     ", this loader speaks version " + std::to_string(PLUGPOOL_ABI_VERSION) +
+                     "; rebuild the plugin against this SDK");
+  }
+  if (!library.has(abi::DESCRIPTOR_SYMBOL)) {
+    refuse(path, "exports plugpool_abi_version but not plugpool_plugin_v1");
+  }
+  auto describe = library.get<const abi::PluginDescriptor*()>(abi::DESCRIPTOR_SYMBOL);
+  LoadedPlugin plugin{path, describe()};
+  checkDescriptor(path, plugin.descriptor);
+  return plugin;  // `library` closes its handle; RTLD_NODELETE keeps the plugin mapped
+}
+
+PluginInfo manifestOf(const LoadedPlugin& plugin) {
+  const abi::PluginDescriptor& d = *plugin.descriptor;
+  PluginInfo info{d.name, plugin.path, d.abiVersion, {}};
+  for (std::uint32_t i = 0; i < d.taskCount; ++i) {
+    const abi::TaskDescriptor& t = d.tasks[i];
+    TaskInfo task{t.name, t.doc != nullptr ? t.doc : "", {}, t.resultType};
+    for (std::uint32_t a = 0; a < t.argCount; ++a) task.argTypes.emplace_back(t.argTypes[a]);
+    info.tasks.push_back(std::move(task));
+  }
+  return info;
+}
+
+}  // namespace plugpool::detail

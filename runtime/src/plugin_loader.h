@@ -1,0 +1,37 @@
+// plugin_loader.h — loads a plugin shared library and checks its ABI. Internal; used by the
+// worker and by LocalPlugin, so both apply exactly the same checks.
+//
+// Order of checks (abi.h convention 1): the file exists; it loads with RTLD_NOW | RTLD_LOCAL
+// (so missing symbols are reported now, not at the first call); it exports
+// plugpool_abi_version equal to ours; only then is plugpool_plugin_v1 resolved and called;
+// its descriptor must agree on ABI and Cap'n Proto versions and be well-formed.
+//
+// Plugins are loaded with RTLD_NODELETE: a loaded plugin is never unloaded, whatever happens
+// to the handle (abi.h convention 2).
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "plugpool/abi.h"
+#include "plugpool/manifest.h"
+
+namespace plugpool::detail {
+
+// A plugin cannot be used; what() says why, for a human, and names the file.
+class PluginLoadError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct LoadedPlugin {
+  std::string path;
+  const abi::PluginDescriptor* descriptor = nullptr;
+};
+
+// Throws PluginLoadError.
+LoadedPlugin loadPlugin(const std::string& path);
+
+PluginInfo manifestOf(const LoadedPlugin& plugin);
+
+}  // namespace plugpool::detail

@@ -1,0 +1,155 @@
+# wire.capnp — the protocol between a plugpool host and its worker processes.
+#
+# This file is the specification. It only ever grows: new fields take new ordinals, no field
+# is renamed to mean something else, no ordinal is reused.
+#
+# ## Transport and framing
+#
+# Host and worker talk over one connected stream (today: a SOCK_STREAM socketpair whose worker
+# end is the worker's file descriptor 3). Each direction is a sequence of Cap'n Proto messages
+# in the standard unpacked stream framing: a segment table (segment count minus one, then each
+# segment's size in words, as little-endian uint32, padded to 8 bytes) followed by the
+# segments. Nothing else is ever written on the stream.
+#
+# Both sides treat the other as untrusted. A reader:
+#   - parses the segment table first and rejects a message whose declared size exceeds its
+#     cap *before* allocating (the cap is Setup.maxMessageWords, chosen by the host);
+#   - decodes with explicit capnp::ReaderOptions (traversal limit = the cap, nesting limit 64);
+#   - treats a clean end of stream at a message boundary as "the peer is gone" and anything
+#     else (EOF inside a message, a malformed message, a message that breaks the rules below)
+#     as a protocol error. A worker that sees a protocol error writes a line to stderr and
+#     exits with status 70; a host that sees one kills that worker and fails its chunks.
+#
+# ## Conversation
+#
+#   host → worker   Setup                 exactly once, first
+#   worker → host   Hello                 exactly once, after loading every plugin
+#   host → worker   Run, Run, Run …       any number, pipelined: the host does not wait for
+#                                         one chunk's reply before sending the next
+#   worker → host   ChunkDone …           one per Run, in the order the Runs were received
+#   host closes its end                   the worker finishes nothing more and exits 0
+#
+# ## Values
+#
+# Task arguments and results are "tuple structs" (sdk/include/plugpool/abi.h, convention 5):
+# one struct per call whose data section holds the scalar values (one 64-bit word each) and
+# whose pointer section holds the rest. The types are fixed at bind time by comparing the
+# host's expected type names with the plugin's manifest, so no type tags travel per item.
+
+@0x9da198890c31be7a;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("plugpool::wire");
+
+const protocolVersion :UInt32 = 1;
+# Bumped only if a change cannot be expressed by adding fields. Setup and Hello carry it and
+# each side refuses a peer with a different one.
+
+struct HostMessage {
+  union {
+    setup @0 :Setup;
+    run @1 :Run;
+  }
+}
+
+struct WorkerMessage {
+  union {
+    hello @0 :Hello;
+    chunkDone @1 :ChunkDone;
+  }
+}
+
+struct Setup {
+  protocolVersion @0 :UInt32;
+
+  plugins @1 :List(Text);
+  # Absolute paths of the plugin shared libraries to load, in order. Tasks are later addressed
+  # by (index in this list, index in that plugin's manifest).
+
+  maxMessageWords @2 :UInt64;
+  # The largest message, in 8-byte words, either side may send. The worker applies it to
+  # what it reads and must not send a larger reply (an item whose result would not fit fails
+  # on its own instead).
+}
+
+struct Hello {
+  protocolVersion @0 :UInt32;
+  pid @1 :Int32;
+  # The worker's own process id, as it sees it.
+
+  union {
+    plugins @2 :List(PluginManifest);
+    # Every plugin in Setup.plugins loaded and passed the ABI check; one manifest each, in
+    # the same order.
+
+    loadError @3 :LoadError;
+    # A plugin could not be used. The worker exits right after sending this.
+  }
+}
+
+struct LoadError {
+  plugin @0 :Text;
+  # The path from Setup.plugins.
+
+  message @1 :Text;
+  # Why, for a human: the loader's message (dlerror text), a missing symbol, an ABI or Cap'n
+  # Proto version mismatch, a duplicate plugin name.
+}
+
+struct PluginManifest {
+  name @0 :Text;
+  # The plugin's own name (PLUGPOOL_PLUGIN's first argument).
+
+  path @1 :Text;
+  abiVersion @2 :UInt32;
+  tasks @3 :List(TaskManifest);
+}
+
+struct TaskManifest {
+  name @0 :Text;
+  doc @1 :Text;
+  argTypes @2 :List(Text);
+  # Canonical type names (sdk/include/plugpool/codec.h), one per argument.
+
+  resultType @3 :Text;
+}
+
+struct Run {
+  id @0 :UInt64;
+  # Chosen by the host, unique among the chunks it has in flight on this worker. Echoed in
+  # ChunkDone.id.
+
+  plugin @1 :UInt32;
+  task @2 :UInt32;
+  # Indexes into Hello.plugins and that plugin's tasks. Out of range is a protocol error.
+
+  items @3 :AnyPointer;
+  # A List(AnyStruct): one argument tuple struct per call, in order. Anything else (not a
+  # list, not a struct list) is a protocol error. An empty list is allowed.
+}
+
+struct ChunkDone {
+  id @0 :UInt64;
+  # The Run.id this answers.
+
+  results @1 :AnyPointer;
+  # A List(AnyStruct) with exactly as many elements as Run.items: element i is the result
+  # tuple struct of call i. An element whose index appears in `errors` holds nothing
+  # meaningful.
+
+  errors @2 :List(ItemError);
+  # The calls that failed, in increasing index order, each index at most once. Sparse, so a
+  # chunk with no failures costs nothing here.
+}
+
+struct ItemError {
+  index @0 :UInt32;
+  # Index into Run.items.
+
+  type @1 :Text;
+  # The demangled C++ type of what the task threw, e.g. "std::runtime_error", or
+  # "plugpool::DecodeError" when the arguments could not be decoded.
+
+  message @2 :Text;
+  # what() of the exception, or a description.
+}

@@ -1,0 +1,86 @@
+// plugpool/abi.h — the binary boundary between a plugin and the process that loads it.
+//
+// Plugin authors never use this header directly: sdk.h's PLUGPOOL_PLUGIN macro fills these
+// structures in. It is public because it *is* the contract, and because the runtime (the
+// worker, and plugpool::LocalPlugin in a host) reads the same structures.
+//
+// Conventions of the boundary (ABI version 1):
+//
+//  1. A plugin is a shared library exporting exactly two symbols with C linkage and default
+//     visibility; everything else in it should be hidden (-fvisibility=hidden):
+//       const uint32_t plugpool_abi_version;            // == PLUGPOOL_ABI_VERSION
+//       const plugpool::abi::PluginDescriptor* plugpool_plugin_v1();
+//     The loader reads plugpool_abi_version first and resolves nothing else unless it equals
+//     the loader's own PLUGPOOL_ABI_VERSION. The descriptor symbol carries the version in its
+//     name, so a loader can never call a descriptor function of another ABI by mistake.
+//  2. The descriptor and everything it points to are immutable and live until the process
+//     exits. Loaders load with RTLD_NOW | RTLD_LOCAL and never unload a plugin.
+//  3. The plugin and the loader share one Cap'n Proto runtime (libcapnp/libkj are linked
+//     dynamically; Debian's static archives are not PIC). The descriptor records the
+//     CAPNP_VERSION the plugin was compiled with; the loader refuses a different one.
+//  4. A task is called one item at a time through TaskDescriptor::invoke, which is noexcept:
+//     every exception (from decoding, the task itself, or encoding) is caught inside the
+//     plugin and reported through the ErrorSink as a (type name, message) pair. No C++
+//     exception ever crosses the boundary.
+//  5. Arguments and results travel as a "tuple struct" (see codec.h): scalar values take one
+//     64-bit data word each in order, all other values (text, data, lists, tuples, Cap'n
+//     Proto structs) take one pointer each in order. The descriptor gives the sizes, so the
+//     loader can allocate result structs without knowing the types.
+//  6. Type names in the manifest (argTypes, resultType) are the canonical strings produced
+//     by plugpool::Codec<T>::typeName(); a host binds a task only if they match exactly.
+//  7. invoke may be called from any thread, but never concurrently for the same result
+//     builder. Tasks must be safe to run concurrently with themselves if the loader uses
+//     threads (plugpool's worker does not: one item at a time per process).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <capnp/any.h>
+#include <capnp/common.h>
+
+// Bumped on any incompatible change to the structures below or to the tuple encoding.
+#define PLUGPOOL_ABI_VERSION 1u
+
+namespace plugpool::abi {
+
+// Where a task reports a failure. The loader owns it; the strings are copied during the call.
+struct ErrorSink {
+  void* context;
+  void (*report)(void* context, const char* type, std::size_t typeSize, const char* message,
+                 std::size_t messageSize) noexcept;
+};
+
+// Runs one call: decodes `args`, calls the task, encodes the value into `result`, which the
+// loader allocated with resultDataWords/resultPointers. On failure it calls sink->report
+// exactly once and leaves `result` in an unspecified state.
+using InvokeFn = void (*)(const capnp::AnyStruct::Reader* args, capnp::AnyStruct::Builder* result,
+                          const ErrorSink* sink) noexcept;
+
+struct TaskDescriptor {
+  const char* name;            // unique within the plugin, e.g. "square"
+  const char* doc;             // one line for humans
+  std::uint32_t argCount;
+  const char* const* argTypes;  // argCount canonical type names
+  const char* resultType;       // canonical type name
+  std::uint16_t argDataWords;   // the argument tuple's layout (convention 5)
+  std::uint16_t argPointers;
+  std::uint16_t resultDataWords;  // the result tuple's layout: one value
+  std::uint16_t resultPointers;
+  InvokeFn invoke;
+};
+
+struct PluginDescriptor {
+  std::uint32_t abiVersion;    // == PLUGPOOL_ABI_VERSION when built
+  std::uint32_t capnpVersion;  // CAPNP_VERSION when built (convention 3)
+  const char* name;            // the plugin's name, how hosts address it, e.g. "examples"
+  std::uint32_t taskCount;
+  const TaskDescriptor* tasks;
+};
+
+// The exported symbols' names, for loaders.
+inline constexpr const char* ABI_VERSION_SYMBOL = "plugpool_abi_version";
+inline constexpr const char* DESCRIPTOR_SYMBOL = "plugpool_plugin_v1";
+using DescriptorFn = const PluginDescriptor* (*)();
+
+}  // namespace plugpool::abi

@@ -1,0 +1,234 @@
+// plugpool/sdk.h — everything a plugin author includes.
+//
+// A plugin is a shared library of ordinary C++ functions, each exported by name with one
+// line. plugpool workers load it, look tasks up by name and call them; the SDK does all the
+// conversion between your C++ types and Cap'n Proto (see codec.h for the supported types).
+//
+//   #include <plugpool/sdk.h>
+//
+//   int64_t square(int64_t x) { return x * x; }
+//   std::string upper(std::string_view s) { ... }
+//   void describe(Image::Reader in, Features::Builder out) { ... }   // your own schema
+//
+//   PLUGPOOL_PLUGIN("examples",
+//       PLUGPOOL_TASK(square, "Returns x * x."),
+//       PLUGPOOL_TASK(upper, "Upper-cases ASCII letters."),
+//       PLUGPOOL_TASK(describe, "Computes features of an image."));
+//
+// Rules for plugin authors:
+//
+//  1. Write exactly one PLUGPOOL_PLUGIN per shared library, at namespace scope. Its name is
+//     how hosts address the plugin; task names must be unique within it.
+//  2. A task takes values (or const references, or the views std::string_view,
+//     std::span<const std::byte>, X::Reader) and either returns a value or, for a Cap'n Proto
+//     struct result, fills a trailing X::Builder parameter and returns void.
+//  3. Throw to fail. Whatever you throw is caught inside your plugin and becomes an error
+//     result for that item only, carrying the exception's type name and what(); the worker
+//     and the other items go on. Nothing you throw reaches the host as a C++ exception.
+//  4. Build with hidden visibility (plugpool's build does); the macro exports the only two
+//     symbols a worker needs (abi.h). Link capnp and kj dynamically.
+//  5. Your plugin is never unloaded while a worker lives, so statics are fine; but a worker
+//     may run many items, one at a time, and may be replaced at any time: do not rely on
+//     state surviving between items.
+#pragma once
+
+#include <cxxabi.h>
+
+#include <array>
+#include <cstdlib>
+#include <exception>
+#include <iterator>
+#include <string>
+#include <typeinfo>
+
+#include <capnp/common.h>
+
+#include "plugpool/abi.h"
+#include "plugpool/codec.h"
+
+namespace plugpool::sdk {
+
+// Demangles a type name ("St13runtime_error" -> "std::runtime_error").
+inline std::string demangle(const char* mangled) {
+  int status = 0;
+  char* readable = ::abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = (status == 0 && readable != nullptr) ? readable : mangled;
+  std::free(readable);
+  return name;
+}
+
+inline void report(const abi::ErrorSink* sink, const std::string& type,
+                   const std::string& message) noexcept {
+  sink->report(sink->context, type.data(), type.size(), message.data(), message.size());
+}
+
+// Reports the exception being handled; call only inside a catch block.
+inline void reportCurrentException(const abi::ErrorSink* sink) noexcept {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    report(sink, demangle(typeid(e).name()), e.what());
+  } catch (...) {
+    const std::type_info* type = ::abi::__cxa_current_exception_type();
+    report(sink, type != nullptr ? demangle(type->name()) : "unknown",
+           "a value that is not a std::exception was thrown");
+  }
+}
+
+template <typename Fn>
+struct FunctionTraits;
+
+template <typename R, typename... P>
+struct FunctionTraits<R (*)(P...)> {
+  using Result = R;
+  using Params = std::tuple<P...>;
+};
+template <typename R, typename... P>
+struct FunctionTraits<R (*)(P...) noexcept> : FunctionTraits<R (*)(P...)> {};
+
+template <typename P>
+constexpr bool isBuilder() {
+  return codec::HasBuilds<std::remove_cvref_t<P>>::value;
+}
+
+// Parameters are passed decoded values, so they may be values or const references only.
+template <typename Param>
+constexpr bool validParam() {
+  return !std::is_lvalue_reference_v<Param> || std::is_const_v<std::remove_reference_t<Param>>;
+}
+
+template <auto Fn, typename Result, typename ArgsTuple, typename OutParam>
+struct Invoker;
+
+// Tasks that return their result.
+template <auto Fn, typename Result, typename... P>
+struct Invoker<Fn, Result, std::tuple<P...>, void> {
+  using Args = std::tuple<WireTypeOf<P>...>;
+  using Out = WireTypeOf<Result>;
+  static void invoke(const capnp::AnyStruct::Reader* args, capnp::AnyStruct::Builder* result,
+                     const abi::ErrorSink* sink) noexcept {
+    try {
+      auto values = codec::readTuple<std::remove_cvref_t<P>...>(*args);
+      codec::writeTuple<Out>(*result, std::apply(Fn, values));
+    } catch (...) {
+      reportCurrentException(sink);
+    }
+  }
+};
+
+// Tasks that fill a trailing X::Builder.
+template <auto Fn, typename... P, typename OutBuilder>
+struct Invoker<Fn, void, std::tuple<P...>, OutBuilder> {
+  using Args = std::tuple<WireTypeOf<P>...>;
+  using Out = WireTypeOf<OutBuilder>;
+  static void invoke(const capnp::AnyStruct::Reader* args, capnp::AnyStruct::Builder* result,
+                     const abi::ErrorSink* sink) noexcept {
+    try {
+      auto values = codec::readTuple<std::remove_cvref_t<P>...>(*args);
+      auto out = result->getPointerSection()[0].initAs<Out>();
+      std::apply([&](auto&... v) { Fn(v..., out); }, values);
+    } catch (...) {
+      reportCurrentException(sink);
+    }
+  }
+};
+
+// Splits a parameter pack into (all but last, last).
+template <typename... P>
+struct SplitLast;
+template <typename Last>
+struct SplitLast<Last> {
+  using Init = std::tuple<>;
+  using Tail = Last;
+};
+template <typename First, typename... Rest>
+struct SplitLast<First, Rest...> {
+  using Init = decltype(std::tuple_cat(std::declval<std::tuple<First>>(),
+                                       std::declval<typename SplitLast<Rest...>::Init>()));
+  using Tail = typename SplitLast<Rest...>::Tail;
+};
+
+template <auto Fn, typename Fun = decltype(Fn)>
+struct TaskOf;
+
+template <auto Fn, typename R, typename... P>
+struct TaskOf<Fn, R (*)(P...)> {
+  static_assert((validParam<P>() && ...),
+                "task parameters must be values, const references or views; "
+                "a struct result goes in a trailing X::Builder");
+  static constexpr bool BY_BUILDER = std::is_void_v<R>;
+  static_assert(!BY_BUILDER || sizeof...(P) > 0,
+                "a task must return a value or fill a trailing Cap'n Proto X::Builder");
+  using Split = std::conditional_t<BY_BUILDER, SplitLast<P...>, SplitLast<P..., void>>;
+  using Params = std::conditional_t<BY_BUILDER, typename Split::Init, std::tuple<P...>>;
+  using OutBuilder = std::conditional_t<BY_BUILDER, typename Split::Tail, void>;
+  static_assert(!BY_BUILDER || isBuilder<OutBuilder>(),
+                "a task returning void must take a Cap'n Proto X::Builder as its last "
+                "parameter, which it fills with its result");
+  using Call = Invoker<Fn, R, Params, OutBuilder>;
+};
+template <auto Fn, typename R, typename... P>
+struct TaskOf<Fn, R (*)(P...) noexcept> : TaskOf<Fn, R (*)(P...)> {};
+
+template <typename Call, typename ArgsTuple>
+struct Manifest;
+template <typename Call, typename... A>
+struct Manifest<Call, std::tuple<A...>> {
+  // Function-local statics: built once, on first use, never destroyed before the worker
+  // exits (abi.h convention 2). Hidden visibility keeps them private to this plugin.
+  static const char* const* argTypes() {
+    static const std::string names[sizeof...(A) + 1] = {Codec<A>::typeName()..., ""};
+    static const auto pointers = [] {
+      std::array<const char*, sizeof...(A) + 1> p{};
+      for (std::size_t i = 0; i < p.size(); ++i) p[i] = names[i].c_str();
+      return p;
+    }();
+    return pointers.data();
+  }
+  static const char* resultType() {
+    static const std::string name = Codec<typename Call::Out>::typeName();
+    return name.c_str();
+  }
+  static abi::TaskDescriptor describe(const char* name, const char* doc) {
+    using ArgLayout = codec::TupleLayout<A...>;
+    using ResultLayout = codec::TupleLayout<typename Call::Out>;
+    return abi::TaskDescriptor{name,
+                               doc,
+                               static_cast<std::uint32_t>(sizeof...(A)),
+                               argTypes(),
+                               resultType(),
+                               ArgLayout::dataWords,
+                               ArgLayout::pointers,
+                               ResultLayout::dataWords,
+                               ResultLayout::pointers,
+                               &Call::invoke};
+  }
+};
+
+template <auto Fn>
+abi::TaskDescriptor task(const char* name, const char* doc) {
+  using T = TaskOf<Fn>;
+  return Manifest<typename T::Call, typename T::Call::Args>::describe(name, doc);
+}
+
+}  // namespace plugpool::sdk
+
+// Exports task `fn` under its own name. `fn` must be an unqualified function name; use
+// PLUGPOOL_TASK_AS for a qualified one or a different exported name.
+#define PLUGPOOL_TASK(fn, doc) ::plugpool::sdk::task<&fn>(#fn, doc)
+#define PLUGPOOL_TASK_AS(name, fn, doc) ::plugpool::sdk::task<&fn>(name, doc)
+
+// Declares this shared library a plugpool plugin named `name` with the listed tasks, and
+// exports the two ABI symbols (abi.h convention 1).
+#define PLUGPOOL_PLUGIN(name, ...)                                                           \
+  extern "C" __attribute__((visibility("default"))) const std::uint32_t plugpool_abi_version = \
+      PLUGPOOL_ABI_VERSION;                                                                  \
+  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::PluginDescriptor* \
+  plugpool_plugin_v1() {                                                                     \
+    static const ::plugpool::abi::TaskDescriptor tasks[] = {__VA_ARGS__};                    \
+    static const ::plugpool::abi::PluginDescriptor plugin{                                   \
+        PLUGPOOL_ABI_VERSION, CAPNP_VERSION, name,                                           \
+        static_cast<std::uint32_t>(std::size(tasks)), tasks};                                \
+    return &plugin;                                                                          \
+  }                                                                                          \
+  static_assert(true, "PLUGPOOL_PLUGIN ends with a semicolon")
