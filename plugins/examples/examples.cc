@@ -23,9 +23,13 @@
 
 namespace {
 
-std::int64_t square(std::int64_t x) { return x * x; }
+std::int64_t square(std::int64_t x) {
+  return x * x;
+}
 
-double add(double a, double b) { return a + b; }
+double add(double a, double b) {
+  return a + b;
+}
 
 std::string upper(std::string_view text) {
   std::string out(text);
@@ -98,15 +102,14 @@ void polygon_stats(geometry::Polygon::Reader polygon, geometry::PolygonStats::Bu
 
 }  // namespace
 
-PLUGPOOL_PLUGIN("examples",
-    PLUGPOOL_TASK(square, "Returns x * x."),
-    PLUGPOOL_TASK(add, "Returns a + b."),
-    PLUGPOOL_TASK(upper, "Upper-cases the ASCII letters of a text."),
-    PLUGPOOL_TASK(word_count, "Counts each whitespace-separated word of a text."),
-    PLUGPOOL_TASK(slow_task, "Sleeps 100 ms, then returns x * x."),
-    PLUGPOOL_TASK(echo_bytes, "Returns its bytes unchanged."),
-    PLUGPOOL_TASK(fail, "Always throws std::runtime_error naming its input."),
-    PLUGPOOL_TASK(sum, "Returns the sum of a list of integers."),
-    PLUGPOOL_TASK(sort_words, "Returns the words sorted."),
-    PLUGPOOL_TASK(min_max, "Returns the smallest and largest of a list of numbers."),
-    PLUGPOOL_TASK(polygon_stats, "Area, perimeter and centroid of a polygon."));
+PLUGPOOL_PLUGIN("examples", PLUGPOOL_TASK(square, "Returns x * x."),
+                PLUGPOOL_TASK(add, "Returns a + b."),
+                PLUGPOOL_TASK(upper, "Upper-cases the ASCII letters of a text."),
+                PLUGPOOL_TASK(word_count, "Counts each whitespace-separated word of a text."),
+                PLUGPOOL_TASK(slow_task, "Sleeps 100 ms, then returns x * x."),
+                PLUGPOOL_TASK(echo_bytes, "Returns its bytes unchanged."),
+                PLUGPOOL_TASK(fail, "Always throws std::runtime_error naming its input."),
+                PLUGPOOL_TASK(sum, "Returns the sum of a list of integers."),
+                PLUGPOOL_TASK(sort_words, "Returns the words sorted."),
+                PLUGPOOL_TASK(min_max, "Returns the smallest and largest of a list of numbers."),
+                PLUGPOOL_TASK(polygon_stats, "Area, perimeter and centroid of a polygon."));

@@ -124,9 +124,8 @@ void Core::loop() {
     takeIncoming();
     if (broken_) failAll(broken_);
     dispatch();
-    bool idle = pending_.empty() && std::all_of(slots_.begin(), slots_.end(), [](const auto& w) {
-                  return w->inFlight.empty();
-                });
+    bool idle = pending_.empty() && std::all_of(slots_.begin(), slots_.end(),
+                                                [](const auto& w) { return w->inFlight.empty(); });
     bool stop;
     {
       std::lock_guard lock(mutex_);
@@ -194,8 +193,8 @@ void Core::spawnWorker() {
   try {
     w->process = launcher_->spawn(workerExecutable_);
   } catch (const std::system_error& e) {
-    auto error = errorPtr<StartError>("cannot start worker executable " + workerExecutable_ +
-                                      ": " + e.what());
+    auto error = errorPtr<StartError>("cannot start worker executable " + workerExecutable_ + ": " +
+                                      e.what());
     if (starting_) {
       startError_ = error;
     } else {
@@ -265,8 +264,8 @@ void Core::pollOnce() {
   for (auto& w : slots_) {
     if (w->state == State::READY || now < w->deadline) continue;
     if (w->state == State::STARTING) {
-      violate(*w, "did not become ready within " +
-                      std::to_string(options_.startTimeout.count()) + " ms");
+      violate(*w, "did not become ready within " + std::to_string(options_.startTimeout.count()) +
+                      " ms");
     } else {
       ::kill(w->process.pid, SIGKILL);  // CLOSING and still running: stuck in a task
     }
@@ -413,14 +412,14 @@ void Core::reap(std::size_t slot) {
                                           w.violation + "; it was killed while running " +
                                           task.pluginName + "." + task.taskName));
     } else {
-      fail(f.job, errorPtr<WorkerCrashed>(w.process.pid, sig, exitStatus, task.pluginName,
-                                          task.taskName));
+      fail(f.job,
+           errorPtr<WorkerCrashed>(w.process.pid, sig, exitStatus, task.pluginName, task.taskName));
     }
   }
   if (w.state == State::STARTING) {
-    auto error = errorPtr<StartError>(
-        "worker " + std::to_string(w.process.pid) + " " +
-        (w.violation.empty() ? how : w.violation) + " before it was ready");
+    auto error =
+        errorPtr<StartError>("worker " + std::to_string(w.process.pid) + " " +
+                             (w.violation.empty() ? how : w.violation) + " before it was ready");
     if (starting_) {
       if (!startError_) startError_ = error;
     } else if (!broken_ && ++startFailures_ >= MAX_START_FAILURES) {

@@ -116,17 +116,17 @@ class Core {
   std::vector<std::unique_ptr<Worker>> slots_;
   std::deque<Job> pending_;
   std::uint64_t nextId_ = 1;
-  int startFailures_ = 0;        // consecutive workers that died before ready
-  std::exception_ptr broken_;    // set once the pool cannot serve any more
+  int startFailures_ = 0;      // consecutive workers that died before ready
+  std::exception_ptr broken_;  // set once the pool cannot serve any more
   std::exception_ptr startError_;
   bool starting_ = true;
   bool closing_ = false;
 
   // Shared with callers.
   mutable std::mutex mutex_;
-  std::deque<Job> incoming_;  // GUARDED_BY(mutex_)
+  std::deque<Job> incoming_;    // GUARDED_BY(mutex_)
   bool stopRequested_ = false;  // GUARDED_BY(mutex_)
-  Stats stats_;               // GUARDED_BY(mutex_)
+  Stats stats_;                 // GUARDED_BY(mutex_)
 
   UniqueFd wake_;  // eventfd: submit() and ~Core() wake the dispatcher
   std::thread thread_;

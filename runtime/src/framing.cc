@@ -68,9 +68,9 @@ bool sendPieces(int fd, std::vector<iovec>& pieces, std::size_t& next) {
 
 }  // namespace
 
-capnp::ReaderOptions readerOptions(std::uint64_t maxWords) {
+capnp::ReaderOptions readerOptions(std::uint64_t words) {
   capnp::ReaderOptions options;
-  options.traversalLimitInWords = maxWords + 1024;
+  options.traversalLimitInWords = 8 * words + 1024;
   options.nestingLimit = 64;
   return options;
 }
@@ -82,8 +82,8 @@ bool FrameReader::startMessage() {
   const std::byte* p = staging_.data() + begin_;
   std::uint64_t segments = std::uint64_t{readLe32(p)} + 1;
   if (segments > MAX_SEGMENTS) {
-    throw ProtocolViolation("message declares " + std::to_string(segments) +
-                            " segments; at most " + std::to_string(MAX_SEGMENTS) + " allowed");
+    throw ProtocolViolation("message declares " + std::to_string(segments) + " segments; at most " +
+                            std::to_string(MAX_SEGMENTS) + " allowed");
   }
   std::size_t tableBytes = ((4 + 4 * segments) + 7) & ~std::size_t{7};
   if (buffered() < tableBytes) return false;

@@ -33,9 +33,11 @@ class ProtocolViolation : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Cap'n Proto reader limits for one message of at most `maxWords`: traversal bounded by the
-// message size (each word may be read once more than that, for safety), nesting 64.
-capnp::ReaderOptions readerOptions(std::uint64_t maxWords);
+// Cap'n Proto reader limits for one received message of `words` words: nesting 64, and a
+// traversal budget of 8 reads of every word (decoding checks a list's kind before reading
+// it, and a host may read a result more than once), so a message that points at the same
+// data many times ("amplification") cannot cost more than 8 times its size.
+capnp::ReaderOptions readerOptions(std::uint64_t words);
 
 // The most segments a message may declare. Cap'n Proto writers use a handful; 512 is the
 // limit capnp's own stream reader applies.

@@ -20,7 +20,9 @@ namespace {
 
 // glibc 2.36's <sys/pidfd.h> declares pidfd_open without C linkage, so C++ cannot link
 // against it; the system call itself is stable since Linux 5.3.
-int pidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+int pidfdOpen(pid_t pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
 
 [[noreturn]] void fail(int error, const std::string& what) {
   throw std::system_error(error, std::generic_category(), what);
@@ -78,6 +80,8 @@ class PosixLauncher final : public Launcher {
 
 }  // namespace
 
-std::unique_ptr<Launcher> newPosixLauncher() { return std::make_unique<PosixLauncher>(); }
+std::unique_ptr<Launcher> newPosixLauncher() {
+  return std::make_unique<PosixLauncher>();
+}
 
 }  // namespace plugpool::detail

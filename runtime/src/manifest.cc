@@ -9,7 +9,9 @@ std::string formatSignature(const std::vector<std::string>& argTypes,
   return s + ") -> " + resultType;
 }
 
-std::string TaskInfo::signature() const { return formatSignature(argTypes, resultType); }
+std::string TaskInfo::signature() const {
+  return formatSignature(argTypes, resultType);
+}
 
 const TaskInfo* PluginInfo::find(std::string_view task) const {
   for (const auto& t : tasks) {

@@ -16,10 +16,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The directory libplugpool itself was loaded from.
+// The directory libplugpool itself was loaded from (located by one of its own functions).
 fs::path libraryDirectory() {
   std::error_code ec;
-  return fs::path(boost::dll::this_line_location(ec)).parent_path();
+  return fs::path(boost::dll::symbol_location_ptr(&findPlugin, ec)).parent_path();
 }
 
 bool isExecutableFile(const fs::path& p) {
@@ -76,8 +76,8 @@ std::string findPlugin(const std::string& spec) {
     }
     looked += (looked.empty() ? "" : ", ") + dir.string();
   }
-  throw PluginError("no plugin named \"" + spec + "\" (looked for lib" + spec + ".so and " +
-                    spec + ".so in " + looked + "); give a path or set PLUGPOOL_PLUGIN_PATH");
+  throw PluginError("no plugin named \"" + spec + "\" (looked for lib" + spec + ".so and " + spec +
+                    ".so in " + looked + "); give a path or set PLUGPOOL_PLUGIN_PATH");
 }
 
 std::uint32_t bindTask(const PluginInfo& plugin, std::string_view name,

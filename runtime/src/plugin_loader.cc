@@ -7,8 +7,8 @@
 #include <string_view>
 #include <system_error>
 
-#include <boost/dll/shared_library.hpp>
 #include <capnp/common.h>
+#include <boost/dll/shared_library.hpp>
 
 namespace plugpool::detail {
 
@@ -34,7 +34,8 @@ void checkDescriptor(const std::string& path, const abi::PluginDescriptor* d) {
   std::set<std::string_view> names;
   for (std::uint32_t i = 0; i < d->taskCount; ++i) {
     const abi::TaskDescriptor& t = d->tasks[i];
-    if (t.name == nullptr || *t.name == '\0') refuse(path, "task " + std::to_string(i) + " has no name");
+    if (t.name == nullptr || *t.name == '\0')
+      refuse(path, "task " + std::to_string(i) + " has no name");
     if (!names.insert(t.name).second) refuse(path, std::string("two tasks are named ") + t.name);
     if (t.invoke == nullptr || t.resultType == nullptr ||
         (t.argCount > 0 && t.argTypes == nullptr)) {

@@ -38,9 +38,15 @@ Pool::Pool(unsigned workers, std::vector<std::string> plugins)
 
 Pool::~Pool() = default;
 
-unsigned Pool::workers() const { return core_->workers(); }
-const std::vector<PluginInfo>& Pool::plugins() const { return core_->plugins(); }
-Stats Pool::stats() const { return core_->stats(); }
+unsigned Pool::workers() const {
+  return core_->workers();
+}
+const std::vector<PluginInfo>& Pool::plugins() const {
+  return core_->plugins();
+}
+Stats Pool::stats() const {
+  return core_->stats();
+}
 
 detail::TaskRef Pool::bind(std::string_view plugin, std::string_view name,
                            const std::vector<std::string>& argTypes,
@@ -53,8 +59,8 @@ detail::TaskRef Pool::bind(std::string_view plugin, std::string_view name,
   }
   std::string names;
   for (const auto& p : plugins) names += (names.empty() ? "" : ", ") + p.name;
-  throw PluginError("no plugin named \"" + std::string(plugin) + "\" in this pool; it has: " +
-                    (names.empty() ? "(none)" : names));
+  throw PluginError("no plugin named \"" + std::string(plugin) +
+                    "\" in this pool; it has: " + (names.empty() ? "(none)" : names));
 }
 
 void Pool::submit(const std::shared_ptr<detail::Call>& call, detail::ChunkRequest chunk) {

@@ -12,12 +12,14 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <set>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include <capnp/message.h>
@@ -25,9 +27,9 @@
 #include <kj/exception.h>
 
 #include "framing.h"
-#include "plugpool/codec.h"
 #include "launcher.h"
 #include "plugin_loader.h"
+#include "plugpool/codec.h"
 #include "wire.capnp.h"
 
 namespace plugpool::detail {
@@ -55,7 +57,7 @@ class Worker {
     if (!setUp(words)) return EXIT_LOAD_FAILED;
     for (;;) {
       if (reader_.read(fd_, words) == FrameReader::Status::END) return 0;
-      capnp::FlatArrayMessageReader message(words, readerOptions(maxWords_));
+      capnp::FlatArrayMessageReader message(words, readerOptions(words.size()));
       auto root = message.getRoot<wire::HostMessage>();
       if (!root.isRun()) throw ProtocolViolation("expected a Run message");
       runChunk(root.getRun());
@@ -70,14 +72,13 @@ class Worker {
 
   // Reads Setup, loads every plugin and answers Hello. False if a plugin failed.
   bool setUp(kj::Array<capnp::word>& words) {
-    capnp::FlatArrayMessageReader message(words, readerOptions(SETUP_MAX_WORDS));
+    capnp::FlatArrayMessageReader message(words, readerOptions(words.size()));
     auto root = message.getRoot<wire::HostMessage>();
     if (!root.isSetup()) throw ProtocolViolation("expected Setup first");
     auto setup = root.getSetup();
     if (setup.getProtocolVersion() != wire::PROTOCOL_VERSION) {
-      throw ProtocolViolation("host speaks protocol " +
-                              std::to_string(setup.getProtocolVersion()) + ", worker speaks " +
-                              std::to_string(wire::PROTOCOL_VERSION));
+      throw ProtocolViolation("host speaks protocol " + std::to_string(setup.getProtocolVersion()) +
+                              ", worker speaks " + std::to_string(wire::PROTOCOL_VERSION));
     }
     maxWords_ = setup.getMaxMessageWords();
     reader_.setMaxWords(maxWords_);
@@ -221,6 +222,11 @@ int main(int argc, char** argv) {
   try {
     Worker worker(WORKER_CHANNEL_FD);
     return worker.serve();
+  } catch (const std::system_error& e) {
+    // The host closed the channel while we were writing: it is gone or shutting down.
+    if (e.code().value() == EPIPE || e.code().value() == ECONNRESET) return 0;
+    std::fprintf(stderr, "plugpool-worker[%d]: channel error: %s\n", ::getpid(), e.what());
+    return EXIT_PROTOCOL;
   } catch (const std::exception& e) {
     // ProtocolViolation, a kj::Exception from a malformed message, or an I/O error.
     std::fprintf(stderr, "plugpool-worker[%d]: protocol error: %s\n", ::getpid(), e.what());

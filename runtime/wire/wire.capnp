@@ -14,7 +14,8 @@
 # Both sides treat the other as untrusted. A reader:
 #   - parses the segment table first and rejects a message whose declared size exceeds its
 #     cap *before* allocating (the cap is Setup.maxMessageWords, chosen by the host);
-#   - decodes with explicit capnp::ReaderOptions (traversal limit = the cap, nesting limit 64);
+#   - decodes with explicit capnp::ReaderOptions: nesting limit 64, traversal limit 8 times
+#     the message's own size (so no message can cost more than 8 reads of itself);
 #   - treats a clean end of stream at a message boundary as "the peer is gone" and anything
 #     else (EOF inside a message, a malformed message, a message that breaks the rules below)
 #     as a protocol error. A worker that sees a protocol error writes a line to stderr and

@@ -153,8 +153,7 @@ class PLUGPOOL_API Pool {
   // Like map, for tasks of several arguments: each element of `items` is a tuple (or pair)
   // of the arguments.
   template <typename R, typename... A, typename Range>
-  std::vector<typename Task<R(A...)>::Result> starmap(const Task<R(A...)>& task,
-                                                      const Range& items,
+  std::vector<typename Task<R(A...)>::Result> starmap(const Task<R(A...)>& task, const Range& items,
                                                       std::size_t chunksize = 0);
 
   // Calls `task` once with `args` and returns its result. Throws as map does.
@@ -226,10 +225,10 @@ std::vector<typename Codec<W>::Value> Pool::run(const detail::TaskRef& task, con
 template <typename R, typename A, typename Range>
 std::vector<typename Task<R(A)>::Result> Pool::map(const Task<R(A)>& task, const Range& items,
                                                    std::size_t chunksize) {
-  return run<WireTypeOf<R>, WireTypeOf<A>>(
-      task.ref_, items, chunksize, [](capnp::AnyStruct::Builder out, const auto& item) {
-        codec::writeTuple<WireTypeOf<A>>(out, item);
-      });
+  return run<WireTypeOf<R>, WireTypeOf<A>>(task.ref_, items, chunksize,
+                                           [](capnp::AnyStruct::Builder out, const auto& item) {
+                                             codec::writeTuple<WireTypeOf<A>>(out, item);
+                                           });
 }
 
 template <typename R, typename... A, typename Range>
@@ -238,8 +237,7 @@ std::vector<typename Task<R(A...)>::Result> Pool::starmap(const Task<R(A...)>& t
                                                           std::size_t chunksize) {
   return run<WireTypeOf<R>, WireTypeOf<A>...>(
       task.ref_, items, chunksize, [](capnp::AnyStruct::Builder out, const auto& args) {
-        std::apply([&](const auto&... a) { codec::writeTuple<WireTypeOf<A>...>(out, a...); },
-                   args);
+        std::apply([&](const auto&... a) { codec::writeTuple<WireTypeOf<A>...>(out, a...); }, args);
       });
 }
 

@@ -58,8 +58,8 @@ using InvokeFn = void (*)(const capnp::AnyStruct::Reader* args, capnp::AnyStruct
                           const ErrorSink* sink) noexcept;
 
 struct TaskDescriptor {
-  const char* name;            // unique within the plugin, e.g. "square"
-  const char* doc;             // one line for humans
+  const char* name;  // unique within the plugin, e.g. "square"
+  const char* doc;   // one line for humans
   std::uint32_t argCount;
   const char* const* argTypes;  // argCount canonical type names
   const char* resultType;       // canonical type name

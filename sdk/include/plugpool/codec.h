@@ -71,9 +71,7 @@ class DecodeError : public std::runtime_error {
 template <typename T>
 class Message {
  public:
-  Message() : message_(std::make_unique<capnp::MallocMessageBuilder>()) {
-    message_->initRoot<T>();
-  }
+  Message() : message_(std::make_unique<capnp::MallocMessageBuilder>()) { message_->initRoot<T>(); }
   explicit Message(typename T::Reader value)
       : message_(std::make_unique<capnp::MallocMessageBuilder>()) {
     message_->setRoot(value);
@@ -128,8 +126,23 @@ struct Codec;
 
 // --- scalars -------------------------------------------------------------------------------
 
+namespace codec {
 template <typename T>
-struct Codec<T, std::enable_if_t<std::is_arithmetic_v<T>>> {
+inline constexpr bool IS_CHARACTER =
+    std::is_same_v<T, char> || std::is_same_v<T, wchar_t> || std::is_same_v<T, char8_t> ||
+    std::is_same_v<T, char16_t> || std::is_same_v<T, char32_t>;
+}  // namespace codec
+
+// Character types are refused: whether `char` is signed differs between platforms, so its
+// name in a manifest would too. Use int8_t / uint8_t, or std::string for text.
+template <typename T>
+struct Codec<T, std::enable_if_t<codec::IS_CHARACTER<T>>> {
+  static_assert(!codec::IS_CHARACTER<T>,
+                "plugpool: character types are not task values; use int8_t/uint8_t or text");
+};
+
+template <typename T>
+struct Codec<T, std::enable_if_t<std::is_arithmetic_v<T> && !codec::IS_CHARACTER<T>>> {
   static constexpr codec::Slot slot = codec::Slot::DATA;
   using Value = T;
   static std::string typeName() {
@@ -167,15 +180,18 @@ struct Codec<T, std::enable_if_t<std::is_arithmetic_v<T>>> {
   // The element type of a Cap'n Proto list of this scalar (std::vector<T> travels as List(W)).
   using ListElement = std::conditional_t<
       std::is_same_v<T, bool>, bool,
-      std::conditional_t<std::is_floating_point_v<T>, T,
-                         std::conditional_t<std::is_signed_v<T>,
-                                            std::conditional_t<sizeof(T) == 1, int8_t,
-                                            std::conditional_t<sizeof(T) == 2, int16_t,
-                                            std::conditional_t<sizeof(T) == 4, int32_t, int64_t>>>,
-                                            std::conditional_t<sizeof(T) == 1, uint8_t,
-                                            std::conditional_t<sizeof(T) == 2, uint16_t,
-                                            std::conditional_t<sizeof(T) == 4, uint32_t,
-                                                               uint64_t>>>>>>;
+      std::conditional_t<
+          std::is_floating_point_v<T>, T,
+          std::conditional_t<
+              std::is_signed_v<T>,
+              std::conditional_t<
+                  sizeof(T) == 1, int8_t,
+                  std::conditional_t<sizeof(T) == 2, int16_t,
+                                     std::conditional_t<sizeof(T) == 4, int32_t, int64_t>>>,
+              std::conditional_t<
+                  sizeof(T) == 1, uint8_t,
+                  std::conditional_t<sizeof(T) == 2, uint16_t,
+                                     std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>>>>>;
 };
 
 // --- text and data ---------------------------------------------------------------------------
@@ -186,7 +202,18 @@ inline void writeText(capnp::AnyPointer::Builder out, std::string_view value) {
   auto text = out.initAs<capnp::Text>(static_cast<unsigned>(value.size()));
   if (!value.empty()) std::memcpy(text.begin(), value.data(), value.size());
 }
+// Throws DecodeError unless `in` is null or a list whose elements are `size`.
+inline void expectList(capnp::AnyPointer::Reader in, capnp::ElementSize size, const char* what) {
+  if (in.isNull()) return;
+  if (!in.isList()) throw DecodeError(std::string("expected ") + what);
+  auto list = in.getAs<capnp::AnyList>();
+  if (list.size() > 0 && list.getElementSize() != size) {
+    throw DecodeError(std::string("expected ") + what);
+  }
+}
+
 inline std::string_view readText(capnp::AnyPointer::Reader in) {
+  expectList(in, capnp::ElementSize::BYTE, "text");
   auto text = in.getAs<capnp::Text>();
   return {text.begin(), text.size()};
 }
@@ -195,6 +222,7 @@ inline void writeData(capnp::AnyPointer::Builder out, std::span<const std::byte>
   if (!value.empty()) std::memcpy(data.begin(), value.data(), value.size());
 }
 inline std::span<const std::byte> readData(capnp::AnyPointer::Reader in) {
+  expectList(in, capnp::ElementSize::BYTE, "data");
   auto data = in.getAs<capnp::Data>();
   return {reinterpret_cast<const std::byte*>(data.begin()), data.size()};
 }
@@ -289,7 +317,8 @@ void writeTuple(capnp::AnyStruct::Builder out, const U&... values) {
           }
         }(),
         ...);
-  }(std::index_sequence_for<T...>{});
+  }
+  (std::index_sequence_for<T...>{});
 }
 
 inline void checkTupleSize(capnp::AnyStruct::Reader in, unsigned dataWords, unsigned pointers) {
@@ -319,7 +348,8 @@ std::tuple<typename Codec<T>::Value...> readTuple(capnp::AnyStruct::Reader in) {
         return C::read(pointers[pos]);
       }
     }()...};
-  }(std::index_sequence_for<T...>{});
+  }
+  (std::index_sequence_for<T...>{});
 }
 
 // Reads a list of tuple structs (how chunks carry items and results). Throws DecodeError if
@@ -386,7 +416,8 @@ void writeList(capnp::AnyPointer::Builder out, const Range& values) {
     auto list = out.initAs<capnp::List<typename Codec<E>::ListElement>>(n);
     for (const auto& v : values) list.set(i++, static_cast<E>(v));
   } else {
-    auto list = out.initAsAnyList(capnp::ElementSize::POINTER, n).as<capnp::List<capnp::AnyPointer>>();
+    auto list =
+        out.initAsAnyList(capnp::ElementSize::POINTER, n).as<capnp::List<capnp::AnyPointer>>();
     for (const auto& v : values) Codec<E>::write(list[i++], v);
   }
 }
@@ -394,9 +425,15 @@ void writeList(capnp::AnyPointer::Builder out, const Range& values) {
 // Calls sink(value) for each element of a list<E>.
 template <typename E, typename Sink>
 void readList(capnp::AnyPointer::Reader in, Sink&& sink) {
-  if (!in.isNull() && !in.isList()) throw DecodeError("expected a list pointer");
   if constexpr (Codec<E>::slot == Slot::DATA) {
-    for (auto v : in.getAs<capnp::List<typename Codec<E>::ListElement>>()) {
+    using W = typename Codec<E>::ListElement;
+    constexpr auto size = std::is_same_v<W, bool> ? capnp::ElementSize::BIT
+                          : sizeof(W) == 1       ? capnp::ElementSize::BYTE
+                          : sizeof(W) == 2       ? capnp::ElementSize::TWO_BYTES
+                          : sizeof(W) == 4       ? capnp::ElementSize::FOUR_BYTES
+                                                 : capnp::ElementSize::EIGHT_BYTES;
+    expectList(in, size, "a list of scalars of that size");
+    for (auto v : in.getAs<capnp::List<W>>()) {
       sink(static_cast<E>(v));
     }
   } else {
@@ -497,8 +534,7 @@ struct WireType {
   using type = std::remove_cvref_t<T>;
 };
 template <typename T>
-  requires codec::HasBuilds<std::remove_cvref_t<T>>::value
-struct WireType<T> {
+requires codec::HasBuilds<std::remove_cvref_t<T>>::value struct WireType<T> {
   using type = typename std::remove_cvref_t<T>::Builds;
 };
 template <typename T>

@@ -220,15 +220,15 @@ abi::TaskDescriptor task(const char* name, const char* doc) {
 
 // Declares this shared library a plugpool plugin named `name` with the listed tasks, and
 // exports the two ABI symbols (abi.h convention 1).
-#define PLUGPOOL_PLUGIN(name, ...)                                                           \
-  extern "C" __attribute__((visibility("default"))) const std::uint32_t plugpool_abi_version = \
-      PLUGPOOL_ABI_VERSION;                                                                  \
-  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::PluginDescriptor* \
-  plugpool_plugin_v1() {                                                                     \
-    static const ::plugpool::abi::TaskDescriptor tasks[] = {__VA_ARGS__};                    \
-    static const ::plugpool::abi::PluginDescriptor plugin{                                   \
-        PLUGPOOL_ABI_VERSION, CAPNP_VERSION, name,                                           \
-        static_cast<std::uint32_t>(std::size(tasks)), tasks};                                \
-    return &plugin;                                                                          \
-  }                                                                                          \
+#define PLUGPOOL_PLUGIN(name, ...)                                                               \
+  extern "C" __attribute__((visibility("default"))) const std::uint32_t plugpool_abi_version =   \
+      PLUGPOOL_ABI_VERSION;                                                                      \
+  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::PluginDescriptor*     \
+  plugpool_plugin_v1() {                                                                         \
+    static const ::plugpool::abi::TaskDescriptor tasks[] = {__VA_ARGS__};                        \
+    static const ::plugpool::abi::PluginDescriptor plugin{                                       \
+        PLUGPOOL_ABI_VERSION, CAPNP_VERSION, name, static_cast<std::uint32_t>(std::size(tasks)), \
+        tasks};                                                                                  \
+    return &plugin;                                                                              \
+  }                                                                                              \
   static_assert(true, "PLUGPOOL_PLUGIN ends with a semicolon")

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# setup.sh — from a fresh Debian 12 machine to a built, demonstrated or tested plugpool.
+#
+#   ./setup.sh demo    install what is missing, build into build/, run the pool_speedup demo
+#   ./setup.sh test    install what is missing, build into build/, run the whole test suite,
+#                      ending with one line: "N passed, N failed"
+#
+# Installing uses apt-get (through sudo when not root) and only for packages not yet
+# installed. libboost1.81-dev replaces libboost1.74-dev if that is installed (they conflict).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(g++ meson ninja-build pkg-config python3 capnproto libcapnp-dev libboost1.81-dev catch2)
+
+install_missing() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "setup.sh: installing ${missing[*]}"
+  local sudo=()
+  [ "$(id -u)" -ne 0 ] && sudo=(sudo)
+  "${sudo[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+build() {
+  if [ -f build/build.ninja ]; then
+    meson setup --reconfigure build >/dev/null
+  else
+    meson setup build
+  fi
+  ninja -C build
+}
+
+# Prints "N passed, N failed" from meson's per-test log; fails if any test did not pass.
+summarize() {
+  python3 - build/meson-logs/testlog.json <<'PY'
+import json, sys
+results = [json.loads(line)["result"] for line in open(sys.argv[1]) if line.strip()]
+passed = sum(r == "OK" for r in results)
+failed = len(results) - passed
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed or not results else 0)
+PY
+}
+
+case "${1:-}" in
+  demo)
+    install_missing
+    build
+    build/examples/pool_speedup
+    ;;
+  test)
+    install_missing
+    build
+    status=0
+    meson test -C build --print-errorlogs || status=$?
+    summarize || status=1
+    exit "$status"
+    ;;
+  *)
+    echo "usage: ./setup.sh demo | test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,124 @@
+// Bad configuration gives a clear PluginError or StartError early: at pool start for plugins
+// that cannot be loaded, at bind time for unknown names and wrong signatures.
+#include <cstdint>
+#include <string>
+
+#include <plugpool/pool.h>
+#include <catch2/catch.hpp>
+
+#include "support.h"
+
+using Catch::Matchers::Contains;
+using plugpool::Pool;
+using Int = std::int64_t;
+
+namespace {
+
+// The message of the PluginError (or other plugpool::Error) that starting a pool throws.
+template <typename E = plugpool::PluginError>
+std::string startError(std::vector<std::string> plugins) {
+  try {
+    Pool pool(2, std::move(plugins));
+  } catch (const E& e) {
+    return e.what();
+  }
+  FAIL("the pool started");
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("binding an unknown plugin or task names what exists") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {"examples"});
+    REQUIRE_THROWS_WITH((pool.task<Int(Int)>("exampels", "square")),
+                        Contains("no plugin named \"exampels\"") && Contains("examples"));
+    REQUIRE_THROWS_WITH(
+        (pool.task<Int(Int)>("examples", "sqaure")),
+        Contains("has no task \"sqaure\"") && Contains("square") && Contains("slow_task"));
+    REQUIRE_THROWS_AS((pool.task<Int(Int)>("examples", "sqaure")), plugpool::PluginError);
+    REQUIRE(pool.stats().chunksSent == 0);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("binding with the wrong types names both signatures") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {"examples"});
+    REQUIRE_THROWS_WITH((pool.task<std::string(std::string)>("examples", "square")),
+                        "examples.square is (int64) -> int64, but was bound as (text) -> text");
+    REQUIRE_THROWS_WITH((pool.task<double(Int)>("examples", "square")),
+                        Contains("bound as (int64) -> float64"));
+    REQUIRE_THROWS_WITH((pool.task<Int(std::int32_t)>("examples", "square")),
+                        Contains("bound as (int32) -> int64"));
+    REQUIRE_THROWS_WITH((pool.task<double(double)>("examples", "add")),
+                        Contains("(float64, float64) -> float64"));
+    REQUIRE_THROWS_AS((pool.task<Int(Int, Int)>("examples", "square")), plugpool::PluginError);
+    // The same types under other C++ spellings are fine.
+    REQUIRE(pool.apply(pool.task<long long(long)>("examples", "square"), 9) == 81);
+    REQUIRE(pool.stats().chunksSent == 1);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("plugins that cannot be loaded fail the pool at start with the reason") {
+  testing::ProcessSnapshot before;
+  SECTION("missing file") {
+    REQUIRE_THAT(startError({"/nonexistent/libnothing.so"}),
+                 Contains("/nonexistent/libnothing.so: no such file"));
+  }
+  SECTION("an unknown bare name") {
+    REQUIRE_THAT(
+        startError({"nothing_by_this_name"}),
+        Contains("no plugin named \"nothing_by_this_name\"") && Contains("PLUGPOOL_PLUGIN_PATH"));
+  }
+  SECTION("not a shared library") {
+    REQUIRE_THAT(startError({std::string(FIXTURES_SOURCE_DIR) + "/not_a_library.so"}),
+                 Contains("cannot be loaded as a shared library"));
+  }
+  SECTION("a shared library that is not a plugin") {
+    REQUIRE_THAT(startError({testing::fixture("not_a_plugin")}), Contains("not a plugpool plugin"));
+  }
+  SECTION("a plugin built for another ABI version") {
+    REQUIRE_THAT(startError({testing::fixture("wrong_abi")}),
+                 Contains("built for plugpool ABI version 999") && Contains("speaks version 1"));
+  }
+  SECTION("a plugin with an undefined symbol") {
+    REQUIRE_THAT(startError({testing::fixture("missing_symbol")}),
+                 Contains("undefined symbol: plugpool_fixture_symbol_nobody_defines"));
+  }
+  SECTION("two plugins with one name") {
+    REQUIRE_THAT(startError({"examples", testing::fixture("also_examples")}),
+                 Contains("also named \"examples\""));
+  }
+  SECTION("a plugin that crashes its worker while loading") {
+    REQUIRE_THAT(startError<plugpool::StartError>({testing::fixture("crash_on_load")}),
+                 Contains("killed by signal 11 (SIGSEGV) before it was ready"));
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a missing worker executable is a StartError naming where it looked") {
+  testing::ProcessSnapshot before;
+  plugpool::Options options;
+  options.workers = 2;
+  options.plugins = {"examples"};
+  options.workerExecutable = "/nonexistent/plugpool-worker";
+  REQUIRE_THROWS_AS(Pool(options), plugpool::StartError);
+  REQUIRE_THROWS_WITH(Pool(options), Contains("/nonexistent/plugpool-worker"));
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("plugins are found by bare name through PLUGPOOL_PLUGIN_PATH") {
+  testing::ProcessSnapshot before;
+  ::setenv("PLUGPOOL_PLUGIN_PATH", ("/nonexistent:" + std::string(FIXTURES_DIR)).c_str(), 1);
+  {
+    Pool pool(1, {"faults"});
+    REQUIRE(pool.plugins().front().path == testing::fixture("faults"));
+    REQUIRE(pool.apply(pool.task<Int(Int)>("faults", "sleep_ms"), 1) == 1);
+  }
+  ::unsetenv("PLUGPOOL_PLUGIN_PATH");
+  testing::requireCleanShutdown(before);
+}
