@@ -404,36 +404,42 @@ void Core::reap(std::size_t slot) {
   const int sig = known && WIFSIGNALED(status) ? WTERMSIG(status) : 0;
   const int exitStatus = known && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   const std::string how = describeTermination(sig, exitStatus);
+  const pid_t pid = w.process.pid;
+  const std::string violation = w.violation;
+  const State state = w.state;
+  std::deque<InFlight> lost = std::move(w.inFlight);
 
-  for (auto& f : w.inFlight) {
-    const TaskRef& task = f.job.call->task();
-    if (!w.violation.empty()) {
-      fail(f.job, errorPtr<ProtocolError>("worker " + std::to_string(w.process.pid) + " " +
-                                          w.violation + "; it was killed while running " +
-                                          task.pluginName + "." + task.taskName));
-    } else {
-      fail(f.job,
-           errorPtr<WorkerCrashed>(w.process.pid, sig, exitStatus, task.pluginName, task.taskName));
-    }
-  }
-  if (w.state == State::STARTING) {
+  // Settle the pool's state (counters, the replacement worker) before failing the lost
+  // chunks, so a caller woken by a failure sees the pool as it now is.
+  if (state == State::READY) {
+    std::lock_guard lock(mutex_);
+    ++stats_.workersLost;
+  } else if (state == State::STARTING) {
     auto error =
-        errorPtr<StartError>("worker " + std::to_string(w.process.pid) + " " +
-                             (w.violation.empty() ? how : w.violation) + " before it was ready");
+        errorPtr<StartError>("worker " + std::to_string(pid) + " " +
+                             (violation.empty() ? how : violation) + " before it was ready");
     if (starting_) {
       if (!startError_) startError_ = error;
     } else if (!broken_ && ++startFailures_ >= MAX_START_FAILURES) {
       breakPool(errorPtr<StartError>(std::to_string(MAX_START_FAILURES) +
                                      " workers in a row died before they were ready; the pool "
                                      "stopped respawning them. Last: worker " +
-                                     std::to_string(w.process.pid) + " " + how));
+                                     std::to_string(pid) + " " + how));
     }
-  } else if (w.state == State::READY) {
-    std::lock_guard lock(mutex_);
-    ++stats_.workersLost;
   }
   slots_.erase(slots_.begin() + static_cast<long>(slot));
   if (!starting_ && !closing_ && !broken_ && slots_.size() < options_.workers) spawnWorker();
+
+  for (auto& f : lost) {
+    const TaskRef& task = f.job.call->task();
+    if (!violation.empty()) {
+      fail(f.job, errorPtr<ProtocolError>("worker " + std::to_string(pid) + " " + violation +
+                                          "; it was killed while running " + task.pluginName + "." +
+                                          task.taskName));
+    } else {
+      fail(f.job, errorPtr<WorkerCrashed>(pid, sig, exitStatus, task.pluginName, task.taskName));
+    }
+  }
 }
 
 void Core::failAll(std::exception_ptr error) {
