@@ -55,6 +55,47 @@ plugpool::Bytes echo_bytes(std::span<const std::byte> data) {
   return plugpool::Bytes(data.begin(), data.end());
 }
 
+// Sleeps `ms` milliseconds and returns it: a task that takes as long as asked.
+std::int64_t sleep_ms(std::int64_t ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+
+// The process id of the worker running the call: shows which worker ran what.
+std::int64_t worker_pid() {
+  return ::getpid();
+}
+
+// Per-process state, set by an initializer (or by a host that loaded the plugin in-process
+// before a fork-started pool) and read by later calls in the same process.
+std::int64_t offset = 0;
+std::vector<std::int64_t> table;
+
+// An initializer: sets the offset that add_offset adds. Throws for a negative offset, so a
+// failing initializer can be shown.
+std::int64_t set_offset(std::int64_t value) {
+  if (value < 0) throw std::invalid_argument("set_offset: negative offset " + std::to_string(value));
+  offset = value;
+  return value;
+}
+
+std::int64_t add_offset(std::int64_t x) {
+  return x + offset;
+}
+
+// Fills this process's table with n entries, as a host would load a large table once.
+std::int64_t load_table(std::int64_t n) {
+  table.resize(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) table[static_cast<std::size_t>(i)] = i * 3;
+  return n;
+}
+
+// Entry i of this process's table, or -1 if the table has no entry i.
+std::int64_t table_entry(std::int64_t i) {
+  if (i < 0 || static_cast<std::size_t>(i) >= table.size()) return -1;
+  return table[static_cast<std::size_t>(i)];
+}
+
 std::int64_t fail(std::int64_t x) {
   throw std::runtime_error("fail called with " + std::to_string(x));
 }
@@ -108,6 +149,12 @@ PLUGPOOL_PLUGIN("examples", PLUGPOOL_TASK(square, "Returns x * x."),
                 PLUGPOOL_TASK(word_count, "Counts each whitespace-separated word of a text."),
                 PLUGPOOL_TASK(slow_task, "Sleeps 100 ms, then returns x * x."),
                 PLUGPOOL_TASK(echo_bytes, "Returns its bytes unchanged."),
+                PLUGPOOL_TASK(sleep_ms, "Sleeps ms milliseconds, then returns ms."),
+                PLUGPOOL_TASK(worker_pid, "The process id of the worker that runs the call."),
+                PLUGPOOL_TASK(set_offset, "Initializer: sets the offset add_offset adds."),
+                PLUGPOOL_TASK(add_offset, "Returns x plus the offset set by set_offset."),
+                PLUGPOOL_TASK(load_table, "Fills this process's table with n entries (3 * i)."),
+                PLUGPOOL_TASK(table_entry, "Entry i of this process's table, or -1."),
                 PLUGPOOL_TASK(fail, "Always throws std::runtime_error naming its input."),
                 PLUGPOOL_TASK(sum, "Returns the sum of a list of integers."),
                 PLUGPOOL_TASK(sort_words, "Returns the words sorted."),

@@ -34,6 +34,10 @@ class Launcher {
 // posix_spawn + pidfd_open; safe to call from a multithreaded host.
 std::unique_ptr<Launcher> newPosixLauncher();
 
+// fork() without exec: the child serves as a worker from the host's memory image (see
+// StartMethod::FORK); `executable` is ignored. Implemented in launcher_fork.cc.
+std::unique_ptr<Launcher> newForkLauncher();
+
 // The descriptor a worker finds its channel on.
 inline constexpr int WORKER_CHANNEL_FD = 3;
 

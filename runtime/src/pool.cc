@@ -19,9 +19,11 @@ Pool::Pool(Options options) {
   options.chunksInFlight = std::max(1u, options.chunksInFlight);
   std::vector<std::string> paths;
   for (const auto& spec : options.plugins) paths.push_back(detail::findPlugin(spec));
-  std::string worker = detail::findWorkerExecutable(options.workerExecutable);
+  const bool fork = options.startMethod == StartMethod::FORK;
+  std::string worker = fork ? std::string() : detail::findWorkerExecutable(options.workerExecutable);
+  auto launcher = fork ? detail::newForkLauncher() : detail::newPosixLauncher();
   core_ = std::make_unique<detail::Core>(std::move(options), std::move(paths), std::move(worker),
-                                         detail::newPosixLauncher());
+                                         std::move(launcher));
 }
 
 namespace {

@@ -141,6 +141,11 @@ struct ChunkDone {
   errors @2 :List(ItemError);
   # The calls that failed, in increasing index order, each index at most once. Sparse, so a
   # chunk with no failures costs nothing here.
+
+  elapsedNs @3 :UInt64;
+  # Wall time the worker spent running the chunk's calls, in nanoseconds (decoding the Run
+  # and encoding this reply excluded). The host sizes later chunks of a stream from it; it is
+  # a hint, never trusted for correctness.
 }
 
 struct ItemError {

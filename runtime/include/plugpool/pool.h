@@ -50,6 +50,23 @@ namespace detail {
 class Core;
 }
 
+// How a pool starts its worker processes.
+enum class StartMethod {
+  // posix_spawn of a fresh plugpool-worker: nothing of the host is inherited but stdin,
+  // stdout and stderr. Safe in any host, threads or not. The default.
+  SPAWN,
+  // fork() of the host without exec: a worker starts with a copy of the host's memory as it
+  // is at that moment, including plugins the host already loaded in-process (LocalPlugin)
+  // and the state they hold, such as a large table loaded once before the pool starts.
+  // Workers are forked from the pool's dispatcher thread whenever one starts (also when one
+  // is replaced). HAZARD: only the forking thread exists in the child; a lock another host
+  // thread held at that moment stays locked there forever, so a plugin task that takes
+  // such a lock (its own, or one inside a library it shares with the host) deadlocks the
+  // worker. The child closes every descriptor but its channel and stdin/out/err. Use fork
+  // only when the inherited state is worth that risk.
+  FORK,
+};
+
 struct Options {
   // Number of worker processes. 0: one per core (std::thread::hardware_concurrency()).
   unsigned workers = 0;
@@ -60,7 +77,10 @@ struct Options {
   // libplugpool runs from a build tree), then in the installed plugin directory.
   std::vector<std::string> plugins;
 
-  // The worker executable. Empty: $PLUGPOOL_WORKER if set, else plugpool-worker next to
+  // How workers are started; see StartMethod.
+  StartMethod startMethod = StartMethod::SPAWN;
+
+  // The worker executable (SPAWN only). Empty: $PLUGPOOL_WORKER if set, else plugpool-worker next to
   // libplugpool (the build tree), else the installed one.
   std::string workerExecutable;
 
