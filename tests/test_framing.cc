@@ -683,6 +683,7 @@ std::unique_ptr<capnp::MallocMessageBuilder> runMessage(std::uint64_t id, std::u
 
 struct Examples {
   std::uint32_t square;
+  std::uint32_t sleepMs;
   std::uint32_t taskCount;
 };
 
@@ -705,14 +706,16 @@ Examples handshake(Worker& worker, FrameReader& reader) {
   CHECK(std::string(plugins[0].getName().cStr()) == "examples");
   CHECK(std::string(plugins[0].getPath().cStr()) == plugin);
   auto tasks = plugins[0].getTasks();
-  std::optional<std::uint32_t> square;
+  std::optional<std::uint32_t> square, sleepMs;
   for (unsigned t = 0; t < tasks.size(); ++t) {
     if (std::string(tasks[t].getName().cStr()) == "square") square = t;
+    if (std::string(tasks[t].getName().cStr()) == "sleep_ms") sleepMs = t;
   }
   INFO("the examples plugin's manifest has " << tasks.size() << " tasks");
   REQUIRE(square.has_value());
+  REQUIRE(sleepMs.has_value());
   CHECK(tasks[*square].getArgTypes().size() == 1);
-  return {*square, tasks.size()};
+  return {*square, *sleepMs, tasks.size()};
 }
 
 // After the worker has exited: the host end reads END, i.e. the worker sent nothing more.
@@ -831,6 +834,27 @@ TEST_CASE(
     worker.closeChannel();
     CHECK(worker.waitForExit() == "exit 0");
     CHECK(worker.stderrText() == "");
+  }
+  testing::requireCleanShutdown(snapshot);
+}
+
+TEST_CASE("ChunkDone.elapsedNs is the wall time the worker spent running the chunk's calls") {
+  testing::ProcessSnapshot snapshot;
+  {
+    Worker worker;
+    FrameReader reader(WORKER_MAX_WORDS);
+    Examples examples = handshake(worker, reader);
+    worker.send(runMessage(1, 0, examples.sleepMs, {30, 20}));
+    kj::Array<capnp::word> words;
+    REQUIRE(readMessage(reader, worker.channel(), words) == Status::MESSAGE);
+    capnp::FlatArrayMessageReader message(words, readerOptions(WORKER_MAX_WORDS));
+    auto root = message.getRoot<wire::WorkerMessage>();
+    REQUIRE(root.isChunkDone());
+    const std::uint64_t elapsed = root.getChunkDone().getElapsedNs();
+    CHECK(elapsed >= 50'000'000);     // both sleeps
+    CHECK(elapsed < 10'000'000'000);  // and not some unrelated clock
+    worker.closeChannel();
+    CHECK(worker.waitForExit() == "exit 0");
   }
   testing::requireCleanShutdown(snapshot);
 }

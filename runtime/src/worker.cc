@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -128,12 +129,14 @@ class Worker {
                                                             task.resultPointers, args.size());
     failures_.clear();
     abi::ErrorSink sink{this, &Worker::recordFailure};
+    const auto started = std::chrono::steady_clock::now();
     for (unsigned i = 0; i < args.size(); ++i) {
       current_ = i;
       capnp::AnyStruct::Reader in = args[i];
       capnp::AnyStruct::Builder out = results[i];
       task.invoke(&in, &out, &sink);
     }
+    const auto elapsed = std::chrono::steady_clock::now() - started;
 
     if (capnp::computeSerializedSizeInWords(*reply) > maxWords_) {
       // Too big to send: fail every item of this chunk rather than break the protocol.
@@ -148,6 +151,8 @@ class Worker {
                              "smaller chunksize or raise the limit"});
       }
     }
+    done.setElapsedNs(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count()));
     auto errors = done.initErrors(static_cast<unsigned>(failures_.size()));
     for (unsigned k = 0; k < failures_.size(); ++k) {
       errors[k].setIndex(failures_[k].index);
