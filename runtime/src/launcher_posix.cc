@@ -1,16 +1,11 @@
-#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <string>
-#include <system_error>
 
 #include "launcher.h"
+#include "launcher_common.h"
 
 extern char** environ;
 
@@ -18,28 +13,16 @@ namespace plugpool::detail {
 
 namespace {
 
-// glibc 2.36's <sys/pidfd.h> declares pidfd_open without C linkage, so C++ cannot link
-// against it; the system call itself is stable since Linux 5.3.
-int pidfdOpen(pid_t pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-}
-
-[[noreturn]] void fail(int error, const std::string& what) {
-  throw std::system_error(error, std::generic_category(), what);
-}
-
 class PosixLauncher final : public Launcher {
  public:
   SpawnedProcess spawn(const std::string& executable) override {
-    int pair[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) fail(errno, "socketpair");
-    UniqueFd ours(pair[0]), theirs(pair[1]);
+    ChannelPair pair = newChannelPair();
 
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     // dup2 onto 3 clears close-on-exec for the copy; then close everything above it, so the
     // worker inherits no descriptor of the host's but stdin/out/err and its channel.
-    posix_spawn_file_actions_adddup2(&actions, theirs.get(), WORKER_CHANNEL_FD);
+    posix_spawn_file_actions_adddup2(&actions, pair.worker.get(), WORKER_CHANNEL_FD);
     posix_spawn_file_actions_addclosefrom_np(&actions, WORKER_CHANNEL_FD + 1);
 
     // The worker starts with default signal dispositions and an empty mask, whatever the
@@ -60,21 +43,8 @@ class PosixLauncher final : public Launcher {
     int rc = ::posix_spawn(&pid, executable.c_str(), &actions, &attr, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
-    if (rc != 0) fail(rc, "posix_spawn " + executable);
-
-    SpawnedProcess process;
-    process.pid = pid;
-    process.pidfd = UniqueFd(pidfdOpen(pid));
-    if (!process.pidfd) {
-      int error = errno;
-      ::kill(pid, SIGKILL);
-      while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-      }
-      fail(error, "pidfd_open");
-    }
-    ::fcntl(ours.get(), F_SETFL, ::fcntl(ours.get(), F_GETFL) | O_NONBLOCK);
-    process.channel = std::move(ours);
-    return process;
+    if (rc != 0) throwSystemError(rc, "posix_spawn " + executable);
+    return adoptWorker(pid, std::move(pair.host));
   }
 };
 
