@@ -1,8 +1,8 @@
 // launcher.h — how the pool starts a worker process. Internal.
 //
 // The dispatcher asks a Launcher for processes; it never calls fork/exec itself, so a test
-// (or a future transport) can substitute its own. The POSIX implementation is in
-// launcher_posix.cc.
+// (or a future transport) can substitute its own. The implementations are in
+// launcher_posix.cc (posix_spawn) and launcher_fork.cc (fork), sharing launcher_common.h.
 #pragma once
 
 #include <sys/types.h>

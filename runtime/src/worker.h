@@ -9,9 +9,10 @@
 namespace plugpool::detail {
 
 // Exit statuses of a worker process (besides 0, "the host closed the channel").
-inline constexpr int EXIT_LOAD_FAILED = 1;  // a plugin could not be loaded (after Hello said so)
-inline constexpr int EXIT_USAGE = 2;        // plugpool-worker started by hand or with bad arguments
-inline constexpr int EXIT_PROTOCOL = 70;    // the host sent something malformed
+inline constexpr int EXIT_LOAD_FAILED = 1;   // a plugin could not be loaded (after Hello said so)
+inline constexpr int EXIT_USAGE = 2;         // started by hand, or with bad arguments
+inline constexpr int EXIT_PROTOCOL = 70;     // the host sent something malformed
+inline constexpr int EXIT_CHILD_SETUP = 71;  // a fork-started worker could not move its channel
 
 // Runs the whole conversation on the connected, blocking stream `fd`: reads Setup, loads the
 // plugins and answers Hello, then runs each Run and answers with a ChunkDone, until the host
