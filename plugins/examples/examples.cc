@@ -74,7 +74,8 @@ std::vector<std::int64_t> table;
 // An initializer: sets the offset that add_offset adds. Throws for a negative offset, so a
 // failing initializer can be shown.
 std::int64_t set_offset(std::int64_t value) {
-  if (value < 0) throw std::invalid_argument("set_offset: negative offset " + std::to_string(value));
+  if (value < 0)
+    throw std::invalid_argument("set_offset: negative offset " + std::to_string(value));
   offset = value;
   return value;
 }

@@ -1,13 +1,31 @@
 #include "plugpool/detail/call.h"
 
+#include <algorithm>
+
+#include "core.h"
 #include "plugpool/errors.h"
 #include "wire.capnp.h"
 
 namespace plugpool::detail {
 
+namespace {
+
+// Waits on `cv` until `done()` or the deadline; true if done.
+template <typename Pred>
+bool waitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, Deadline deadline,
+               Pred done) {
+  if (!deadline) {
+    cv.wait(lock, done);
+    return true;
+  }
+  return cv.wait_until(lock, *deadline, done);
+}
+
+}  // namespace
+
 ChunkRequest::ChunkRequest(const TaskRef& task, unsigned count, std::uint16_t dataWords,
                            std::uint16_t pointers)
-    : message_(std::make_unique<capnp::MallocMessageBuilder>(
+    : message_(std::make_shared<capnp::MallocMessageBuilder>(
           // One first segment that fits the whole chunk of fixed-size tuples, so building it
           // is one allocation: 2 words of list tag and envelope, 1 word per data word or
           // pointer of each item, plus room for whatever the pointers point at.
@@ -23,44 +41,248 @@ ChunkRequest::ChunkRequest(ChunkRequest&&) noexcept = default;
 ChunkRequest& ChunkRequest::operator=(ChunkRequest&&) noexcept = default;
 ChunkRequest::~ChunkRequest() = default;
 
-std::unique_ptr<capnp::MallocMessageBuilder> ChunkRequest::finish(std::uint64_t id) {
-  message_->getRoot<wire::HostMessage>().getRun().setId(id);
-  return std::move(message_);
+// --- CallbackQueue ------------------------------------------------------------------------
+
+CallbackQueue::~CallbackQueue() {
+  stop();
 }
 
-std::size_t Call::addChunk() {
-  std::lock_guard lock(mutex_);
-  outcomes_.push_back(std::make_unique<std::optional<ChunkOutcome>>());
-  return outcomes_.size() - 1;
+void CallbackQueue::post(std::function<void()> fn) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!stopped_) {
+      queue_.push_back(std::move(fn));
+      if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+      ready_.notify_one();
+      return;
+    }
+  }
+  try {
+    fn();
+  } catch (...) {
+  }
+}
+
+void CallbackQueue::stop() {
+  std::thread thread;
+  {
+    std::lock_guard lock(mutex_);
+    stopped_ = true;
+    thread = std::move(thread_);
+  }
+  ready_.notify_one();
+  if (thread.joinable()) thread.join();
+}
+
+void CallbackQueue::run() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    ready_.wait(lock, [&] { return stopped_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopped and drained
+    auto fn = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    try {
+      fn();
+    } catch (...) {
+    }
+    fn = nullptr;  // whatever it captured dies outside the lock
+    lock.lock();
+  }
+}
+
+// --- Call ---------------------------------------------------------------------------------
+
+Call::Call(TaskRef task, std::weak_ptr<Core> core, std::shared_ptr<CallbackQueue> callbacks)
+    : task_(std::move(task)), core_(std::move(core)), callbacks_(std::move(callbacks)) {}
+
+Call::~Call() = default;
+
+std::size_t Call::submit(ChunkRequest chunk) {
+  std::size_t index;
+  {
+    std::lock_guard lock(mutex_);
+    if (sealed_) throwUsage("submit after seal");
+    index = count_++;
+    slots_.emplace_back();
+  }
+  try {
+    auto core = core_.lock();
+    if (!core) throw PoolClosed("the pool is gone; no more work can be submitted");
+    core->submit(shared_from_this(), index, std::move(chunk));
+  } catch (...) {
+    // Not sent: the chunk ends here, so a reader waiting for it is not left hanging.
+    ChunkOutcome outcome;
+    outcome.failure = std::current_exception();
+    complete(index, std::move(outcome));
+    throw;
+  }
+  return index;
+}
+
+void Call::seal() {
+  std::unique_lock lock(mutex_);
+  sealed_ = true;
+  finishIfDone(lock);
 }
 
 void Call::complete(std::size_t index, ChunkOutcome outcome) {
-  {
-    std::lock_guard lock(mutex_);
-    *outcomes_[index] = std::move(outcome);
-  }
-  done_.notify_all();
+  std::unique_lock lock(mutex_);
+  if (index < base_) return;
+  Slot& slot = slots_[index - base_];
+  if (slot.ended) return;
+  slot.ended = true;
+  if (!slot.released) slot.outcome = std::move(outcome);
+  ++ended_;
+  arrived_.push_back(index);
+  changed_.notify_all();
+  finishIfDone(lock);
 }
 
-const ChunkOutcome& Call::wait(std::size_t index) {
+void Call::finishIfDone(std::unique_lock<std::mutex>& lock) {
+  if (finished_ || !sealed_ || ended_ != count_) {
+    lock.unlock();
+    return;
+  }
+  finished_ = true;
+  auto watchers = std::move(watchers_);
+  changed_.notify_all();
+  lock.unlock();
+  for (auto& fn : watchers) fn();
+}
+
+const ChunkOutcome* Call::wait(std::size_t index, Deadline deadline) {
   std::unique_lock lock(mutex_);
-  auto& slot = *outcomes_[index];
-  done_.wait(lock, [&] { return slot.has_value(); });
-  return *slot;
+  if (index < base_ || index >= count_) throwUsage("waiting for a chunk that does not exist");
+  bool ended = waitUntil(changed_, lock, deadline, [&] { return slots_[index - base_].ended; });
+  if (!ended) return nullptr;
+  Slot& slot = slots_[index - base_];
+  if (slot.released) throwUsage("waiting for a chunk already released");
+  return &*slot.outcome;
+}
+
+std::optional<std::size_t> Call::takeAny(Deadline deadline) {
+  std::unique_lock lock(mutex_);
+  if (!waitUntil(changed_, lock, deadline, [&] { return !arrived_.empty(); })) return std::nullopt;
+  std::size_t index = arrived_.front();
+  arrived_.pop_front();
+  return index;
+}
+
+void Call::release(std::size_t index) {
+  std::optional<ChunkOutcome> dying;  // freed outside the lock
+  std::lock_guard lock(mutex_);
+  if (index < base_ || index >= count_) return;
+  Slot& slot = slots_[index - base_];
+  slot.released = true;
+  dying = std::move(slot.outcome);
+  slot.outcome.reset();
+  while (!slots_.empty() && slots_.front().released && slots_.front().ended) {
+    slots_.pop_front();
+    ++base_;
+  }
 }
 
 std::size_t Call::chunks() const {
   std::lock_guard lock(mutex_);
-  return outcomes_.size();
+  return count_;
+}
+
+bool Call::finished() const {
+  std::lock_guard lock(mutex_);
+  return finished_;
+}
+
+bool Call::waitFinished(Deadline deadline) const {
+  std::unique_lock lock(mutex_);
+  return waitUntil(changed_, lock, deadline, [&] { return finished_; });
+}
+
+void Call::whenFinished(std::function<void()> fn) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!finished_) {
+      watchers_.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
+}
+
+void Call::thenOnCallbackThread(std::function<void()> fn) {
+  whenFinished([callbacks = callbacks_, fn = std::move(fn)]() mutable {
+    if (callbacks) {
+      callbacks->post(std::move(fn));
+    } else {
+      fn();
+    }
+  });
+}
+
+void Call::cancel() {
+  if (auto core = core_.lock()) core->cancel(shared_from_this(), /*running too=*/true);
+}
+
+void Call::discardQueued() {
+  if (auto core = core_.lock()) core->cancel(shared_from_this(), /*running too=*/false);
+}
+
+// --- waiting on many calls ----------------------------------------------------------------
+
+std::optional<std::size_t> waitAny(const std::vector<Call*>& calls, Deadline deadline) {
+  CompletionOrder order(calls);
+  try {
+    return order.next(deadline);
+  } catch (const WaitTimeout&) {
+    return std::nullopt;
+  }
+}
+
+CompletionOrder::CompletionOrder(const std::vector<Call*>& calls)
+    : shared_(std::make_shared<Shared>()), remaining_(calls.size()) {
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    // The watcher holds the shared queue, not this object, so it may outlive it.
+    calls[i]->whenFinished([shared = shared_, i] {
+      std::lock_guard lock(shared->mutex);
+      shared->done.push_back(i);
+      shared->ready.notify_all();
+    });
+  }
+}
+
+std::optional<std::size_t> CompletionOrder::next(Deadline deadline) {
+  if (remaining_ == 0) return std::nullopt;
+  std::unique_lock lock(shared_->mutex);
+  if (!waitUntil(shared_->ready, lock, deadline, [&] { return !shared_->done.empty(); })) {
+    throwWaitTimeout("timed out waiting for results to complete");
+  }
+  std::size_t index = shared_->done.front();
+  shared_->done.pop_front();
+  --remaining_;
+  return index;
+}
+
+// --- errors -------------------------------------------------------------------------------
+
+std::exception_ptr itemError(const TaskRef& task, const ItemFailure& f) {
+  return std::make_exception_ptr(TaskError(task.pluginName, task.taskName, f.type, f.message));
 }
 
 void throwItemFailure(const TaskRef& task, const ItemFailure& f) {
-  throw TaskError(task.pluginName, task.taskName, f.type, f.message);
+  std::rethrow_exception(itemError(task, f));
 }
 
 void throwUndecodable(const TaskRef& task, const char* why) {
   throw ProtocolError("the results of " + task.pluginName + "." + task.taskName +
                       " could not be decoded: " + why);
+}
+
+void throwUsage(const char* what) {
+  throw UsageError(what);
+}
+
+void throwWaitTimeout(const char* what) {
+  throw WaitTimeout(what);
 }
 
 }  // namespace plugpool::detail

@@ -13,6 +13,7 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include "paths.h"
 #include "plugpool/errors.h"
 #include "termination.h"
 
@@ -52,6 +53,7 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
       workerExecutable_(std::move(workerExecutable)),
       launcher_(std::move(launcher)),
       maxWords_(options_.maxMessageBytes / sizeof(capnp::word)),
+      exitedFuture_(exitedPromise_.get_future().share()),
       wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
   if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
   std::promise<void> started;
@@ -66,13 +68,56 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
 }
 
 Core::~Core() {
+  close();
+  join();
+}
+
+void Core::close() {
   {
     std::lock_guard lock(mutex_);
-    stopRequested_ = true;
+    closeRequested_ = true;
   }
   std::uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof one);
-  thread_.join();
+}
+
+bool Core::closed() const {
+  std::lock_guard lock(mutex_);
+  return closeRequested_;
+}
+
+void Core::join() {
+  if (!closed()) throw UsageError("join() before close(), shutdown() or terminate()");
+  exitedFuture_.wait();
+  std::call_once(joined_, [&] { thread_.join(); });
+}
+
+void Core::cancel(std::shared_ptr<Call> call, bool running) {
+  post({running ? Control::CANCEL : Control::DISCARD, std::move(call), 0, nullptr});
+}
+
+void Core::cancelQueued() {
+  close();
+  post({Control::CANCEL_QUEUED, nullptr, 0, nullptr});
+}
+
+void Core::terminate(int signal) {
+  close();
+  post({Control::TERMINATE, nullptr, signal, nullptr});
+  join();
+}
+
+void Core::post(Control control) {
+  control.done = std::make_shared<std::promise<void>>();
+  auto done = control.done->get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (exited_) return;  // nothing is left to act on
+    controls_.push_back(std::move(control));
+  }
+  std::uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof one);
+  done.wait();
 }
 
 Stats Core::stats() const {
@@ -84,7 +129,8 @@ void Core::submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest ch
   unsigned items = chunk.size();
   {
     std::lock_guard lock(mutex_);
-    incoming_.push_back({std::move(call), index, std::move(chunk), items});
+    if (closeRequested_) throw PoolClosed("the pool is closed; it takes no new work");
+    incoming_.push_back({std::move(call), index, chunk.release(), items});
   }
   std::uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof one);
@@ -97,6 +143,14 @@ void Core::run(std::promise<void>& started) {
   }
   started.set_value();  // `started` dies with the constructor's frame: not touched again
   loop();
+  std::vector<Control> left;
+  {
+    std::lock_guard lock(mutex_);
+    exited_ = true;
+    left.swap(controls_);
+  }
+  for (auto& c : left) c.done->set_value();
+  exitedPromise_.set_value();
 }
 
 bool Core::startUp() {
@@ -116,20 +170,28 @@ bool Core::startUp() {
   }
   closing_ = true;
   while (!slots_.empty()) pollOnce();
+  {
+    std::lock_guard lock(mutex_);
+    exited_ = true;
+    closeRequested_ = true;
+  }
+  exitedPromise_.set_value();
   return false;
 }
 
 void Core::loop() {
   for (;;) {
     takeIncoming();
+    takeControls();
     if (broken_) failAll(broken_);
+    retireIdle();
     dispatch();
     bool idle = pending_.empty() && std::all_of(slots_.begin(), slots_.end(),
                                                 [](const auto& w) { return w->inFlight.empty(); });
     bool stop;
     {
       std::lock_guard lock(mutex_);
-      stop = stopRequested_;
+      stop = closeRequested_ && incoming_.empty();
     }
     if (stop && idle && !closing_) beginClosing();
     if (closing_ && slots_.empty()) return;
@@ -145,10 +207,81 @@ void Core::takeIncoming() {
   }
   for (auto& job : incoming) {
     if (closing_) {
-      fail(job, errorPtr<Error>("the pool is shutting down; the chunk was not run"));
+      fail(job, errorPtr<PoolClosed>("the pool was shutting down; the chunk was not run"));
     } else {
       pending_.push_back(std::move(job));
     }
+  }
+}
+
+void Core::takeControls() {
+  std::vector<Control> controls;
+  {
+    std::lock_guard lock(mutex_);
+    controls.swap(controls_);
+  }
+  for (auto& c : controls) {
+    runControl(c);
+    c.done->set_value();
+  }
+}
+
+void Core::runControl(Control& c) {
+  auto cancelled = [](const char* what) { return errorPtr<Cancelled>(what); };
+  if (c.kind != Control::TERMINATE) {
+    // Queued chunks (all, or those of one call) end without running.
+    auto error = cancelled(c.kind == Control::CANCEL_QUEUED ? "cancelled by shutdown before it ran"
+                                                            : "cancelled before it ran");
+    std::deque<Job> keep;
+    for (auto& job : pending_) {
+      if (c.call && job.call != c.call) {
+        keep.push_back(std::move(job));
+      } else {
+        fail(job, error);
+      }
+    }
+    pending_.swap(keep);
+    if (c.kind != Control::CANCEL) return;
+    // Chunks already sent: end them now. The one a worker is running (the first unanswered)
+    // only stops with its worker.
+    auto running = cancelled("cancelled while it ran; its worker was killed and replaced");
+    auto queued = cancelled("cancelled before it ran");
+    for (auto& w : slots_) {
+      for (std::size_t i = 0; i < w->inFlight.size(); ++i) {
+        InFlight& f = w->inFlight[i];
+        if (f.ended || f.job.call != c.call) continue;
+        fail(f, i == 0 ? running : queued);
+        if (i == 0) {
+          ::kill(w->process.pid, SIGKILL);
+          w->stoppedOnPurpose = true;
+        }
+      }
+    }
+    return;
+  }
+  // TERMINATE: everything unfinished ends now, and every worker is signalled.
+  auto before = cancelled("cancelled: the pool was terminated before it ran");
+  auto during = cancelled("cancelled: the pool was terminated while it ran");
+  failAll(before);
+  for (auto& w : slots_) {
+    for (auto& f : w->inFlight) {
+      if (!f.ended) fail(f, during);
+    }
+    ::kill(w->process.pid, c.signal);
+    w->stoppedOnPurpose = true;
+    closeChannel(*w);
+    w->state = State::CLOSING;
+    w->deadline = Clock::now() + options_.stopTimeout;
+  }
+  closing_ = true;
+}
+
+void Core::retireIdle() {
+  for (auto& w : slots_) {
+    if (!w->retiring || w->state != State::READY || !w->inFlight.empty()) continue;
+    closeChannel(*w);  // it exits when it reads the end of its channel
+    w->state = State::CLOSING;
+    w->deadline = Clock::now() + options_.stopTimeout;
   }
 }
 
@@ -156,27 +289,58 @@ void Core::dispatch() {
   while (!pending_.empty()) {
     Worker* best = nullptr;
     for (auto& w : slots_) {
-      if (w->state != State::READY || !w->channelOpen) continue;
+      if (w->state != State::READY || !w->channelOpen || w->retiring) continue;
       if (w->inFlight.size() >= options_.chunksInFlight) continue;
       if (best == nullptr || w->inFlight.size() < best->inFlight.size()) best = w.get();
     }
     if (best == nullptr) return;
     Job job = std::move(pending_.front());
     pending_.pop_front();
-    std::uint64_t id = nextId_++;
-    auto message = job.request.finish(id);
-    if (capnp::computeSerializedSizeInWords(*message) > maxWords_) {
+    if (capnp::computeSerializedSizeInWords(*job.message) > maxWords_) {
       const TaskRef& task = job.call->task();
       fail(job, errorPtr<TaskError>(task.pluginName, task.taskName, "plugpool::MessageTooLarge",
                                     "the chunk's arguments exceed the pool's maxMessageBytes; "
                                     "use a smaller chunksize or raise the limit"));
       continue;
     }
-    best->writer.push(std::move(message));
-    countStats(job);
-    best->inFlight.push_back({id, std::move(job)});
-    flush(*best);
+    send(*best, std::move(job));
   }
+}
+
+void Core::send(Worker& w, Job job) {
+  std::uint64_t id = nextId_++;
+  job.message->getRoot<wire::HostMessage>().getRun().setId(id);
+  w.writer.push(job.message);
+  countStats(job);
+  w.itemsSent += job.items;
+  w.inFlight.push_back({id, std::move(job)});
+  flush(w);
+  if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild && !w.retiring) {
+    // Replace it now, so the new worker starts while this one finishes what it holds.
+    w.retiring = true;
+    {
+      std::lock_guard lock(mutex_);
+      ++stats_.workersRetired;
+    }
+    if (!closing_ && !broken_) spawnWorker();
+  }
+}
+
+void Core::sendInitializer(Worker& w) {
+  const Initializer& init = options_.initializer;
+  ChunkRequest request(*initializer_, 1, init.dataWords_, init.pointers_);
+  init.encode_(request.items()[0]);
+  auto message = request.release();
+  w.initId = nextId_++;
+  message->getRoot<wire::HostMessage>().getRun().setId(w.initId);
+  w.writer.push(std::move(message));
+  flush(w);
+}
+
+void Core::becomeReady(Worker& w) {
+  w.state = State::READY;
+  w.deadline = Clock::time_point::max();
+  startFailures_ = 0;
 }
 
 void Core::beginClosing() {
@@ -301,7 +465,9 @@ void Core::handleMessage(Worker& w, kj::Array<capnp::word> words) {
         if (w.state != State::STARTING) return violate(w, "sent Hello twice");
         return handleHello(w, root.getHello());
       case wire::WorkerMessage::CHUNK_DONE:
-        if (w.state == State::STARTING) return violate(w, "sent ChunkDone before Hello");
+        if (w.state == State::STARTING && w.initId == 0) {
+          return violate(w, "sent ChunkDone before Hello");
+        }
         return handleChunkDone(w, root.getChunkDone(), received);
     }
     violate(w, "sent a message of unknown kind");
@@ -326,19 +492,50 @@ void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
   }
   std::vector<PluginInfo> infos;
   for (auto m : hello.getPlugins()) infos.push_back(toPluginInfo(m));
-  if (starting_ && std::none_of(slots_.begin(), slots_.end(),
-                                [](auto& s) { return s->state == State::READY; })) {
+  if (plugins_.empty() && starting_) {
     plugins_ = std::move(infos);
+    if (options_.initializer) {
+      try {
+        const Initializer& init = options_.initializer;
+        initializer_ =
+            bindByName(plugins_, init.plugin_, init.task_, init.argTypes_, init.resultType_);
+      } catch (const PluginError& e) {
+        if (!startError_)
+          startError_ = errorPtr<PluginError>(std::string("initializer: ") + e.what());
+        return;
+      }
+    }
   } else if (infos != plugins_) {
     return violate(w, "loaded plugins that differ from the other workers'");
   }
-  w.state = State::READY;
-  w.deadline = Clock::time_point::max();
-  startFailures_ = 0;
+  if (initializer_) return sendInitializer(w);
+  becomeReady(w);
 }
 
 void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
                            std::shared_ptr<const void> keep) {
+  if (w.state == State::STARTING) {
+    if (w.initId == 0 || done.getId() != w.initId) {
+      return violate(w, "sent ChunkDone before it was ready");
+    }
+    w.initId = 0;
+    if (done.getErrors().size() == 0) return becomeReady(w);
+    // A failing initializer fails the pool at once: a fresh worker would fail the same way.
+    auto e = done.getErrors()[0];
+    auto error = errorPtr<StartError>(
+        "the initializer " + initializer_->pluginName + "." + initializer_->taskName +
+        " failed in worker " + std::to_string(w.process.pid) + ": " + e.getType().cStr() + ": " +
+        e.getMessage().cStr() + "; the pool does not start workers whose initializer fails");
+    if (starting_) {
+      if (!startError_) startError_ = error;
+    } else {
+      breakPool(error);
+    }
+    ::kill(w.process.pid, SIGKILL);
+    w.stoppedOnPurpose = true;
+    closeChannel(w);
+    return;
+  }
   if (w.inFlight.empty()) return violate(w, "answered a chunk that was not sent");
   InFlight& front = w.inFlight.front();
   if (done.getId() != front.id) {
@@ -364,9 +561,10 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
     outcome.errors.push_back({e.getIndex(), e.getType().cStr(), e.getMessage().cStr()});
   }
   outcome.keepAlive = std::move(keep);
-  Job job = std::move(front.job);
+  outcome.elapsedNs = done.getElapsedNs();
+  InFlight f = std::move(front);
   w.inFlight.pop_front();
-  job.call->complete(job.index, std::move(outcome));
+  if (!f.ended) f.job.call->complete(f.job.index, std::move(outcome));
 }
 
 void Core::flush(Worker& w) {
@@ -411,10 +609,10 @@ void Core::reap(std::size_t slot) {
 
   // Settle the pool's state (counters, the replacement worker) before failing the lost
   // chunks, so a caller woken by a failure sees the pool as it now is.
-  if (state == State::READY) {
+  if (state == State::READY && !w.stoppedOnPurpose) {
     std::lock_guard lock(mutex_);
     ++stats_.workersLost;
-  } else if (state == State::STARTING) {
+  } else if (state == State::STARTING && !w.stoppedOnPurpose) {
     auto error =
         errorPtr<StartError>("worker " + std::to_string(pid) + " " +
                              (violation.empty() ? how : violation) + " before it was ready");
@@ -430,16 +628,26 @@ void Core::reap(std::size_t slot) {
   slots_.erase(slots_.begin() + static_cast<long>(slot));
   if (!starting_ && !closing_ && !broken_ && slots_.size() < options_.workers) spawnWorker();
 
-  for (auto& f : lost) {
+  // Only the first unanswered chunk was running; the ones queued behind it go out again.
+  std::deque<Job> again;
+  for (std::size_t i = 0; i < lost.size(); ++i) {
+    InFlight& f = lost[i];
+    if (f.ended) continue;
+    if (i != 0) {
+      again.push_back(std::move(f.job));
+      continue;
+    }
     const TaskRef& task = f.job.call->task();
     if (!violation.empty()) {
-      fail(f.job, errorPtr<ProtocolError>("worker " + std::to_string(pid) + " " + violation +
-                                          "; it was killed while running " + task.pluginName + "." +
-                                          task.taskName));
+      fail(f, errorPtr<ProtocolError>("worker " + std::to_string(pid) + " " + violation +
+                                      "; it was killed while running " + task.pluginName + "." +
+                                      task.taskName));
     } else {
-      fail(f.job, errorPtr<WorkerCrashed>(pid, sig, exitStatus, task.pluginName, task.taskName));
+      fail(f, errorPtr<WorkerCrashed>(pid, sig, exitStatus, task.pluginName, task.taskName));
     }
   }
+  pending_.insert(pending_.begin(), std::make_move_iterator(again.begin()),
+                  std::make_move_iterator(again.end()));
 }
 
 void Core::failAll(std::exception_ptr error) {
@@ -450,6 +658,11 @@ void Core::failAll(std::exception_ptr error) {
 
 void Core::breakPool(std::exception_ptr error) {
   if (!broken_) broken_ = std::move(error);
+}
+
+void Core::fail(InFlight& f, std::exception_ptr error) {
+  f.ended = true;
+  fail(f.job, std::move(error));
 }
 
 void Core::fail(Job& job, std::exception_ptr error) {

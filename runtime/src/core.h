@@ -11,8 +11,17 @@
 // (MAX_START_FAILURES in a row) break the pool: everything pending and submitted later fails
 // with StartError instead of respawning forever.
 //
-// Threads: submit(), stats(), plugins() and workers() may be called from any thread.
-// Everything else runs on the dispatcher thread.
+// Work that was sent to a worker that then died is not all lost: the worker runs its chunks in
+// order, so only the first unanswered chunk was running. That one fails (WorkerCrashed,
+// ProtocolError, or Cancelled if the caller killed it); the chunks queued behind it are sent
+// again to another worker.
+//
+// Life: open → closed (close(): no new work; queued work still runs) → closing (idle or
+// terminated: channels closed, workers exit or are killed after stopTimeout) → exited (the
+// dispatcher thread has reaped every worker and returned). join() waits for exited.
+//
+// Threads: the public members may be called from any thread. Everything else runs on the
+// dispatcher thread.
 #pragma once
 
 #include <chrono>
@@ -22,6 +31,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,16 +52,31 @@ class Core {
   // Throws PluginError or StartError (see Pool::Pool).
   Core(Options options, std::vector<std::string> pluginPaths, std::string workerExecutable,
        std::unique_ptr<Launcher> launcher);
-  // Finishes submitted work, stops the workers and reaps them (see Pool::~Pool).
+  // close(), then join().
   ~Core();
 
   unsigned workers() const { return options_.workers; }
+  const Options& options() const { return options_; }
   // Immutable once the constructor has returned.
   const std::vector<PluginInfo>& plugins() const { return plugins_; }
   Stats stats() const;
 
-  // Queues chunk `index` of `call`. Never blocks on workers.
+  // Queues chunk `index` of `call`. Never blocks on workers. Throws PoolClosed after close().
   void submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest chunk);
+  // Ends `call`'s chunks with Cancelled: the queued ones, and if `running`, the ones sent to
+  // workers too (a worker running one is killed and replaced). Returns once done.
+  void cancel(std::shared_ptr<Call> call, bool running);
+
+  // No new work; what was submitted still runs, then the workers stop. Idempotent.
+  void close();
+  // close(), and end every chunk not yet sent to a worker with Cancelled.
+  void cancelQueued();
+  // close(), end every unfinished chunk with Cancelled and send `signal` to every worker
+  // (SIGKILL after stopTimeout if one survives). Returns once every worker is reaped.
+  void terminate(int signal);
+  // Waits until every worker has exited and been reaped. Throws UsageError before close().
+  void join();
+  bool closed() const;
 
   static constexpr int MAX_START_FAILURES = 3;
 
@@ -61,12 +86,19 @@ class Core {
   struct Job {
     std::shared_ptr<Call> call;
     std::size_t index;
-    ChunkRequest request;
+    std::shared_ptr<capnp::MallocMessageBuilder> message;  // a Run; its id set per sending
     unsigned items;
   };
   struct InFlight {
     std::uint64_t id;
     Job job;
+    bool ended = false;  // already completed (cancelled); its reply is dropped
+  };
+  struct Control {
+    enum Kind { CANCEL, DISCARD, CANCEL_QUEUED, TERMINATE } kind;
+    std::shared_ptr<Call> call;
+    int signal = 0;
+    std::shared_ptr<std::promise<void>> done;
   };
   enum class State { STARTING, READY, CLOSING };
   struct Worker {
@@ -79,6 +111,10 @@ class Core {
     Clock::time_point deadline;  // STARTING: ready by; CLOSING: exit by
     std::string violation;       // why we killed it, if we did
     bool channelOpen = true;
+    std::uint64_t initId = 0;       // STARTING: the initializer's Run, if one was sent
+    std::uint64_t itemsSent = 0;    // for maxTasksPerChild
+    bool retiring = false;          // takes no more work; closed once idle
+    bool stoppedOnPurpose = false;  // killed by cancel/terminate: not counted as lost
   };
 
   void run(std::promise<void>& started);
@@ -86,7 +122,13 @@ class Core {
   void loop();
   void pollOnce();
   void takeIncoming();
+  void takeControls();
+  void runControl(Control& control);
+  void retireIdle();
   void dispatch();
+  void send(Worker& w, Job job);
+  void sendInitializer(Worker& w);
+  void becomeReady(Worker& w);
   void beginClosing();
   void spawnWorker();
 
@@ -101,6 +143,8 @@ class Core {
   void reap(std::size_t slot);                      // the worker's pidfd fired
 
   void failAll(std::exception_ptr error);  // pending and incoming work
+  void fail(InFlight& f, std::exception_ptr error);
+  void post(Control control);  // queues for the dispatcher and waits until it has run
   void breakPool(std::exception_ptr error);
   static void fail(Job& job, std::exception_ptr error);
   void countStats(const Job& job);
@@ -116,17 +160,23 @@ class Core {
   std::vector<std::unique_ptr<Worker>> slots_;
   std::deque<Job> pending_;
   std::uint64_t nextId_ = 1;
-  int startFailures_ = 0;      // consecutive workers that died before ready
-  std::exception_ptr broken_;  // set once the pool cannot serve any more
+  std::optional<TaskRef> initializer_;  // bound at the first Hello
+  int startFailures_ = 0;               // consecutive workers that died before ready
+  std::exception_ptr broken_;           // set once the pool cannot serve any more
   std::exception_ptr startError_;
   bool starting_ = true;
   bool closing_ = false;
 
   // Shared with callers.
   mutable std::mutex mutex_;
-  std::deque<Job> incoming_;    // GUARDED_BY(mutex_)
-  bool stopRequested_ = false;  // GUARDED_BY(mutex_)
-  Stats stats_;                 // GUARDED_BY(mutex_)
+  std::deque<Job> incoming_;       // GUARDED_BY(mutex_)
+  std::vector<Control> controls_;  // GUARDED_BY(mutex_)
+  bool closeRequested_ = false;    // GUARDED_BY(mutex_)
+  bool exited_ = false;            // GUARDED_BY(mutex_)
+  Stats stats_;                    // GUARDED_BY(mutex_)
+  std::promise<void> exitedPromise_;
+  std::shared_future<void> exitedFuture_;
+  std::once_flag joined_;
 
   UniqueFd wake_;  // eventfd: submit() and ~Core() wake the dispatcher
   std::thread thread_;

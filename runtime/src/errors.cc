@@ -55,5 +55,9 @@ WorkerCrashed::~WorkerCrashed() = default;
 PluginError::~PluginError() = default;
 StartError::~StartError() = default;
 ProtocolError::~ProtocolError() = default;
+Cancelled::~Cancelled() = default;
+PoolClosed::~PoolClosed() = default;
+WaitTimeout::~WaitTimeout() = default;
+UsageError::~UsageError() = default;
 
 }  // namespace plugpool

@@ -150,7 +150,7 @@ FrameReader::Status FrameReader::read(int fd, kj::Array<capnp::word>& out) {
   }
 }
 
-void FrameWriter::push(std::unique_ptr<capnp::MessageBuilder> message) {
+void FrameWriter::push(std::shared_ptr<capnp::MessageBuilder> message) {
   Outgoing out;
   framePieces(message->getSegmentsForOutput(), out.table, out.pieces);
   out.message = std::move(message);

@@ -73,7 +73,7 @@ class FrameReader {
 
 class FrameWriter {
  public:
-  void push(std::unique_ptr<capnp::MessageBuilder> message);
+  void push(std::shared_ptr<capnp::MessageBuilder> message);
   // Writes as much as the descriptor takes. Returns true once everything queued is written.
   // Throws std::system_error (EPIPE when the peer is gone). EINTR is retried.
   bool flush(int fd);
@@ -82,7 +82,7 @@ class FrameWriter {
 
  private:
   struct Outgoing {
-    std::unique_ptr<capnp::MessageBuilder> message;
+    std::shared_ptr<capnp::MessageBuilder> message;  // shared: the host keeps chunks to resend
     kj::Array<capnp::word> table;
     std::vector<iovec> pieces;
     std::size_t next = 0;  // first piece not completely written

@@ -98,3 +98,21 @@ std::uint32_t bindTask(const PluginInfo& plugin, std::string_view name,
 }
 
 }  // namespace plugpool::detail
+
+namespace plugpool::detail {
+
+TaskRef bindByName(const std::vector<PluginInfo>& plugins, std::string_view plugin,
+                   std::string_view name, const std::vector<std::string>& argTypes,
+                   const std::string& resultType) {
+  for (std::uint32_t p = 0; p < plugins.size(); ++p) {
+    if (plugins[p].name != plugin) continue;
+    std::uint32_t t = bindTask(plugins[p], name, argTypes, resultType);
+    return {p, t, plugins[p].name, plugins[p].tasks[t].name};
+  }
+  std::string names;
+  for (const auto& p : plugins) names += (names.empty() ? "" : ", ") + p.name;
+  throw PluginError("no plugin named \"" + std::string(plugin) +
+                    "\" in this pool; it has: " + (names.empty() ? "(none)" : names));
+}
+
+}  // namespace plugpool::detail

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "plugpool/detail/call.h"
 #include "plugpool/manifest.h"
 
 namespace plugpool::detail {
@@ -22,5 +23,11 @@ std::string findPlugin(const std::string& spec);
 // (naming both).
 std::uint32_t bindTask(const PluginInfo& plugin, std::string_view name,
                        const std::vector<std::string>& argTypes, const std::string& resultType);
+
+// Binds task `name` of the plugin named `plugin` among `plugins`, checking its signature.
+// Throws PluginError: no such plugin (listing those there), or as bindTask.
+TaskRef bindByName(const std::vector<PluginInfo>& plugins, std::string_view plugin,
+                   std::string_view name, const std::vector<std::string>& argTypes,
+                   const std::string& resultType);
 
 }  // namespace plugpool::detail

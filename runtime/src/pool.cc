@@ -1,5 +1,7 @@
 #include "plugpool/pool.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <thread>
 
@@ -20,10 +22,12 @@ Pool::Pool(Options options) {
   std::vector<std::string> paths;
   for (const auto& spec : options.plugins) paths.push_back(detail::findPlugin(spec));
   const bool fork = options.startMethod == StartMethod::FORK;
-  std::string worker = fork ? std::string() : detail::findWorkerExecutable(options.workerExecutable);
+  std::string worker =
+      fork ? std::string() : detail::findWorkerExecutable(options.workerExecutable);
   auto launcher = fork ? detail::newForkLauncher() : detail::newPosixLauncher();
-  core_ = std::make_unique<detail::Core>(std::move(options), std::move(paths), std::move(worker),
+  core_ = std::make_shared<detail::Core>(std::move(options), std::move(paths), std::move(worker),
                                          std::move(launcher));
+  callbacks_ = std::make_shared<detail::CallbackQueue>();
 }
 
 namespace {
@@ -38,7 +42,10 @@ Options withWorkers(unsigned workers, std::vector<std::string> plugins) {
 Pool::Pool(unsigned workers, std::vector<std::string> plugins)
     : Pool(withWorkers(workers, std::move(plugins))) {}
 
-Pool::~Pool() = default;
+Pool::~Pool() {
+  shutdown(/*wait=*/true);
+  callbacks_->stop();
+}
 
 unsigned Pool::workers() const {
   return core_->workers();
@@ -53,21 +60,47 @@ Stats Pool::stats() const {
 detail::TaskRef Pool::bind(std::string_view plugin, std::string_view name,
                            const std::vector<std::string>& argTypes,
                            const std::string& resultType) const {
-  const auto& plugins = core_->plugins();
-  for (std::uint32_t p = 0; p < plugins.size(); ++p) {
-    if (plugins[p].name != plugin) continue;
-    std::uint32_t t = detail::bindTask(plugins[p], name, argTypes, resultType);
-    return {p, t, plugins[p].name, plugins[p].tasks[t].name};
-  }
-  std::string names;
-  for (const auto& p : plugins) names += (names.empty() ? "" : ", ") + p.name;
-  throw PluginError("no plugin named \"" + std::string(plugin) +
-                    "\" in this pool; it has: " + (names.empty() ? "(none)" : names));
+  return detail::bindByName(core_->plugins(), plugin, name, argTypes, resultType);
 }
 
-void Pool::submit(const std::shared_ptr<detail::Call>& call, detail::ChunkRequest chunk) {
-  std::size_t index = call->addChunk();
-  core_->submit(call, index, std::move(chunk));
+std::shared_ptr<detail::Call> Pool::newCall(const detail::TaskRef& task) const {
+  if (core_->closed()) throw PoolClosed("the pool is closed; it takes no new work");
+  return std::make_shared<detail::Call>(task, core_, callbacks_);
+}
+
+std::size_t Pool::streamWindow(std::size_t asked) const {
+  if (asked != 0) return asked;
+  if (core_->options().streamWindow != 0) return core_->options().streamWindow;
+  return 4 * static_cast<std::size_t>(workers());
+}
+
+void Pool::close() {
+  core_->close();
+}
+
+void Pool::join() {
+  core_->join();
+}
+
+void Pool::shutdown(bool wait, bool cancelPending) {
+  if (cancelPending) {
+    core_->cancelQueued();
+  } else {
+    core_->close();
+  }
+  if (wait) core_->join();
+}
+
+void Pool::terminateWorkers() {
+  core_->terminate(SIGTERM);
+}
+
+void Pool::killWorkers() {
+  core_->terminate(SIGKILL);
+}
+
+bool Pool::closed() const {
+  return core_->closed();
 }
 
 }  // namespace plugpool

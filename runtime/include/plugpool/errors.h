@@ -15,6 +15,15 @@
 //                  is missing, or workers keep dying before they are ready.
 //   ProtocolError  a worker sent a message that breaks the protocol (malformed, wrong size,
 //                  unknown id). The worker is killed; its items fail with this error.
+//   Cancelled      the caller stopped the work: Future::cancel(), Pool::terminate(),
+//                  terminateWorkers(), killWorkers(), or shutdown() with cancelPending. Nothing
+//                  to retry unless you meant to.
+//   PoolClosed     work was submitted after close(), shutdown() or terminate(), or a stream
+//                  needed to send more of its input after that. Submit to a pool that is open.
+//   WaitTimeout    get(timeout) or asCompleted(…, timeout) stopped waiting. Only the wait
+//                  ended: the work goes on, and its result can still be waited for.
+//   UsageError     the call is not allowed in the object's current state, e.g. join() before
+//                  close(), successful() before the result is ready. A bug in the caller.
 //
 // Thread safety: these are immutable values; copy and rethrow them freely across threads.
 #pragma once
@@ -82,6 +91,30 @@ class PLUGPOOL_API ProtocolError : public Error {
  public:
   using Error::Error;
   ~ProtocolError() override;
+};
+
+class PLUGPOOL_API Cancelled : public Error {
+ public:
+  using Error::Error;
+  ~Cancelled() override;
+};
+
+class PLUGPOOL_API PoolClosed : public Error {
+ public:
+  using Error::Error;
+  ~PoolClosed() override;
+};
+
+class PLUGPOOL_API WaitTimeout : public Error {
+ public:
+  using Error::Error;
+  ~WaitTimeout() override;
+};
+
+class PLUGPOOL_API UsageError : public Error {
+ public:
+  using Error::Error;
+  ~UsageError() override;
 };
 
 }  // namespace plugpool

@@ -1,35 +1,53 @@
 // plugpool/pool.h — a pool of worker processes running plugin tasks.
 //
-// A Pool starts `Options::workers` processes of plugpool-worker (exec'd, never forked from the
-// host), each of which loads every plugin in `Options::plugins`. Hosts bind tasks by plugin
-// and task name into typed handles, checked against the plugins' manifests, and run them with
-// map / starmap / apply. Arguments and results travel as Cap'n Proto messages; nothing is
-// pickled and no host memory is shared.
+// A Pool starts `Options::workers` processes (plugpool-worker, exec'd; or forked, see
+// StartMethod), each of which loads every plugin in `Options::plugins`. Hosts bind tasks by
+// plugin and task name into typed handles, checked against the plugins' manifests, and run
+// them. Arguments and results travel as Cap'n Proto messages; nothing is pickled.
 //
 //   plugpool::Pool pool(4, {"examples"});
 //   auto square = pool.task<int64_t(int64_t)>("examples", "square");
 //   std::vector<int64_t> squares = pool.map(square, std::vector<int64_t>{1, 2, 3});
 //
-// Thread safety: a Pool may be used from many threads at once (task, map, starmap, apply,
-// stats, plugins); calls from different threads interleave their chunks fairly in submission
-// order. Destroying the Pool while another thread is inside one of its calls is undefined.
+// The calls, by how they wait:
+//   blocking   map, starmap, apply                     return the results
+//   async      submit/applyAsync, mapAsync, starmapAsync  return a Future (future.h)
+//   streaming  imap, imapUnordered                     return a lazy Stream (stream.h)
 //
-// Ownership and lifetime: the Pool owns its workers and one internal dispatcher thread, which
-// does all process and socket work. Task handles are small values; they refer to the Pool's
-// manifest by index and must only be used with the Pool that made them.
+// Life of a pool: open → closed (close() or shutdown(): no new work, submitted work runs to
+// the end) → stopped (join() or shutdown(wait) returns once every worker has exited).
+// terminate(), terminateWorkers() and killWorkers() stop at once instead: unfinished work ends
+// with Cancelled. Calls made after close throw PoolClosed.
 //
-// Processes: workers are started with posix_spawn and supervised through pidfds. The pool
-// waits only on its own workers' pids, so it never reaps the host application's other
-// children, and it never changes the host's signal dispositions (its sockets use
+// The destructor is shutdown(wait = true): it waits for all submitted work — futures and
+// streams included — to finish, then stops the workers. It never silently drops work (unlike
+// Python's `with Pool()`, bpo-29954); to drop it, call terminate() first.
+//
+// Thread safety: a Pool may be used from many threads at once (every member); calls from
+// different threads interleave their chunks fairly in submission order. Destroying the Pool
+// while another thread is inside one of its members is undefined. Futures and streams have
+// their own contracts (future.h, stream.h).
+//
+// Ownership and lifetime: the Pool owns its workers, one internal dispatcher thread that does
+// all process and socket work, and one callback thread (started with the first callback).
+// Task handles are small values; they refer to the Pool's manifest by index and must only be
+// used with the Pool that made them.
+//
+// Processes: workers are started with posix_spawn (or fork) and supervised through pidfds.
+// The pool waits only on its own workers' pids, so it never reaps the host application's
+// other children, and it never changes the host's signal dispositions (its sockets use
 // MSG_NOSIGNAL, so SIGPIPE cannot kill the host). If the host has set SIGCHLD to SIG_IGN,
 // exit statuses of crashed workers are reported as unknown.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <iterator>
 #include <memory>
+#include <ranges>
 #include <span>
 #include <string>
 #include <string_view>
@@ -42,13 +60,16 @@
 #include "plugpool/detail/call.h"
 #include "plugpool/errors.h"
 #include "plugpool/export.h"
+#include "plugpool/future.h"
 #include "plugpool/manifest.h"
+#include "plugpool/stream.h"
 
 namespace plugpool {
 
 namespace detail {
 class Core;
-}
+struct InitializerAccess;
+}  // namespace detail
 
 // How a pool starts its worker processes.
 enum class StartMethod {
@@ -67,6 +88,33 @@ enum class StartMethod {
   FORK,
 };
 
+// A task every worker runs once, before any other work (Python's initializer and initargs),
+// e.g. to load a model or open a database per process. Make one with
+// plugpool::initializer<Signature>(plugin, task, args...); it is bound against the manifest
+// when the pool starts (a mismatch is a PluginError from the Pool constructor). If it throws
+// or crashes the worker, the pool fails fast: the constructor throws StartError, or — for a
+// worker started later — the pool stops taking work and every queued call ends with that
+// StartError. It never respawns workers in a loop (CPython gh-87472). Its result is ignored.
+class Initializer {
+ public:
+  Initializer() = default;
+  explicit operator bool() const { return static_cast<bool>(encode_); }
+  const std::string& plugin() const { return plugin_; }
+  const std::string& task() const { return task_; }
+
+ private:
+  friend class detail::Core;
+  friend struct detail::InitializerAccess;
+  std::string plugin_, task_;
+  std::vector<std::string> argTypes_;
+  std::string resultType_;
+  std::uint16_t dataWords_ = 0, pointers_ = 0;
+  std::function<void(capnp::AnyStruct::Builder)> encode_;  // writes the argument tuple
+};
+
+template <typename Signature, typename... U>
+Initializer initializer(std::string plugin, std::string task, U&&... args);
+
 struct Options {
   // Number of worker processes. 0: one per core (std::thread::hardware_concurrency()).
   unsigned workers = 0;
@@ -80,8 +128,8 @@ struct Options {
   // How workers are started; see StartMethod.
   StartMethod startMethod = StartMethod::SPAWN;
 
-  // The worker executable (SPAWN only). Empty: $PLUGPOOL_WORKER if set, else plugpool-worker next to
-  // libplugpool (the build tree), else the installed one.
+  // The worker executable (SPAWN only). Empty: $PLUGPOOL_WORKER if set, else plugpool-worker next
+  // to libplugpool (the build tree), else the installed one.
   std::string workerExecutable;
 
   // Chunks sent to one worker ahead of its replies, so it never waits for the host between
@@ -94,8 +142,23 @@ struct Options {
   // room to spare.
   std::size_t maxMessageBytes = std::size_t{512} << 20;
 
-  // How long a starting worker may take to load its plugins and report ready. Loading is
-  // normally milliseconds; the default leaves room for slow disks and sanitizers.
+  // Run once in each worker before any work; see Initializer. Default: none.
+  Initializer initializer;
+
+  // Replace a worker after it has been sent this many items (0: never), to bound what a
+  // leaky task can accumulate (Python's maxtasksperchild). A chunk is never split, so a
+  // worker may run up to chunksize - 1 items more. The replacement starts as soon as the
+  // limit is reached; the old worker finishes what it holds, then exits. No work is lost.
+  std::uint64_t maxTasksPerChild = 0;
+
+  // Chunks a stream (imap, imapUnordered) keeps outstanding when its call gives no window.
+  // 0: 4 per worker — enough to keep every worker busy while the reader waits for the
+  // slowest chunk, small enough that memory stays a few chunks.
+  std::size_t streamWindow = 0;
+
+  // How long a starting worker may take to load its plugins, run the initializer and report
+  // ready. Loading is normally milliseconds; the default leaves room for slow disks and
+  // sanitizers. Raise it for a slow initializer.
   std::chrono::milliseconds startTimeout{30'000};
 
   // Shutdown: after a worker's channel is closed it exits at once unless it is stuck in a
@@ -109,6 +172,7 @@ struct Stats {
   std::uint64_t itemsSent = 0;
   std::uint64_t workersStarted = 0;  // including the initial ones
   std::uint64_t workersLost = 0;     // died unexpectedly (crash, kill, protocol error)
+  std::uint64_t workersRetired = 0;  // replaced after maxTasksPerChild items
 };
 
 // Python's multiprocessing.Pool rule for map without a chunksize: ceil(n / (4 * workers)),
@@ -136,17 +200,20 @@ class Task<R(A...)> {
 
 class PLUGPOOL_API Pool {
  public:
-  // Starts the workers and waits until every one has loaded every plugin.
+  // Starts the workers and waits until every one has loaded every plugin (and run the
+  // initializer, if any).
   // Throws PluginError if a plugin cannot be loaded (missing, not a plugin, wrong ABI, two
-  // plugins with one name), StartError if the workers cannot be started.
+  // plugins with one name) or the initializer does not match its task; StartError if the
+  // workers cannot be started or the initializer fails.
   explicit Pool(Options options = {});
   // Shorthand for the common case: `workers` processes (0: one per core) loading `plugins`,
   // everything else as in Options.
   Pool(unsigned workers, std::vector<std::string> plugins);
 
-  // Waits for work already submitted to finish, then closes every worker's channel; a
-  // worker exits when it sees its channel close. A worker still running after
-  // Options::stopTimeout is killed. Returns only when every worker has been reaped.
+  // shutdown(true): waits for submitted work to finish, then closes every worker's channel; a
+  // worker exits when it sees its channel close, and one still running after
+  // Options::stopTimeout is killed. Returns only when every worker has been reaped and every
+  // queued callback has run. A stream with input not yet sent gets PoolClosed for it.
   ~Pool();
 
   Pool(const Pool&) = delete;
@@ -162,43 +229,169 @@ class PLUGPOOL_API Pool {
   template <typename Signature>
   Task<Signature> task(std::string_view plugin, std::string_view name) const;
 
-  // Calls `task` once per element of `items` and returns the results in input order.
-  // Items are sent in chunks of `chunksize` (0: defaultChunksize(size, workers())).
+  // --- Blocking calls --------------------------------------------------------------------
+
+  // Calls `task` once per element of `items` (any input range) and returns the results in
+  // input order. Items are sent in chunks of `chunksize` (0: defaultChunksize(size,
+  // workers()); a range without a size is read into memory first, as Python does).
   // Throws the error of the first failed item in input order (TaskError, WorkerCrashed …);
-  // the results of the other items are discarded.
+  // the results of the other items are discarded. PoolClosed after close().
   template <typename R, typename A, typename Range>
-  std::vector<typename Task<R(A)>::Result> map(const Task<R(A)>& task, const Range& items,
+  std::vector<typename Task<R(A)>::Result> map(const Task<R(A)>& task, Range&& items,
                                                std::size_t chunksize = 0);
 
   // Like map, for tasks of several arguments: each element of `items` is a tuple (or pair)
   // of the arguments.
   template <typename R, typename... A, typename Range>
-  std::vector<typename Task<R(A...)>::Result> starmap(const Task<R(A...)>& task, const Range& items,
+  std::vector<typename Task<R(A...)>::Result> starmap(const Task<R(A...)>& task, Range&& items,
                                                       std::size_t chunksize = 0);
 
   // Calls `task` once with `args` and returns its result. Throws as map does.
   template <typename R, typename... A, typename... U>
   typename Task<R(A...)>::Result apply(const Task<R(A...)>& task, U&&... args);
 
+  // --- Async calls: return at once with a Future (future.h) ---------------------------------
+
+  // Sends one call of `task`. (Python: Executor.submit, Pool.apply_async.)
+  template <typename R, typename... A, typename... U>
+  Future<typename Task<R(A...)>::Result> submit(const Task<R(A...)>& task, U&&... args);
+  template <typename R, typename... A, typename... U>
+  Future<typename Task<R(A...)>::Result> applyAsync(const Task<R(A...)>& task, U&&... args) {
+    return submit(task, std::forward<U>(args)...);
+  }
+  // map and starmap without waiting. The future's value is the whole result vector.
+  template <typename R, typename A, typename Range>
+  Future<std::vector<typename Task<R(A)>::Result>> mapAsync(const Task<R(A)>& task, Range&& items,
+                                                            std::size_t chunksize = 0);
+  template <typename R, typename... A, typename Range>
+  Future<std::vector<typename Task<R(A...)>::Result>> starmapAsync(const Task<R(A...)>& task,
+                                                                   Range&& items,
+                                                                   std::size_t chunksize = 0);
+
+  // --- Streams: lazy, bounded, for inputs of any length (stream.h) -------------------------
+
+  // Results in input order, each as soon as it and those before it are in. `chunksize` 0:
+  // adaptive; `window` 0: Options::streamWindow. (Python: Pool.imap, Executor.map.)
+  template <typename R, typename A, typename Range>
+  Stream<typename Task<R(A)>::Result> imap(const Task<R(A)>& task, Range&& items,
+                                           std::size_t chunksize = 0, std::size_t window = 0);
+  // Results as chunks finish, in no particular order. (Python: Pool.imap_unordered.)
+  template <typename R, typename A, typename Range>
+  Stream<typename Task<R(A)>::Result> imapUnordered(const Task<R(A)>& task, Range&& items,
+                                                    std::size_t chunksize = 0,
+                                                    std::size_t window = 0);
+
+  // --- Life ------------------------------------------------------------------------------
+
+  // No new work: later calls throw PoolClosed. Submitted work still runs; then the workers
+  // exit. Returns at once. Idempotent. (Python: Pool.close.)
+  void close();
+  // Waits until every worker has exited (after all submitted work has finished). Throws
+  // UsageError unless close(), shutdown() or terminate() came first. (Python: Pool.join.)
+  void join();
+  // close(); with `cancelPending`, work not yet sent to a worker ends with Cancelled (work
+  // running in workers finishes); with `wait`, join(). (Python: Executor.shutdown(wait,
+  // cancel_futures).)
+  void shutdown(bool wait = true, bool cancelPending = false);
+  // Stops now: no new work, every unfinished call ends with Cancelled, every worker is sent
+  // SIGTERM (SIGKILL after Options::stopTimeout if it ignores it); returns once all are
+  // reaped. The pool is unusable afterwards. (Python 3.14: Executor.terminate_workers;
+  // Pool.terminate is the same thing.)
+  void terminateWorkers();
+  void terminate() { terminateWorkers(); }
+  // Like terminateWorkers, with SIGKILL. (Python 3.14: Executor.kill_workers.)
+  void killWorkers();
+  // True after close(), shutdown() or terminate().
+  bool closed() const;
+
  private:
   detail::TaskRef bind(std::string_view plugin, std::string_view name,
                        const std::vector<std::string>& argTypes,
                        const std::string& resultType) const;
-  void submit(const std::shared_ptr<detail::Call>& call, detail::ChunkRequest chunk);
+  std::shared_ptr<detail::Call> newCall(const detail::TaskRef& task) const;
+  std::size_t streamWindow(std::size_t asked) const;
 
-  // Sends `items` in chunks of argument tuples of types A..., encoding each element with
-  // encode(tuple builder, element), and returns the results of wire type W in order.
-  template <typename W, typename... A, typename Range, typename Encode>
-  std::vector<typename Codec<W>::Value> run(const detail::TaskRef& task, const Range& items,
-                                            std::size_t chunksize, Encode&& encode);
+  // Sends the elements of sized range `items` in chunks of argument tuples of types A...,
+  // encoding each with encode(tuple builder, element), and seals the call.
+  template <typename... A, typename Range, typename Encode>
+  std::shared_ptr<detail::Call> send(const detail::TaskRef& task, const Range& items,
+                                     std::size_t chunksize, Encode&& encode);
+  // As send(), for any input range: unsized ones are read into a vector first.
+  template <typename... A, typename Range, typename Encode>
+  std::shared_ptr<detail::Call> sendAll(const detail::TaskRef& task, Range&& items,
+                                        std::size_t chunksize, Encode&& encode);
+  // Waits for every chunk of a sealed call and decodes its results in order (wire type W).
   template <typename W>
-  static void collect(const detail::TaskRef& task, const detail::ChunkOutcome& outcome,
-                      std::vector<typename Codec<W>::Value>& out);
+  static std::vector<typename Codec<W>::Value> collect(detail::Call& call);
+  template <typename W, typename... A, typename Range, typename Encode>
+  Stream<typename Codec<W>::Value> stream(const detail::TaskRef& task, Range&& items, bool ordered,
+                                          std::size_t chunksize, std::size_t window, Encode encode);
 
-  std::unique_ptr<detail::Core> core_;
+  std::shared_ptr<detail::Core> core_;
+  std::shared_ptr<detail::CallbackQueue> callbacks_;
 };
 
 // --- implementation of the templates ---------------------------------------------------------
+
+namespace detail {
+
+// Encoders from an element of the caller's range to an argument tuple.
+template <typename... A>
+struct EncodeOne {
+  template <typename T>
+  void operator()(capnp::AnyStruct::Builder out, const T& item) const {
+    codec::writeTuple<WireTypeOf<A>...>(out, item);
+  }
+};
+template <typename... A>
+struct EncodeStar {
+  template <typename T>
+  void operator()(capnp::AnyStruct::Builder out, const T& args) const {
+    std::apply([&](const auto&... a) { codec::writeTuple<WireTypeOf<A>...>(out, a...); }, args);
+  }
+};
+
+// Decodes result i of a finished chunk; throws ProtocolError if it does not decode.
+template <typename W>
+typename Codec<W>::Value decodeResult(const TaskRef& task, const ChunkOutcome& outcome,
+                                      unsigned i) {
+  try {
+    return std::get<0>(codec::readTuple<W>(outcome.results[i]));
+  } catch (const DecodeError& e) {
+    throwUndecodable(task, e.what());
+  } catch (const kj::Exception& e) {
+    throwUndecodable(task, e.getDescription().cStr());
+  }
+}
+
+struct InitializerAccess {
+  template <typename R, typename... A, typename... U>
+  static Initializer make(std::string plugin, std::string task, U&&... args) {
+    static_assert(sizeof...(U) == sizeof...(A),
+                  "the initializer takes exactly its task's arguments");
+    using Layout = codec::TupleLayout<WireTypeOf<A>...>;
+    Initializer init;
+    init.plugin_ = std::move(plugin);
+    init.task_ = std::move(task);
+    init.argTypes_ = {typeName<A>()...};
+    init.resultType_ = typeName<R>();
+    init.dataWords_ = Layout::dataWords;
+    init.pointers_ = Layout::pointers;
+    init.encode_ = [values = std::make_tuple(std::decay_t<U>(std::forward<U>(args))...)](
+                       capnp::AnyStruct::Builder out) { EncodeStar<A...>{}(out, values); };
+    return init;
+  }
+};
+
+}  // namespace detail
+
+template <typename Signature, typename... U>
+Initializer initializer(std::string plugin, std::string task, U&&... args) {
+  return [&]<typename R, typename... A>(std::type_identity<R(A...)>) {
+    return detail::InitializerAccess::make<R, A...>(std::move(plugin), std::move(task),
+                                                    std::forward<U>(args)...);
+  }(std::type_identity<Signature>{});
+}
 
 template <typename Signature>
 Task<Signature> Pool::task(std::string_view plugin, std::string_view name) const {
@@ -208,68 +401,170 @@ Task<Signature> Pool::task(std::string_view plugin, std::string_view name) const
 }
 
 template <typename W>
-void Pool::collect(const detail::TaskRef& task, const detail::ChunkOutcome& outcome,
-                   std::vector<typename Codec<W>::Value>& out) {
-  if (outcome.failure) std::rethrow_exception(outcome.failure);
-  if (!outcome.errors.empty()) detail::throwItemFailure(task, outcome.errors.front());
-  try {
-    for (auto result : outcome.results) out.push_back(std::get<0>(codec::readTuple<W>(result)));
-  } catch (const DecodeError& e) {
-    detail::throwUndecodable(task, e.what());
-  } catch (const kj::Exception& e) {
-    detail::throwUndecodable(task, e.getDescription().cStr());
+std::vector<typename Codec<W>::Value> Pool::collect(detail::Call& call) {
+  std::vector<typename Codec<W>::Value> out;
+  const std::size_t chunks = call.chunks();
+  for (std::size_t c = 0; c < chunks; ++c) {
+    const detail::ChunkOutcome& outcome = *call.wait(c);
+    if (outcome.failure) std::rethrow_exception(outcome.failure);
+    if (!outcome.errors.empty()) detail::throwItemFailure(call.task(), outcome.errors.front());
+    out.reserve(out.size() + outcome.results.size());
+    for (unsigned i = 0; i < outcome.results.size(); ++i) {
+      out.push_back(detail::decodeResult<W>(call.task(), outcome, i));
+    }
+    call.release(c);
   }
+  return out;
 }
 
-template <typename W, typename... A, typename Range, typename Encode>
-std::vector<typename Codec<W>::Value> Pool::run(const detail::TaskRef& task, const Range& items,
-                                                std::size_t chunksize, Encode&& encode) {
-  using Layout = codec::TupleLayout<A...>;
-  const auto n = static_cast<std::size_t>(std::size(items));
+template <typename... A, typename Range, typename Encode>
+std::shared_ptr<detail::Call> Pool::send(const detail::TaskRef& task, const Range& items,
+                                         std::size_t chunksize, Encode&& encode) {
+  using Layout = codec::TupleLayout<WireTypeOf<A>...>;
+  const auto n = static_cast<std::size_t>(std::ranges::size(items));
   if (chunksize == 0) chunksize = defaultChunksize(n, workers());
-  auto call = std::make_shared<detail::Call>(task);
-  auto it = std::begin(items);
+  auto call = newCall(task);
+  auto it = std::ranges::begin(items);
   for (std::size_t start = 0; start < n; start += chunksize) {
     auto count = static_cast<unsigned>(std::min(chunksize, n - start));
     detail::ChunkRequest chunk(task, count, Layout::dataWords, Layout::pointers);
     auto list = chunk.items();
     for (unsigned i = 0; i < count; ++i, ++it) encode(list[i], *it);
-    submit(call, std::move(chunk));
+    call->submit(std::move(chunk));
   }
-  std::vector<typename Codec<W>::Value> out;
-  out.reserve(n);
-  for (std::size_t c = 0; c < call->chunks(); ++c) collect<W>(task, call->wait(c), out);
-  return out;
+  call->seal();
+  return call;
+}
+
+template <typename... A, typename Range, typename Encode>
+std::shared_ptr<detail::Call> Pool::sendAll(const detail::TaskRef& task, Range&& items,
+                                            std::size_t chunksize, Encode&& encode) {
+  if constexpr (std::ranges::sized_range<const std::remove_reference_t<Range>&>) {
+    return send<A...>(task, std::as_const(items), chunksize, encode);
+  } else {
+    std::vector<std::ranges::range_value_t<Range>> all;
+    for (auto&& item : items) all.push_back(std::forward<decltype(item)>(item));
+    return send<A...>(task, all, chunksize, encode);
+  }
 }
 
 template <typename R, typename A, typename Range>
-std::vector<typename Task<R(A)>::Result> Pool::map(const Task<R(A)>& task, const Range& items,
+std::vector<typename Task<R(A)>::Result> Pool::map(const Task<R(A)>& task, Range&& items,
                                                    std::size_t chunksize) {
-  return run<WireTypeOf<R>, WireTypeOf<A>>(task.ref_, items, chunksize,
-                                           [](capnp::AnyStruct::Builder out, const auto& item) {
-                                             codec::writeTuple<WireTypeOf<A>>(out, item);
-                                           });
+  auto call = sendAll<A>(task.ref_, std::forward<Range>(items), chunksize, detail::EncodeOne<A>{});
+  return collect<WireTypeOf<R>>(*call);
 }
 
 template <typename R, typename... A, typename Range>
-std::vector<typename Task<R(A...)>::Result> Pool::starmap(const Task<R(A...)>& task,
-                                                          const Range& items,
+std::vector<typename Task<R(A...)>::Result> Pool::starmap(const Task<R(A...)>& task, Range&& items,
                                                           std::size_t chunksize) {
-  return run<WireTypeOf<R>, WireTypeOf<A>...>(
-      task.ref_, items, chunksize, [](capnp::AnyStruct::Builder out, const auto& args) {
-        std::apply([&](const auto&... a) { codec::writeTuple<WireTypeOf<A>...>(out, a...); }, args);
-      });
+  auto call =
+      sendAll<A...>(task.ref_, std::forward<Range>(items), chunksize, detail::EncodeStar<A...>{});
+  return collect<WireTypeOf<R>>(*call);
+}
+
+template <typename R, typename A, typename Range>
+Future<std::vector<typename Task<R(A)>::Result>> Pool::mapAsync(const Task<R(A)>& task,
+                                                                Range&& items,
+                                                                std::size_t chunksize) {
+  using V = std::vector<typename Task<R(A)>::Result>;
+  auto call = sendAll<A>(task.ref_, std::forward<Range>(items), chunksize, detail::EncodeOne<A>{});
+  return Future<V>(std::make_shared<detail::FutureState<V>>(
+      call, [](detail::Call& c) { return collect<WireTypeOf<R>>(c); }));
+}
+
+template <typename R, typename... A, typename Range>
+Future<std::vector<typename Task<R(A...)>::Result>> Pool::starmapAsync(const Task<R(A...)>& task,
+                                                                       Range&& items,
+                                                                       std::size_t chunksize) {
+  using V = std::vector<typename Task<R(A...)>::Result>;
+  auto call =
+      sendAll<A...>(task.ref_, std::forward<Range>(items), chunksize, detail::EncodeStar<A...>{});
+  return Future<V>(std::make_shared<detail::FutureState<V>>(
+      call, [](detail::Call& c) { return collect<WireTypeOf<R>>(c); }));
+}
+
+template <typename R, typename... A, typename... U>
+Future<typename Task<R(A...)>::Result> Pool::submit(const Task<R(A...)>& task, U&&... args) {
+  static_assert(sizeof...(U) == sizeof...(A), "submit takes exactly the task's arguments");
+  using V = typename Task<R(A...)>::Result;
+  auto one = std::forward_as_tuple(args...);
+  auto call = send<A...>(task.ref_, std::span(&one, 1), 1, detail::EncodeStar<A...>{});
+  return Future<V>(std::make_shared<detail::FutureState<V>>(
+      call, [](detail::Call& c) { return std::move(collect<WireTypeOf<R>>(c).front()); }));
 }
 
 template <typename R, typename... A, typename... U>
 typename Task<R(A...)>::Result Pool::apply(const Task<R(A...)>& task, U&&... args) {
   static_assert(sizeof...(U) == sizeof...(A), "apply takes exactly the task's arguments");
   auto one = std::forward_as_tuple(args...);
-  auto results = run<WireTypeOf<R>, WireTypeOf<A>...>(
-      task.ref_, std::span(&one, 1), 1, [](capnp::AnyStruct::Builder out, const auto& a) {
-        std::apply([&](const auto&... v) { codec::writeTuple<WireTypeOf<A>...>(out, v...); }, a);
-      });
-  return std::move(results.front());
+  auto call = send<A...>(task.ref_, std::span(&one, 1), 1, detail::EncodeStar<A...>{});
+  return std::move(collect<WireTypeOf<R>>(*call).front());
+}
+
+template <typename W, typename... A, typename Range, typename Encode>
+Stream<typename Codec<W>::Value> Pool::stream(const detail::TaskRef& task, Range&& items,
+                                              bool ordered, std::size_t chunksize,
+                                              std::size_t window, Encode encode) {
+  using Value = typename Codec<W>::Value;
+  using Layout = codec::TupleLayout<WireTypeOf<A>...>;
+  using View = std::views::all_t<Range>;
+  // The input and where reading it has got to; shared by copies of the feed function.
+  struct Input {
+    explicit Input(View v) : view(std::move(v)) {}
+    View view;
+    std::optional<std::ranges::iterator_t<View>> at;
+    std::vector<std::ranges::range_value_t<View>> buffer;  // unsized inputs: one chunk's items
+  };
+  auto input = std::make_shared<Input>(std::views::all(std::forward<Range>(items)));
+  auto feed = [input, task, encode](std::size_t n) -> std::optional<detail::ChunkRequest> {
+    if (!input->at) input->at.emplace(std::ranges::begin(input->view));
+    auto& it = *input->at;
+    const auto end = std::ranges::end(input->view);
+    if (it == end) return std::nullopt;
+    auto& buffer = input->buffer;
+    buffer.clear();
+    for (; buffer.size() < n && it != end; ++it) buffer.push_back(*it);
+    detail::ChunkRequest chunk(task, static_cast<unsigned>(buffer.size()), Layout::dataWords,
+                               Layout::pointers);
+    auto list = chunk.items();
+    for (unsigned i = 0; i < buffer.size(); ++i) encode(list[i], buffer[i]);
+    return chunk;
+  };
+  using Item = typename Stream<Value>::Item;
+  auto decode = [task](const detail::ChunkOutcome& outcome, unsigned items,
+                       std::vector<Item>& out) {
+    std::size_t e = 0;
+    for (unsigned i = 0; i < items; ++i) {
+      if (outcome.failure) {
+        out.push_back({std::nullopt, outcome.failure});
+      } else if (e < outcome.errors.size() && outcome.errors[e].index == i) {
+        out.push_back({std::nullopt, detail::itemError(task, outcome.errors[e++])});
+      } else {
+        try {
+          out.push_back({detail::decodeResult<W>(task, outcome, i), nullptr});
+        } catch (...) {
+          out.push_back({std::nullopt, std::current_exception()});
+        }
+      }
+    }
+  };
+  return Stream<Value>(newCall(task), std::move(feed), std::move(decode), ordered, chunksize,
+                       streamWindow(window));
+}
+
+template <typename R, typename A, typename Range>
+Stream<typename Task<R(A)>::Result> Pool::imap(const Task<R(A)>& task, Range&& items,
+                                               std::size_t chunksize, std::size_t window) {
+  return stream<WireTypeOf<R>, A>(task.ref_, std::forward<Range>(items), true, chunksize, window,
+                                  detail::EncodeOne<A>{});
+}
+
+template <typename R, typename A, typename Range>
+Stream<typename Task<R(A)>::Result> Pool::imapUnordered(const Task<R(A)>& task, Range&& items,
+                                                        std::size_t chunksize, std::size_t window) {
+  return stream<WireTypeOf<R>, A>(task.ref_, std::forward<Range>(items), false, chunksize, window,
+                                  detail::EncodeOne<A>{});
 }
 
 }  // namespace plugpool

@@ -1,22 +1,27 @@
 // plugpool/detail/call.h — the type-erased machinery under Pool's typed calls.
 //
-// Not part of the stable API: the templates in pool.h are built on these. A Call is one
-// user-level operation (a map, an apply); it is sent as chunks, each one Run message holding
-// many items of one task, and each chunk ends with exactly one ChunkOutcome.
+// Not part of the stable API: the templates in pool.h, future.h and stream.h are built on
+// these. A Call is one user-level operation (a map, an apply, one imap stream); it is sent as
+// chunks, each one Run message holding many items of one task, and each chunk ends with
+// exactly one ChunkOutcome.
 //
 // Threads: a ChunkRequest is built by the calling thread and then owned by the pool's
 // dispatcher. ChunkOutcomes are filled by the dispatcher and read by whoever waits on the
-// Call; both sides synchronize through the Call's mutex.
+// Call; both sides synchronize through the Call's mutex. Every Call member is thread-safe.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <capnp/any.h>
@@ -25,6 +30,16 @@
 #include "plugpool/export.h"
 
 namespace plugpool::detail {
+
+class Core;
+using Clock = std::chrono::steady_clock;
+using Deadline = std::optional<Clock::time_point>;  // nullopt: wait forever
+
+// A deadline `timeout` from now, or none.
+inline Deadline deadlineAfter(std::optional<std::chrono::milliseconds> timeout) {
+  if (!timeout) return std::nullopt;
+  return Clock::now() + *timeout;
+}
 
 // A bound task: where it lives in the manifest, and its names for error messages.
 struct TaskRef {
@@ -47,11 +62,11 @@ class PLUGPOOL_API ChunkRequest {
   capnp::List<capnp::AnyStruct>::Builder items() { return items_; }
   unsigned size() const { return items_.size(); }
 
-  // For the dispatcher: sets the Run's id and gives up the message.
-  std::unique_ptr<capnp::MallocMessageBuilder> finish(std::uint64_t id);
+  // For the dispatcher: gives up the message, whose Run.id it then sets per sending.
+  std::shared_ptr<capnp::MallocMessageBuilder> release() { return std::move(message_); }
 
  private:
-  std::unique_ptr<capnp::MallocMessageBuilder> message_;
+  std::shared_ptr<capnp::MallocMessageBuilder> message_;
   capnp::List<capnp::AnyStruct>::Builder items_;
 };
 
@@ -62,39 +77,136 @@ struct ItemFailure {
 };
 
 // How one chunk ended: either `failure` (the whole chunk was lost: crash, protocol error,
-// pool stopped) or one result per item, with the failed items listed in `errors`.
+// cancelled, pool stopped) or one result per item, with the failed items listed in `errors`.
 struct ChunkOutcome {
   std::exception_ptr failure;
   capnp::List<capnp::AnyStruct>::Reader results;  // valid while keepAlive lives
   std::vector<ItemFailure> errors;                // increasing index
   std::shared_ptr<const void> keepAlive;          // the received message behind `results`
+  std::uint64_t elapsedNs = 0;                    // the worker's time for the chunk
+};
+
+// The pool's callback thread: runs posted functions one at a time, in posting order, on one
+// thread of its own that starts with the first post. After stop(), post() runs the function
+// at once on the posting thread. An exception escaping a callback is swallowed.
+class PLUGPOOL_API CallbackQueue {
+ public:
+  CallbackQueue() = default;
+  ~CallbackQueue();
+  CallbackQueue(const CallbackQueue&) = delete;
+  CallbackQueue& operator=(const CallbackQueue&) = delete;
+
+  void post(std::function<void()> fn);
+  // Runs what is queued, then ends the thread. Must not be called from a callback.
+  void stop();
+
+ private:
+  void run();
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> queue_;  // GUARDED_BY(mutex_)
+  bool stopped_ = false;                     // GUARDED_BY(mutex_)
+  std::thread thread_;                       // started under mutex_ by the first post
 };
 
 // One user-level call's chunks, in submission order. Shared by the caller and the dispatcher.
-class PLUGPOOL_API Call {
+class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
  public:
-  Call(TaskRef task) : task_(std::move(task)) {}
+  Call(TaskRef task, std::weak_ptr<Core> core, std::shared_ptr<CallbackQueue> callbacks);
+  virtual ~Call();
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
 
   const TaskRef& task() const { return task_; }
 
-  // Reserves the next chunk slot; returns its index. Caller thread.
-  std::size_t addChunk();
-  // Records how chunk `index` ended. Dispatcher thread; exactly once per chunk.
+  // Sends one more chunk; returns its index. Throws PoolClosed if the pool no longer takes
+  // work (or is gone).
+  std::size_t submit(ChunkRequest chunk);
+  // No more chunks will be submitted: the call finishes once every chunk has ended.
+  void seal();
+
+  // Records how chunk `index` ended. Dispatcher thread. The first outcome of a chunk counts;
+  // a later one (a reply to a chunk already cancelled) is ignored.
   void complete(std::size_t index, ChunkOutcome outcome);
-  // Blocks until chunk `index` has ended. The reference stays valid while the Call lives.
-  const ChunkOutcome& wait(std::size_t index);
+
+  // Blocks until chunk `index` has ended or `deadline` passes; null on timeout. The outcome
+  // stays valid until release(index).
+  const ChunkOutcome* wait(std::size_t index, Deadline deadline = std::nullopt);
+  // For unordered readers: blocks until a chunk not yet taken has ended; returns its index.
+  std::optional<std::size_t> takeAny(Deadline deadline = std::nullopt);
+  // Frees chunk `index`'s outcome (and the message behind it). Its reference dies.
+  void release(std::size_t index);
   std::size_t chunks() const;
 
+  // Sealed and every chunk ended.
+  bool finished() const;
+  bool waitFinished(Deadline deadline = std::nullopt) const;
+  // Runs `fn` once the call has finished: at once on this thread if it has, else on the
+  // thread that finishes it (the dispatcher). Must be quick and must not throw.
+  void whenFinished(std::function<void()> fn);
+  // Runs `fn` on the pool's callback thread once the call has finished.
+  void thenOnCallbackThread(std::function<void()> fn);
+
+  // Ends every chunk not yet ended with Cancelled: queued chunks are dropped, a running
+  // chunk's worker is killed and replaced. Returns once done. No-op if the pool is gone.
+  void cancel();
+  // Drops the chunks not yet sent to a worker (they end with Cancelled); chunks already sent
+  // run to completion. For streams abandoned by their reader.
+  void discardQueued();
+
  private:
+  struct Slot {
+    std::optional<ChunkOutcome> outcome;
+    bool ended = false;
+    bool released = false;
+  };
+  void finishIfDone(std::unique_lock<std::mutex>& lock);  // releases the lock
+
   TaskRef task_;
+  std::weak_ptr<Core> core_;
+  std::shared_ptr<CallbackQueue> callbacks_;
   mutable std::mutex mutex_;
-  std::condition_variable done_;
-  std::vector<std::unique_ptr<std::optional<ChunkOutcome>>> outcomes_;  // GUARDED_BY(mutex_)
+  mutable std::condition_variable changed_;
+  std::deque<Slot> slots_;                       // GUARDED_BY(mutex_); chunk base_ + i
+  std::size_t base_ = 0;                         // GUARDED_BY(mutex_)
+  std::size_t count_ = 0;                        // GUARDED_BY(mutex_); chunks submitted
+  std::size_t ended_ = 0;                        // GUARDED_BY(mutex_)
+  std::deque<std::size_t> arrived_;              // GUARDED_BY(mutex_); ended, not taken
+  bool sealed_ = false;                          // GUARDED_BY(mutex_)
+  bool finished_ = false;                        // GUARDED_BY(mutex_)
+  std::vector<std::function<void()>> watchers_;  // GUARDED_BY(mutex_)
 };
 
-// Throws the right plugpool error for item failure `f` of `task`.
+// The right plugpool error for item failure `f` of `task`, and throwing it.
+PLUGPOOL_API std::exception_ptr itemError(const TaskRef& task, const ItemFailure& f);
 [[noreturn]] PLUGPOOL_API void throwItemFailure(const TaskRef& task, const ItemFailure& f);
 // Throws ProtocolError: the results of `task` from a worker could not be decoded.
 [[noreturn]] PLUGPOOL_API void throwUndecodable(const TaskRef& task, const char* why);
+// Throws UsageError(what).
+[[noreturn]] PLUGPOOL_API void throwUsage(const char* what);
+// Throws WaitTimeout(what).
+[[noreturn]] PLUGPOOL_API void throwWaitTimeout(const char* what);
+
+// Blocks until any of `calls` has finished (returns its index) or `deadline` passes.
+PLUGPOOL_API std::optional<std::size_t> waitAny(const std::vector<Call*>& calls, Deadline deadline);
+
+// The finishing order of a set of calls, for asCompleted. Thread-safe.
+class PLUGPOOL_API CompletionOrder {
+ public:
+  explicit CompletionOrder(const std::vector<Call*>& calls);
+  // The index of the next call to finish, nullopt when all have been returned, or throws
+  // WaitTimeout once `deadline` has passed.
+  std::optional<std::size_t> next(Deadline deadline);
+
+ private:
+  struct Shared {
+    std::mutex mutex;
+    std::condition_variable ready;
+    std::deque<std::size_t> done;
+  };
+  std::shared_ptr<Shared> shared_;
+  std::size_t remaining_;
+};
 
 }  // namespace plugpool::detail

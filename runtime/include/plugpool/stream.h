@@ -1,0 +1,179 @@
+// plugpool/stream.h — lazy results of Pool::imap and Pool::imapUnordered.
+//
+// A Stream pulls its input only as its reader asks for results. It keeps at most `window`
+// chunks outstanding (sent, or finished but not yet read), so memory stays flat however long
+// the input is — an unbounded generator included — and a slow reader slows the intake instead
+// of piling up results. (Python's Pool.imap reads its whole input at once, bpo-40110.)
+//
+// Ordered streams (imap) yield results in input order; unordered ones (imapUnordered) yield
+// each chunk's results as soon as the chunk ends. next() throws a failed item's error
+// (TaskError, WorkerCrashed, Cancelled, ...) for that item only; calling next() again goes on
+// with the following item. A range-for loop stops at the first error it meets.
+//
+// Chunk size: fixed if given; else adaptive — the first chunks hold 1, 2, 4, ... items, then
+// each chunk is sized to take about TARGET_CHUNK of worker time, measured from the chunks
+// already run (at most MAX_ADAPTIVE_CHUNK items).
+//
+// If the pool is closed (close(), shutdown(), terminate(), or its destructor) while a stream
+// still has input to send, the input not yet sent ends with PoolClosed errors.
+//
+// Thread safety: a Stream belongs to one reader thread at a time. Lifetime: the input range is
+// held as std::views::all holds it: a container passed as an lvalue must outlive the stream.
+// Destroying a stream before its end drops its queued chunks; chunks already in a worker run
+// to completion and their results are discarded.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "plugpool/detail/call.h"
+#include "plugpool/errors.h"
+
+namespace plugpool {
+
+template <typename T>
+class Stream {
+ public:
+  using value_type = T;
+
+  // A chunk should take about this long in a worker: long enough that messaging costs well
+  // under 1%, short enough to balance load and keep the first results prompt.
+  static constexpr std::chrono::nanoseconds TARGET_CHUNK = std::chrono::milliseconds(10);
+  static constexpr std::size_t MAX_ADAPTIVE_CHUNK = 65536;
+
+  Stream(Stream&&) noexcept = default;
+  Stream& operator=(Stream&&) noexcept = default;
+  ~Stream() {
+    if (call_ && outstanding_ != 0) call_->discardQueued();
+  }
+
+  // The next result, or nullopt at the end of the input. Throws the item's error.
+  std::optional<T> next() {
+    for (;;) {
+      if (pos_ < buffer_.size()) {
+        Item& item = buffer_[pos_++];
+        if (item.error) std::rethrow_exception(item.error);
+        return std::move(item.value);
+      }
+      topUp();
+      if (outstanding_ == 0) return std::nullopt;
+      std::size_t index = ordered_ ? nextIndex_++ : *call_->takeAny();
+      const detail::ChunkOutcome& outcome = *call_->wait(index);
+      auto size = sizes_.find(index);
+      unsigned items = size->second;
+      sizes_.erase(size);
+      buffer_.clear();
+      pos_ = 0;
+      decode_(outcome, items, buffer_);
+      if (outcome.elapsedNs != 0 && items != 0) observe(outcome.elapsedNs / items);
+      call_->release(index);
+      --outstanding_;
+    }
+  }
+
+  class iterator {
+   public:
+    using value_type = T;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(Stream* owner) : owner_(owner) { ++*this; }
+    T& operator*() const { return *owner_->current_; }
+    T* operator->() const { return &*owner_->current_; }
+    iterator& operator++() {
+      owner_->current_ = owner_->next();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return !owner_->current_; }
+
+   private:
+    Stream* owner_ = nullptr;
+  };
+  // One pass only: begin() starts reading.
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+  // The chunk size the next chunk would have (for tests and tuning).
+  std::size_t nextChunkSize() const {
+    if (fixedChunk_ != 0) return fixedChunk_;
+    if (perItemNs_ == 0) return rampChunk_;
+    auto n = static_cast<std::size_t>(TARGET_CHUNK.count()) / perItemNs_;
+    return std::clamp<std::size_t>(n, 1, MAX_ADAPTIVE_CHUNK);
+  }
+
+ private:
+  friend class Pool;
+  struct Item {
+    std::optional<T> value;
+    std::exception_ptr error;
+  };
+  // Builds the next chunk of at most n items from the input; nullopt at its end.
+  using Feed = std::function<std::optional<detail::ChunkRequest>(std::size_t n)>;
+  // Appends one Item per item of a finished chunk of `items` items.
+  using Decode = std::function<void(const detail::ChunkOutcome&, unsigned, std::vector<Item>&)>;
+
+  Stream(std::shared_ptr<detail::Call> call, Feed feed, Decode decode, bool ordered,
+         std::size_t chunksize, std::size_t window)
+      : call_(std::move(call)),
+        feed_(std::move(feed)),
+        decode_(std::move(decode)),
+        ordered_(ordered),
+        fixedChunk_(chunksize),
+        window_(std::max<std::size_t>(1, window)) {}
+
+  // Sends chunks until `window_` are outstanding or the input ends.
+  void topUp() {
+    while (!inputDone_ && outstanding_ < window_) {
+      std::size_t n = nextChunkSize();
+      auto chunk = feed_(n);
+      if (!chunk) {
+        inputDone_ = true;
+        call_->seal();
+        return;
+      }
+      if (fixedChunk_ == 0 && perItemNs_ == 0) rampChunk_ = std::min(2 * n, MAX_ADAPTIVE_CHUNK);
+      unsigned items = chunk->size();
+      try {
+        std::size_t index = call_->submit(std::move(*chunk));
+        sizes_.emplace(index, items);
+      } catch (const PoolClosed&) {
+        // The chunk ended with PoolClosed: its items report it, and nothing more is sent.
+        sizes_.emplace(call_->chunks() - 1, items);
+        inputDone_ = true;
+      }
+      ++outstanding_;
+    }
+  }
+
+  void observe(std::uint64_t perItemNs) {
+    perItemNs = std::max<std::uint64_t>(perItemNs, 1);
+    perItemNs_ = perItemNs_ == 0 ? perItemNs : (3 * perItemNs_ + perItemNs) / 4;
+  }
+
+  std::shared_ptr<detail::Call> call_;
+  Feed feed_;
+  Decode decode_;
+  bool ordered_;
+  std::size_t fixedChunk_;  // 0: adaptive
+  std::size_t window_;
+  std::size_t rampChunk_ = 1;
+  std::uint64_t perItemNs_ = 0;  // smoothed measure; 0 until the first chunk ends
+  bool inputDone_ = false;
+  std::size_t outstanding_ = 0;
+  std::size_t nextIndex_ = 0;                        // ordered: the next chunk to read
+  std::unordered_map<std::size_t, unsigned> sizes_;  // outstanding chunk -> its item count
+  std::vector<Item> buffer_;                         // the chunk being read
+  std::size_t pos_ = 0;
+  std::optional<T> current_;  // for iterators
+};
+
+}  // namespace plugpool

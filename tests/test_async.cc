@@ -1,0 +1,224 @@
+// Futures with real workers: submit / applyAsync / mapAsync / starmapAsync, get with timeouts,
+// callbacks and the thread they run on, waiting on many results, cancellation.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <plugpool/pool.h>
+#include <catch2/catch.hpp>
+
+#include "support.h"
+
+using plugpool::Pool;
+using Int = std::int64_t;
+using namespace std::chrono_literals;
+
+namespace {
+
+bool isCancelled(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const plugpool::Cancelled&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("submit returns a future whose get gives the result") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto add = pool.task<double(double, double)>("examples", "add");
+    auto f = pool.submit(square, 12);
+    auto g = pool.applyAsync(add, 1.5, 2.25);
+    REQUIRE(f.get() == 144);
+    REQUIRE(g.get() == 3.75);
+    REQUIRE(f.ready());
+    REQUIRE(f.successful());
+    REQUIRE(f.error() == nullptr);
+    REQUIRE_FALSE(f.cancelled());
+    REQUIRE(f.get() == 144);  // again: the same value
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("mapAsync and starmapAsync deliver the whole result list") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto add = pool.task<double(double, double)>("examples", "add");
+    std::vector<Int> items(1000);
+    std::iota(items.begin(), items.end(), 0);
+    auto squares = pool.mapAsync(square, items, 7);
+    std::vector<std::tuple<double, double>> pairs = {{1, 2}, {3, 4}, {5, 6}};
+    auto sums = pool.starmapAsync(add, pairs);
+    REQUIRE(sums.get() == std::vector<double>{3, 7, 11});
+    const auto& got = squares.get();
+    REQUIRE(got.size() == items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) REQUIRE(got[i] == items[i] * items[i]);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("get with a timeout only stops waiting; the task goes on") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {"examples"});
+    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
+    auto f = pool.submit(sleep, 400);
+    REQUIRE_THROWS_AS(f.get(10ms), plugpool::WaitTimeout);
+    REQUIRE_FALSE(f.wait(10ms));
+    REQUIRE_FALSE(f.ready());
+    REQUIRE_THROWS_AS(f.successful(), plugpool::UsageError);
+    REQUIRE(f.get(30s) == 400);
+    REQUIRE(f.successful());
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a failed call's future throws the task's error every time") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {"examples"});
+    auto fail = pool.task<Int(Int)>("examples", "fail");
+    auto f = pool.submit(fail, 7);
+    REQUIRE_THROWS_AS(f.get(), plugpool::TaskError);
+    REQUIRE_THROWS_WITH(f.get(), Catch::Contains("fail called with 7"));
+    REQUIRE_FALSE(f.successful());
+    REQUIRE(f.error() != nullptr);
+    auto whole = pool.mapAsync(fail, std::vector<Int>{1, 2});
+    REQUIRE_THROWS_AS(whole.get(), plugpool::TaskError);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("callbacks run on one callback thread, and a slow one does not hold up results") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto fail = pool.task<Int(Int)>("examples", "fail");
+
+    std::promise<void> release;
+    auto released = release.get_future().share();
+    std::promise<std::thread::id> slowThread;
+    std::promise<std::string> failure;
+
+    // The first callback blocks until the main thread has received another result.
+    pool.submit(square, 3).then([&](const Int& v) {
+      slowThread.set_value(std::this_thread::get_id());
+      REQUIRE(v == 9);
+      released.wait_for(30s);
+    });
+    REQUIRE(pool.submit(square, 4).get(30s) == 16);  // delivered while the callback blocks
+    std::vector<Int> streamed;
+    for (Int v : pool.imap(square, std::vector<Int>{1, 2, 3})) streamed.push_back(v);
+    REQUIRE(streamed == std::vector<Int>{1, 4, 9});
+
+    pool.submit(fail, 5).then({}, [&](std::exception_ptr e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const plugpool::TaskError& t) {
+        failure.set_value(t.remoteType());
+      }
+    });
+    auto callbackThread = slowThread.get_future().get();
+    REQUIRE(callbackThread != std::this_thread::get_id());
+    release.set_value();
+    auto errors = failure.get_future();
+    REQUIRE(errors.wait_for(30s) == std::future_status::ready);
+    REQUIRE(errors.get() == "std::runtime_error");
+
+    // Attached after the result is in: still runs, on the callback thread.
+    auto done = pool.submit(square, 5);
+    done.wait();
+    std::promise<std::thread::id> late;
+    done.then([&](const Int&) { late.set_value(std::this_thread::get_id()); });
+    REQUIRE(late.get_future().get() == callbackThread);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("mapAsync's callback receives the whole list") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    std::promise<std::vector<Int>> got;
+    pool.mapAsync(square, std::vector<Int>{1, 2, 3}).then([&](const std::vector<Int>& v) {
+      got.set_value(v);
+    });
+    REQUIRE(got.get_future().get() == std::vector<Int>{1, 4, 9});
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("waitAny, waitAll and asCompleted follow completion order") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(3, {"examples"});
+    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
+    std::vector<plugpool::Future<Int>> futures;
+    for (Int ms : {900, 50, 400}) futures.push_back(pool.submit(sleep, ms));
+
+    REQUIRE(plugpool::waitAny(futures) == 1u);
+    REQUIRE_FALSE(plugpool::waitAll(futures, 1ms));
+    std::vector<std::size_t> order;
+    for (std::size_t i : plugpool::asCompleted(futures)) order.push_back(i);
+    REQUIRE(order == std::vector<std::size_t>{1, 2, 0});
+    REQUIRE(plugpool::waitAll(futures, 0ms));
+
+    auto slow = std::vector{pool.submit(sleep, 500)};
+    REQUIRE(plugpool::waitAny(slow, 1ms) == std::nullopt);
+    auto timed = plugpool::asCompleted(slow, 1ms);
+    REQUIRE_THROWS_AS(timed.next(), plugpool::WaitTimeout);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("cancel drops a queued call and stops a running one") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {"examples"});
+    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
+    auto square = pool.task<Int(Int)>("examples", "square");
+
+    auto running = pool.submit(sleep, 20'000);
+    auto queued1 = pool.submit(square, 2);  // sent to the worker behind `running`
+    auto queued2 = pool.submit(square, 3);  // still in the host's queue
+    auto queued3 = pool.submit(square, 4);
+    std::this_thread::sleep_for(100ms);  // let the worker start on `running`
+
+    REQUIRE(queued2.cancel());
+    REQUIRE(queued2.cancelled());
+    REQUIRE_THROWS_AS(queued2.get(), plugpool::Cancelled);
+
+    auto started = pool.stats().workersStarted;
+    REQUIRE(running.cancel());  // kills the worker, long before 20 s
+    REQUIRE(running.cancelled());
+    REQUIRE(isCancelled(running.error()));
+    // The work queued behind it is not lost: it runs on the replacement.
+    REQUIRE(queued1.get(30s) == 4);
+    REQUIRE(queued3.get(30s) == 16);
+    REQUIRE(pool.stats().workersStarted == started + 1);
+    REQUIRE(pool.stats().workersLost == 0);
+
+    REQUIRE_FALSE(queued1.cancel());  // already done: stays a result
+    REQUIRE(queued1.get() == 4);
+    REQUIRE(pool.apply(square, 5) == 25);
+  }
+  testing::requireCleanShutdown(before);
+}

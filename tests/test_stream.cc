@@ -1,0 +1,146 @@
+// imap and imapUnordered with real workers: order, laziness and backpressure, unbounded
+// input, per-item errors, adaptive chunking, and streams meeting a closed pool.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <numeric>
+#include <ranges>
+#include <set>
+#include <vector>
+
+#include <plugpool/pool.h>
+#include <catch2/catch.hpp>
+
+#include "support.h"
+
+using plugpool::Pool;
+using Int = std::int64_t;
+
+TEST_CASE("imap yields results in input order, imapUnordered yields every result") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(3, {"examples", testing::fixture("faults")});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto sleep = pool.task<Int(Int)>("faults", "sleep_ms");
+    std::vector<Int> items(5000);
+    std::iota(items.begin(), items.end(), 0);
+    for (std::size_t chunksize : {0, 1, 13, 10'000}) {
+      std::vector<Int> ordered;
+      for (Int v : pool.imap(square, items, chunksize)) ordered.push_back(v);
+      REQUIRE(ordered.size() == items.size());
+      for (std::size_t i = 0; i < items.size(); ++i) REQUIRE(ordered[i] == items[i] * items[i]);
+
+      std::multiset<Int> unordered;
+      for (Int v : pool.imapUnordered(square, items, chunksize, 2)) unordered.insert(v);
+      REQUIRE(unordered == std::multiset<Int>(ordered.begin(), ordered.end()));
+    }
+    // Later items finishing first: imap still waits for order, imapUnordered does not.
+    std::vector<Int> delays = {300, 0, 0, 0};
+    std::vector<Int> inOrder;
+    for (Int v : pool.imap(sleep, delays, 1)) inOrder.push_back(v);
+    REQUIRE(inOrder == delays);
+    auto asDone = pool.imapUnordered(sleep, delays, 1);
+    REQUIRE(*asDone.next() == 0);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("imap reads its input only as results are read") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    std::atomic<Int> pulled{0};
+    auto counted = std::views::iota(Int{0}, Int{1'000'000}) |
+                   std::views::transform([&](Int i) { return ++pulled, i; });
+    constexpr std::size_t chunk = 10, window = 3;
+    auto stream = pool.imap(square, counted, chunk, window);
+    REQUIRE(pulled == 0);  // nothing is read before the first result is asked for
+    for (Int i = 0; i < 25; ++i) REQUIRE(*stream.next() == i * i);
+    // At most `window` chunks beyond what was read, however long the reader takes.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    REQUIRE(pulled <= 25 + Int{chunk * window});
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("imapUnordered streams an unbounded generator, and can be abandoned") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    Int count = 0, sum = 0;
+    {
+      auto stream = pool.imapUnordered(square, std::views::iota(Int{0}));  // never ends
+      for (Int v : stream) {
+        sum += v;
+        if (++count == 100'000) break;
+      }
+      REQUIRE(stream.nextChunkSize() > 1);  // adaptive chunking grew past single items
+    }                                       // abandoned: queued chunks are dropped
+    REQUIRE(count == 100'000);
+    REQUIRE(sum > 0);
+    REQUIRE(pool.apply(square, 9) == 81);  // the pool goes on
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a failed item raises at its place in the stream, and the stream goes on") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {testing::fixture("faults")});
+    auto segv = pool.task<Int(Int)>("faults", "segfault_if_negative");
+    auto throwInt = pool.task<Int(Int)>("faults", "throw_int");
+    std::vector<Int> items = {1, 2, -3, 4, 5, 6};
+    auto stream = pool.imap(segv, items, 1);
+    std::vector<Int> got;
+    int crashed = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      try {
+        got.push_back(*stream.next());
+      } catch (const plugpool::WorkerCrashed& e) {
+        ++crashed;
+        REQUIRE(e.signal() == 11);
+      }
+    }
+    REQUIRE(stream.next() == std::nullopt);
+    REQUIRE(crashed == 1);
+    REQUIRE(got == std::vector<Int>{1, 2, 4, 5, 6});
+
+    auto errors = pool.imapUnordered(throwInt, std::vector<Int>{1, 2, 3}, 3);
+    int thrown = 0;
+    for (int i = 0; i < 3; ++i) {
+      REQUIRE_THROWS_AS(errors.next(), plugpool::TaskError);
+      ++thrown;
+    }
+    REQUIRE(thrown == 3);
+    REQUIRE(errors.next() == std::nullopt);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a stream whose pool closes ends its unsent input with PoolClosed") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto stream = pool.imap(square, std::views::iota(Int{0}, Int{1000}), 10, 2);
+    REQUIRE(*stream.next() == 0);
+    pool.close();
+    Int results = 1, closed = 0;
+    for (;;) {
+      try {
+        if (!stream.next()) break;
+        ++results;
+      } catch (const plugpool::PoolClosed&) {
+        ++closed;
+      }
+    }
+    REQUIRE(results >= 10);  // what was sent before close still arrives
+    REQUIRE(closed >= 1);    // then the unsent input reports the closed pool
+    REQUIRE(results + closed <= 1000);
+    pool.join();
+  }
+  testing::requireCleanShutdown(before);
+}
