@@ -3,14 +3,16 @@
 #
 #   ./setup.sh demo    install what is missing, build into build/, run the pool_speedup demo
 #   ./setup.sh test    install what is missing, build into build/, run the whole test suite,
-#                      ending with one line: "N passed, N failed"
+#                      then build build-tsan/ with ThreadSanitizer and run the tsan suite there,
+#                      ending with one line for both: "N passed, N failed"
 #
 # Installing uses apt-get (through sudo when not root) and only for packages not yet
 # installed. libboost1.81-dev replaces libboost1.74-dev if that is installed (they conflict).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(g++ meson ninja-build pkg-config python3 capnproto libcapnp-dev libboost1.81-dev catch2)
+packages=(g++ libtsan2 meson ninja-build pkg-config python3 capnproto libcapnp-dev libboost1.81-dev
+          catch2)
 
 install_missing() {
   local missing=()
@@ -25,20 +27,25 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# build DIR [meson options...]: configures DIR once, then builds it.
 build() {
-  if [ -f build/build.ninja ]; then
-    meson setup --reconfigure build >/dev/null
+  local dir=$1
+  shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson setup --reconfigure "$dir" >/dev/null
   else
-    meson setup build
+    meson setup "$dir" "$@"
   fi
-  ninja -C build
+  ninja -C "$dir"
 }
 
-# Prints "N passed, N failed" from meson's per-test log; fails if any test did not pass.
+# Prints "N passed, N failed" over the given meson test logs (testlog[-SETUP].json); fails if
+# any test did not pass.
 summarize() {
-  python3 - build/meson-logs/testlog.json <<'PY'
+  python3 - "$@" <<'PY'
 import json, sys
-results = [json.loads(line)["result"] for line in open(sys.argv[1]) if line.strip()]
+results = [json.loads(line)["result"]
+           for path in sys.argv[1:] for line in open(path) if line.strip()]
 passed = sum(r == "OK" for r in results)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")
@@ -49,15 +56,17 @@ PY
 case "${1:-}" in
   demo)
     install_missing
-    build
+    build build
     build/examples/pool_speedup
     ;;
   test)
     install_missing
-    build
+    build build
     status=0
     meson test -C build --print-errorlogs || status=$?
-    summarize || status=1
+    build build-tsan -Db_sanitize=thread -Dbuildtype=debug
+    meson test -C build-tsan --setup tsan --suite tsan --print-errorlogs || status=$?
+    summarize build/meson-logs/testlog.json build-tsan/meson-logs/testlog-tsan.json || status=1
     exit "$status"
     ;;
   *)

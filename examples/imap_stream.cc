@@ -6,13 +6,8 @@
 //   $ build/examples/imap_stream 1000000
 //   items=1000000 sum=332833500000 peak_rss_mib=4.5
 //
-// usage: imap_stream [N [CHUNKSIZE]]; N defaults to 1000000, CHUNKSIZE to 1000 (0: adaptive).
-//
-// Why a fixed chunksize: the adaptive one sizes chunks by the worker time the calls take, and
-// a call as cheap as square takes nanoseconds, so chunks grow to Stream::MAX_ADAPTIVE_CHUNK
-// (65536) items. The default window of 4 chunks per worker then holds about a million items
-// (~15 MiB here), and memory levels off only for inputs well past that. With 1000-item chunks
-// the window holds 16 000 items and memory is flat from the start.
+// usage: imap_stream [N [CHUNKSIZE]]; N defaults to 1000000, CHUNKSIZE to 0 (adaptive: chunks
+// grow until each takes about 10 ms in a worker, at most Stream::MAX_ADAPTIVE_CHUNK items).
 //
 // The items are i % 1000 and the task squares them, so the sum has a closed form that the
 // program checks (it exits with 1 if the sum is wrong): each full run of 1000 items adds
@@ -49,7 +44,7 @@ double peakRssMib() {
 
 int main(int argc, char** argv) {
   Int n = argc > 1 ? std::atoll(argv[1]) : 1'000'000;
-  long long chunksize = argc > 2 ? std::atoll(argv[2]) : 1000;
+  long long chunksize = argc > 2 ? std::atoll(argv[2]) : 0;
   if (n < 0 || chunksize < 0) {
     std::fprintf(stderr, "usage: imap_stream [N [CHUNKSIZE]] (both >= 0)\n");
     return 2;

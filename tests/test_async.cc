@@ -15,25 +15,14 @@
 #include <plugpool/pool.h>
 #include <catch2/catch.hpp>
 
+#include "pool_support.h"
 #include "support.h"
+
+using testing::isCancelled;
 
 using plugpool::Pool;
 using Int = std::int64_t;
 using namespace std::chrono_literals;
-
-namespace {
-
-bool isCancelled(std::exception_ptr e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const plugpool::Cancelled&) {
-    return true;
-  } catch (...) {
-    return false;
-  }
-}
-
-}  // namespace
 
 TEST_CASE("submit returns a future whose get gives the result") {
   testing::ProcessSnapshot before;

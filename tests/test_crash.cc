@@ -11,26 +11,13 @@
 #include <plugpool/pool.h>
 #include <catch2/catch.hpp>
 
+#include "pool_support.h"
 #include "support.h"
+
+using testing::crashOf;
 
 using plugpool::Pool;
 using Int = std::int64_t;
-
-namespace {
-
-// The WorkerCrashed that running `call` throws.
-template <typename F>
-plugpool::WorkerCrashed crashOf(F&& call) {
-  try {
-    call();
-  } catch (const plugpool::WorkerCrashed& e) {
-    return e;
-  }
-  FAIL("no WorkerCrashed was thrown");
-  throw;  // unreachable
-}
-
-}  // namespace
 
 TEST_CASE("a task that segfaults fails with WorkerCrashed and the pool keeps serving") {
   testing::ProcessSnapshot before;

@@ -24,7 +24,11 @@
 #include <plugpool/pool.h>
 #include <catch2/catch.hpp>
 
+#include "pool_support.h"
 #include "support.h"
+
+using testing::crashOf;
+using testing::range;
 
 using plugpool::Pool;
 using plugpool::StartMethod;
@@ -32,30 +36,10 @@ using Int = std::int64_t;
 
 namespace {
 
-std::vector<Int> range(Int n) {
-  std::vector<Int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), 0);
-  return v;
-}
-
 plugpool::Options forkOptions(unsigned workers, std::vector<std::string> plugins) {
-  plugpool::Options options;
-  options.workers = workers;
-  options.plugins = std::move(plugins);
+  auto options = testing::options(workers, std::move(plugins));
   options.startMethod = StartMethod::FORK;
   return options;
-}
-
-// The WorkerCrashed that running `call` throws.
-template <typename F>
-plugpool::WorkerCrashed crashOf(F&& call) {
-  try {
-    call();
-  } catch (const plugpool::WorkerCrashed& e) {
-    return e;
-  }
-  FAIL("no WorkerCrashed was thrown");
-  throw;  // unreachable
 }
 
 // The descriptors process `pid` has open, from /proc/<pid>/fd.

@@ -17,34 +17,20 @@
 #include <plugpool/pool.h>
 #include <catch2/catch.hpp>
 
+#include "pool_support.h"
 #include "support.h"
+
+using testing::range;
 
 using plugpool::Options;
 using plugpool::Pool;
 using Int = std::int64_t;
 using namespace std::chrono_literals;
 
-namespace {
-
-Options withPlugins(unsigned workers, std::vector<std::string> plugins) {
-  Options o;
-  o.workers = workers;
-  o.plugins = std::move(plugins);
-  return o;
-}
-
-std::vector<Int> range(Int n) {
-  std::vector<Int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), 0);
-  return v;
-}
-
-}  // namespace
-
 TEST_CASE("the initializer runs in every worker before any work") {
   testing::ProcessSnapshot before;
   {
-    auto o = withPlugins(3, {"examples"});
+    auto o = testing::options(3, {"examples"});
     o.initializer = plugpool::initializer<Int(Int)>("examples", "set_offset", Int{1000});
     o.maxTasksPerChild = 50;  // replacements run it too
     Pool pool(o);
@@ -59,7 +45,7 @@ TEST_CASE("the initializer runs in every worker before any work") {
 TEST_CASE("a failing initializer fails the pool at once instead of respawning") {
   testing::ProcessSnapshot before;
   SECTION("it throws") {
-    auto o = withPlugins(2, {"examples"});
+    auto o = testing::options(2, {"examples"});
     o.initializer = plugpool::initializer<Int(Int)>("examples", "set_offset", Int{-1});
     REQUIRE_THROWS_MATCHES(Pool(o), plugpool::StartError,
                            Catch::Matchers::Predicate<plugpool::StartError>([](const auto& e) {
@@ -70,19 +56,19 @@ TEST_CASE("a failing initializer fails the pool at once instead of respawning") 
                            }));
   }
   SECTION("it crashes the worker") {
-    auto o = withPlugins(2, {testing::fixture("faults")});
+    auto o = testing::options(2, {testing::fixture("faults")});
     o.initializer = plugpool::initializer<Int(Int)>("faults", "crash_in_init", Int{0});
     REQUIRE_THROWS_WITH(Pool(o), Catch::Contains("SIGSEGV"));
   }
   SECTION("its signature does not match") {
-    auto o = withPlugins(2, {"examples"});
+    auto o = testing::options(2, {"examples"});
     o.initializer = plugpool::initializer<Int(std::string)>("examples", "set_offset", "x");
     REQUIRE_THROWS_AS(Pool(o), plugpool::PluginError);
   }
   SECTION("it fails only in a worker started later") {
     std::string flag = "/tmp/plugpool-test-init-" + std::to_string(::getpid());
     std::remove(flag.c_str());
-    auto o = withPlugins(2, {"examples", testing::fixture("faults")});
+    auto o = testing::options(2, {"examples", testing::fixture("faults")});
     o.initializer = plugpool::initializer<Int(std::string)>("faults", "fail_if_exists", flag);
     Pool pool(o);
     auto pid = pool.task<Int()>("examples", "worker_pid");
@@ -111,7 +97,7 @@ TEST_CASE("a failing initializer fails the pool at once instead of respawning") 
 TEST_CASE("maxTasksPerChild replaces workers without losing work") {
   testing::ProcessSnapshot before;
   {
-    auto o = withPlugins(2, {testing::fixture("faults")});
+    auto o = testing::options(2, {testing::fixture("faults")});
     o.maxTasksPerChild = 10;
     Pool pool(o);
     auto pid = pool.task<Int(Int)>("faults", "pid");
@@ -170,7 +156,7 @@ TEST_CASE("shutdown without waiting returns at once; the work still finishes") {
 TEST_CASE("shutdown with cancelPending cancels queued work, lets running work finish") {
   testing::ProcessSnapshot before;
   {
-    auto o = withPlugins(1, {"examples"});
+    auto o = testing::options(1, {"examples"});
     o.chunksInFlight = 1;
     Pool pool(o);
     auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
@@ -189,7 +175,7 @@ TEST_CASE("terminateWorkers and killWorkers end every unfinished call with Cance
   testing::ProcessSnapshot before;
   for (bool kill : {false, true}) {
     {
-      auto o = withPlugins(2, {"examples", testing::fixture("faults")});
+      auto o = testing::options(2, {"examples", testing::fixture("faults")});
       o.stopTimeout = 200ms;
       Pool pool(o);
       auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");

@@ -13,20 +13,13 @@
 #include <catch2/catch.hpp>
 
 #include "geometry.capnp.h"
+#include "pool_support.h"
 #include "support.h"
+
+using testing::range;
 
 using plugpool::Pool;
 using Int = std::int64_t;
-
-namespace {
-
-std::vector<Int> range(Int n) {
-  std::vector<Int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), 0);
-  return v;
-}
-
-}  // namespace
 
 TEST_CASE("map returns every result in input order") {
   testing::ProcessSnapshot before;

@@ -86,6 +86,24 @@ TEST_CASE("imapUnordered streams an unbounded generator, and can be abandoned") 
   testing::requireCleanShutdown(before);
 }
 
+TEST_CASE("adaptive chunks are small for slow tasks and large for trivial ones") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
+    auto square = pool.task<Int(Int)>("examples", "square");
+    // 20 ms per item is past the 10 ms a chunk should take: one item per chunk.
+    auto slow = pool.imap(sleep, std::vector<Int>(12, 20));
+    for (int i = 0; i < 12; ++i) REQUIRE(*slow.next() == 20);
+    REQUIRE(slow.nextChunkSize() == 1);
+    // Nanoseconds per item: chunks grow to the cap.
+    auto fast = pool.imap(square, std::views::iota(Int{0}, Int{200'000}));
+    for (Int i = 0; i < 200'000; ++i) REQUIRE(*fast.next() == i * i);
+    REQUIRE(fast.nextChunkSize() == plugpool::Stream<Int>::MAX_ADAPTIVE_CHUNK);
+  }
+  testing::requireCleanShutdown(before);
+}
+
 TEST_CASE("a failed item raises at its place in the stream, and the stream goes on") {
   testing::ProcessSnapshot before;
   {

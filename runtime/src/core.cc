@@ -264,8 +264,9 @@ void Core::runControl(Control& c) {
   auto during = cancelled("cancelled: the pool was terminated while it ran");
   failAll(before);
   for (auto& w : slots_) {
-    for (auto& f : w->inFlight) {
-      if (!f.ended) fail(f, during);
+    for (std::size_t i = 0; i < w->inFlight.size(); ++i) {
+      // Only the first unanswered chunk is running; the others wait in the worker's queue.
+      if (!w->inFlight[i].ended) fail(w->inFlight[i], i == 0 ? during : before);
     }
     ::kill(w->process.pid, c.signal);
     w->stoppedOnPurpose = true;
@@ -357,8 +358,10 @@ void Core::spawnWorker() {
   try {
     w->process = launcher_->spawn(workerExecutable_);
   } catch (const std::system_error& e) {
-    auto error = errorPtr<StartError>("cannot start worker executable " + workerExecutable_ + ": " +
-                                      e.what());
+    auto error = errorPtr<StartError>(
+        (workerExecutable_.empty() ? std::string("cannot fork a worker: ")
+                                   : "cannot start worker executable " + workerExecutable_ + ": ") +
+        e.what());
     if (starting_) {
       startError_ = error;
     } else {

@@ -5,9 +5,10 @@
 // loads the plugins named in Setup, answers Hello with their manifests, then runs chunks one
 // item at a time until the host closes the channel.
 //
-// Exit statuses: 0 the host closed the channel; 1 a plugin could not be loaded (after
-// reporting it in Hello); 2 started by hand or with bad arguments; 70 protocol error (the host
-// sent something malformed). A signal means the task or plugin crashed the process.
+// Exit statuses (worker.h): 0 the host closed the channel; 1 a plugin could not be loaded
+// (after reporting it in Hello); 2 started by hand or with bad arguments; 70 protocol error
+// (the host sent something malformed); 71 only from fork-started workers (StartMethod::FORK),
+// which could not set up their channel. A signal means the task or plugin crashed the process.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>

@@ -12,7 +12,9 @@
 //
 // Chunk size: fixed if given; else adaptive — the first chunks hold 1, 2, 4, ... items, then
 // each chunk is sized to take about TARGET_CHUNK of worker time, measured from the chunks
-// already run (at most MAX_ADAPTIVE_CHUNK items).
+// already run, and at most MAX_ADAPTIVE_CHUNK items. The cap bounds memory (window × cap
+// items) for tasks so cheap that the time rule alone would make chunks huge; at 4096 items a
+// chunk's messaging is already a small share of its cost.
 //
 // If the pool is closed (close(), shutdown(), terminate(), or its destructor) while a stream
 // still has input to send, the input not yet sent ends with PoolClosed errors.
@@ -48,7 +50,7 @@ class Stream {
   // A chunk should take about this long in a worker: long enough that messaging costs well
   // under 1%, short enough to balance load and keep the first results prompt.
   static constexpr std::chrono::nanoseconds TARGET_CHUNK = std::chrono::milliseconds(10);
-  static constexpr std::size_t MAX_ADAPTIVE_CHUNK = 65536;
+  static constexpr std::size_t MAX_ADAPTIVE_CHUNK = 4096;
 
   Stream(Stream&&) noexcept = default;
   Stream& operator=(Stream&&) noexcept = default;
