@@ -608,14 +608,15 @@ void Core::reap(std::size_t slot) {
   const pid_t pid = w.process.pid;
   const std::string violation = w.violation;
   const State state = w.state;
+  const bool onPurpose = w.stoppedOnPurpose;
   std::deque<InFlight> lost = std::move(w.inFlight);
 
   // Settle the pool's state (counters, the replacement worker) before failing the lost
   // chunks, so a caller woken by a failure sees the pool as it now is.
-  if (state == State::READY && !w.stoppedOnPurpose) {
+  if (state == State::READY && !onPurpose) {
     std::lock_guard lock(mutex_);
     ++stats_.workersLost;
-  } else if (state == State::STARTING && !w.stoppedOnPurpose) {
+  } else if (state == State::STARTING && !onPurpose) {
     auto error =
         errorPtr<StartError>("worker " + std::to_string(pid) + " " +
                              (violation.empty() ? how : violation) + " before it was ready");
@@ -631,12 +632,14 @@ void Core::reap(std::size_t slot) {
   slots_.erase(slots_.begin() + static_cast<long>(slot));
   if (!starting_ && !closing_ && !broken_ && slots_.size() < options_.workers) spawnWorker();
 
-  // Only the first unanswered chunk was running; the ones queued behind it go out again.
+  // Only the first unanswered chunk was running; the ones queued behind it go out again. A
+  // worker killed on purpose (a cancel) was running the cancelled chunk, which has ended
+  // already; if it had moved on to the next one, that one is not to blame: resend it too.
   std::deque<Job> again;
   for (std::size_t i = 0; i < lost.size(); ++i) {
     InFlight& f = lost[i];
     if (f.ended) continue;
-    if (i != 0) {
+    if (i != 0 || onPurpose) {
       again.push_back(std::move(f.job));
       continue;
     }
