@@ -314,6 +314,7 @@ void Core::send(Worker& w, Job job) {
   w.writer.push(job.message);
   countStats(job);
   w.itemsSent += job.items;
+  if (w.inFlight.empty()) w.frontSince = Clock::now();
   w.inFlight.push_back({id, std::move(job)});
   flush(w);
   if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild && !w.retiring) {
@@ -336,6 +337,39 @@ void Core::sendInitializer(Worker& w) {
   message->getRoot<wire::HostMessage>().getRun().setId(w.initId);
   w.writer.push(std::move(message));
   flush(w);
+}
+
+Clock::time_point Core::timeoutAt(const Worker& w) const {
+  if (w.inFlight.empty() || w.inFlight.front().ended) return Clock::time_point::max();
+  const Job& job = w.inFlight.front().job;
+  auto timeout = job.call->task().timeout;
+  if (timeout.count() == 0) return Clock::time_point::max();
+  return w.frontSince + timeout * job.items;
+}
+
+void Core::timeOut(Worker& w) {
+  InFlight& front = w.inFlight.front();
+  const TaskRef& task = front.job.call->task();
+  fail(front, errorPtr<TaskTimeout>(task.pluginName, task.taskName, task.timeout.count(),
+                                    front.job.items, w.process.pid));
+  // The chunks behind it never started: send them to other workers now, not after the grace.
+  std::deque<Job> again;
+  for (std::size_t i = 1; i < w.inFlight.size(); ++i) {
+    if (!w.inFlight[i].ended) again.push_back(std::move(w.inFlight[i].job));
+  }
+  w.inFlight.resize(1);
+  pending_.insert(pending_.begin(), std::make_move_iterator(again.begin()),
+                  std::make_move_iterator(again.end()));
+  ::kill(w.process.pid, SIGTERM);
+  w.stoppedOnPurpose = true;
+  closeChannel(w);
+  w.state = State::CLOSING;
+  w.deadline = Clock::now() + options_.stopTimeout;  // then SIGKILL
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.chunksTimedOut;
+  }
+  if (!closing_ && !broken_) spawnWorker();  // replace it at once
 }
 
 void Core::becomeReady(Worker& w) {
@@ -374,6 +408,10 @@ void Core::spawnWorker() {
   auto s = setup->initRoot<wire::HostMessage>().initSetup();
   s.setProtocolVersion(wire::PROTOCOL_VERSION);
   s.setMaxMessageWords(maxWords_);
+  auto limits = s.initLimits();
+  limits.setAddressSpaceBytes(options_.limits.memoryBytes);
+  limits.setCpuSeconds(static_cast<std::uint64_t>(options_.limits.cpuTime.count()));
+  limits.setOpenFiles(options_.limits.openFiles);
   auto paths = s.initPlugins(static_cast<unsigned>(pluginPaths_.size()));
   for (unsigned i = 0; i < pluginPaths_.size(); ++i) paths.set(i, pluginPaths_[i]);
   w->writer.push(std::move(setup));
@@ -395,7 +433,7 @@ void Core::pollOnce() {
     if (!w->writer.empty()) events |= POLLOUT;
     fds.push_back({w->channelOpen ? w->process.channel.get() : -1, events, 0});
     fds.push_back({w->process.pidfd.get(), POLLIN, 0});
-    if (w->state != State::READY) next = std::min(next, w->deadline);
+    next = std::min(next, w->state == State::READY ? timeoutAt(*w) : w->deadline);
   }
   int timeout = -1;
   if (next != Clock::time_point::max()) {
@@ -428,6 +466,9 @@ void Core::pollOnce() {
   }
 
   now = Clock::now();
+  for (std::size_t i = 0; i < slots_.size(); ++i) {  // timeOut() may add a slot
+    if (slots_[i]->state == State::READY && timeoutAt(*slots_[i]) <= now) timeOut(*slots_[i]);
+  }
   for (auto& w : slots_) {
     if (w->state == State::READY || now < w->deadline) continue;
     if (w->state == State::STARTING) {
@@ -567,6 +608,7 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
   outcome.elapsedNs = done.getElapsedNs();
   InFlight f = std::move(front);
   w.inFlight.pop_front();
+  w.frontSince = Clock::now();  // the next chunk starts now
   if (!f.ended) f.job.call->complete(f.job.index, std::move(outcome));
 }
 
@@ -644,6 +686,13 @@ void Core::reap(std::size_t slot) {
       continue;
     }
     const TaskRef& task = f.job.call->task();
+    if (violation.empty() && f.job.attempts < options_.crashRetries) {
+      ++f.job.attempts;
+      again.push_front(std::move(f.job));
+      std::lock_guard lock(mutex_);
+      ++stats_.chunksRetried;
+      continue;
+    }
     if (!violation.empty()) {
       fail(f, errorPtr<ProtocolError>("worker " + std::to_string(pid) + " " + violation +
                                       "; it was killed while running " + task.pluginName + "." +

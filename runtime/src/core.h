@@ -88,6 +88,7 @@ class Core {
     std::size_t index;
     std::shared_ptr<capnp::MallocMessageBuilder> message;  // a Run; its id set per sending
     unsigned items;
+    unsigned attempts = 0;  // times resent after its worker crashed running it
   };
   struct InFlight {
     std::uint64_t id;
@@ -114,7 +115,8 @@ class Core {
     std::uint64_t initId = 0;       // STARTING: the initializer's Run, if one was sent
     std::uint64_t itemsSent = 0;    // for maxTasksPerChild
     bool retiring = false;          // takes no more work; closed once idle
-    bool stoppedOnPurpose = false;  // killed by cancel/terminate: not counted as lost
+    bool stoppedOnPurpose = false;  // killed by cancel/terminate/timeout: not counted as lost
+    Clock::time_point frontSince;   // when the first unanswered chunk started running
   };
 
   void run(std::promise<void>& started);
@@ -129,6 +131,9 @@ class Core {
   void send(Worker& w, Job job);
   void sendInitializer(Worker& w);
   void becomeReady(Worker& w);
+  // When the chunk `w` is running overruns its timeout, or max() if it has none.
+  Clock::time_point timeoutAt(const Worker& w) const;
+  void timeOut(Worker& w);  // stops `w`, fails its running chunk, resends the others
   void beginClosing();
   void spawnWorker();
 

@@ -55,6 +55,16 @@ WorkerCrashed::~WorkerCrashed() = default;
 PluginError::~PluginError() = default;
 StartError::~StartError() = default;
 ProtocolError::~ProtocolError() = default;
+TaskTimeout::TaskTimeout(std::string plugin, std::string task, long long timeoutMs, unsigned items,
+                         int pid)
+    : Error(plugin + "." + task + " did not finish within its timeout of " +
+            std::to_string(timeoutMs) + " ms per item" +
+            (items > 1 ? " (a chunk of " + std::to_string(items) + " items)" : std::string()) +
+            "; worker " + std::to_string(pid) + " was stopped and replaced"),
+      plugin_(std::move(plugin)),
+      task_(std::move(task)),
+      timeoutMs_(timeoutMs) {}
+TaskTimeout::~TaskTimeout() = default;
 Cancelled::~Cancelled() = default;
 PoolClosed::~PoolClosed() = default;
 WaitTimeout::~WaitTimeout() = default;

@@ -60,7 +60,9 @@ Stats Pool::stats() const {
 detail::TaskRef Pool::bind(std::string_view plugin, std::string_view name,
                            const std::vector<std::string>& argTypes,
                            const std::string& resultType) const {
-  return detail::bindByName(core_->plugins(), plugin, name, argTypes, resultType);
+  auto ref = detail::bindByName(core_->plugins(), plugin, name, argTypes, resultType);
+  ref.timeout = core_->options().taskTimeout;
+  return ref;
 }
 
 std::shared_ptr<detail::Call> Pool::newCall(const detail::TaskRef& task) const {

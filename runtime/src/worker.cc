@@ -1,5 +1,7 @@
 #include "worker.h"
 
+#include <sys/resource.h>
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -7,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <set>
@@ -77,6 +80,7 @@ class Worker {
     std::set<std::string> names;
     std::string failedPath;
     try {
+      applyLimits(setup.getLimits());
       for (auto path : setup.getPlugins()) {
         failedPath = path.cStr();
         LoadedPlugin loaded = loadPlugin(failedPath);
@@ -98,6 +102,23 @@ class Worker {
     for (unsigned i = 0; i < plugins_.size(); ++i) fillManifest(manifests[i], plugins_[i].info);
     writeMessage(fd_, reply);
     return true;
+  }
+
+  // Applies Setup's resource limits to this process. Throws PluginLoadError (reported in
+  // Hello like a plugin that cannot load) if one cannot be set.
+  static void applyLimits(wire::Limits::Reader limits) {
+    auto set = [](int resource, const char* name, std::uint64_t value) {
+      if (value == 0) return;
+      rlimit limit{static_cast<rlim_t>(value), static_cast<rlim_t>(value)};
+      if (resource == RLIMIT_CPU) limit.rlim_max = RLIM_INFINITY;  // SIGXCPU at the soft limit
+      if (::setrlimit(resource, &limit) != 0) {
+        throw PluginLoadError(std::string("cannot set the worker's ") + name + " limit to " +
+                              std::to_string(value) + ": " + std::strerror(errno));
+      }
+    };
+    set(RLIMIT_AS, "address-space", limits.getAddressSpaceBytes());
+    set(RLIMIT_CPU, "CPU-seconds", limits.getCpuSeconds());
+    set(RLIMIT_NOFILE, "open-files", limits.getOpenFiles());
   }
 
   static void fillManifest(wire::PluginManifest::Builder out, const PluginInfo& info) {

@@ -71,6 +71,23 @@ struct Setup {
   # The largest message, in 8-byte words, either side may send. The worker applies it to
   # what it reads and must not send a larger reply (an item whose result would not fit fails
   # on its own instead).
+
+  limits @3 :Limits;
+  # Resource limits the worker applies to itself (setrlimit) before loading any plugin.
+}
+
+struct Limits {
+  # Each 0 means "leave as inherited". A limit the worker cannot set is a load error.
+
+  addressSpaceBytes @0 :UInt64;
+  # RLIMIT_AS: allocations past it fail (a C++ task sees std::bad_alloc).
+
+  cpuSeconds @1 :UInt64;
+  # RLIMIT_CPU: CPU time of the whole worker process; past it the kernel sends SIGXCPU, which
+  # ends the worker (the host reports WorkerCrashed with that signal).
+
+  openFiles @2 :UInt64;
+  # RLIMIT_NOFILE: descriptors the worker may hold; past it open() fails with EMFILE.
 }
 
 struct Hello {

@@ -15,6 +15,9 @@
 //                  is missing, or workers keep dying before they are ready.
 //   ProtocolError  a worker sent a message that breaks the protocol (malformed, wrong size,
 //                  unknown id). The worker is killed; its items fail with this error.
+//   TaskTimeout    an item ran past its timeout (Options::taskTimeout or Task::withTimeout).
+//                  Its worker was stopped and replaced; other chunks are unaffected. Fix the
+//                  input or task, or raise the timeout.
 //   Cancelled      the caller stopped the work: Future::cancel(), Pool::terminate(),
 //                  terminateWorkers(), killWorkers(), or shutdown() with cancelPending. Nothing
 //                  to retry unless you meant to.
@@ -91,6 +94,20 @@ class PLUGPOOL_API ProtocolError : public Error {
  public:
   using Error::Error;
   ~ProtocolError() override;
+};
+
+class PLUGPOOL_API TaskTimeout : public Error {
+ public:
+  TaskTimeout(std::string plugin, std::string task, long long timeoutMs, unsigned items, int pid);
+  ~TaskTimeout() override;
+
+  const std::string& plugin() const { return plugin_; }
+  const std::string& task() const { return task_; }
+  long long timeoutMs() const { return timeoutMs_; }  // per item
+
+ private:
+  std::string plugin_, task_;
+  long long timeoutMs_;
 };
 
 class PLUGPOOL_API Cancelled : public Error {

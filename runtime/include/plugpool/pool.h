@@ -115,6 +115,22 @@ class Initializer {
 template <typename Signature, typename... U>
 Initializer initializer(std::string plugin, std::string task, U&&... args);
 
+// Resource limits every worker sets on itself (setrlimit) before it loads a plugin, so one
+// task cannot take the machine down with it. 0: inherited from the host (no new limit).
+// A limit the worker cannot set fails the pool's start with PluginError.
+struct WorkerLimits {
+  // Address space (RLIMIT_AS). Allocations past it fail: a C++ task sees std::bad_alloc and
+  // its item fails with TaskError; code that does not handle the failure crashes its worker
+  // (WorkerCrashed). Leave room for the worker itself (~20 MiB plus the plugins).
+  std::uint64_t memoryBytes = 0;
+  // CPU time of each worker process, all its tasks together (RLIMIT_CPU). Past it the kernel
+  // ends the worker with SIGXCPU: the running chunk fails with WorkerCrashed and the worker is
+  // replaced with a fresh budget. For a per-item wall-clock limit, use taskTimeout.
+  std::chrono::seconds cpuTime{0};
+  // Descriptors a worker may hold (RLIMIT_NOFILE); past it open() fails with EMFILE.
+  std::uint64_t openFiles = 0;
+};
+
 struct Options {
   // Number of worker processes. 0: one per core (std::thread::hardware_concurrency()).
   unsigned workers = 0;
@@ -156,13 +172,30 @@ struct Options {
   // slowest chunk, small enough that memory stays a few chunks.
   std::size_t streamWindow = 0;
 
+  // The longest an item may run (0: no limit). Per call: Task::withTimeout. When an item runs
+  // past it, its worker is sent SIGTERM (SIGKILL after stopTimeout) and replaced at once; the
+  // item fails with TaskTimeout; chunks queued behind it are sent to other workers. Calls on
+  // a task with a timeout default to chunks of 1 item, so the limit applies to each item; with
+  // an explicit chunksize of n, a chunk may take n times the limit and fails as a whole.
+  std::chrono::milliseconds taskTimeout{0};
+
+  // How many times a chunk whose worker crashed while running it is sent again before its
+  // items fail with WorkerCrashed. 0 (default): never — a crash is usually the input's fault
+  // and would repeat. Raise it when crashes are transient (the OOM killer, a flaky library).
+  // Chunks queued behind a crashed one are always resent; they never ran.
+  unsigned crashRetries = 0;
+
+  // Resource limits of each worker; see WorkerLimits. Default: none beyond the host's own.
+  WorkerLimits limits;
+
   // How long a starting worker may take to load its plugins, run the initializer and report
   // ready. Loading is normally milliseconds; the default leaves room for slow disks and
   // sanitizers. Raise it for a slow initializer.
   std::chrono::milliseconds startTimeout{30'000};
 
-  // Shutdown: after a worker's channel is closed it exits at once unless it is stuck in a
-  // task; after this long it is sent SIGKILL.
+  // Grace period for a worker being stopped: after its channel is closed at shutdown, or
+  // after SIGTERM (terminateWorkers, a task timeout), a worker still running this long later
+  // is sent SIGKILL.
   std::chrono::milliseconds stopTimeout{2'000};
 };
 
@@ -173,6 +206,8 @@ struct Stats {
   std::uint64_t workersStarted = 0;  // including the initial ones
   std::uint64_t workersLost = 0;     // died unexpectedly (crash, kill, protocol error)
   std::uint64_t workersRetired = 0;  // replaced after maxTasksPerChild items
+  std::uint64_t chunksTimedOut = 0;  // stopped by a task timeout
+  std::uint64_t chunksRetried = 0;   // resent after a crash (Options::crashRetries)
 };
 
 // Python's multiprocessing.Pool rule for map without a chunksize: ceil(n / (4 * workers)),
@@ -191,6 +226,15 @@ class Task<R(A...)> {
 
   const std::string& plugin() const { return ref_.pluginName; }
   const std::string& name() const { return ref_.taskName; }
+  std::chrono::milliseconds timeout() const { return ref_.timeout; }
+
+  // The same task with a per-item timeout (0: none) for the calls made with the copy,
+  // instead of Options::taskTimeout. See Options::taskTimeout for what happens at expiry.
+  Task withTimeout(std::chrono::milliseconds timeout) const {
+    Task copy = *this;
+    copy.ref_.timeout = timeout;
+    return copy;
+  }
 
  private:
   friend class Pool;
@@ -422,7 +466,7 @@ std::shared_ptr<detail::Call> Pool::send(const detail::TaskRef& task, const Rang
                                          std::size_t chunksize, Encode&& encode) {
   using Layout = codec::TupleLayout<WireTypeOf<A>...>;
   const auto n = static_cast<std::size_t>(std::ranges::size(items));
-  if (chunksize == 0) chunksize = defaultChunksize(n, workers());
+  if (chunksize == 0) chunksize = task.timeout.count() != 0 ? 1 : defaultChunksize(n, workers());
   auto call = newCall(task);
   auto it = std::ranges::begin(items);
   for (std::size_t start = 0; start < n; start += chunksize) {
@@ -549,6 +593,7 @@ Stream<typename Codec<W>::Value> Pool::stream(const detail::TaskRef& task, Range
       }
     }
   };
+  if (chunksize == 0 && task.timeout.count() != 0) chunksize = 1;  // a timeout is per item
   return Stream<Value>(newCall(task), std::move(feed), std::move(decode), ordered, chunksize,
                        streamWindow(window));
 }

@@ -47,6 +47,7 @@ struct TaskRef {
   std::uint32_t task = 0;
   std::string pluginName;
   std::string taskName;
+  std::chrono::milliseconds timeout{0};  // per item; 0: none
 };
 
 // One Run message under construction: the typed layer fills items(), the dispatcher sends it.
