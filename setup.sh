@@ -3,16 +3,17 @@
 #
 #   ./setup.sh demo    install what is missing, build into build/, run the pool_speedup demo
 #   ./setup.sh test    install what is missing, build into build/, run the whole test suite,
-#                      then build build-tsan/ with ThreadSanitizer and run the tsan suite there,
-#                      ending with one line for both: "N passed, N failed"
+#                      then again in build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer)
+#                      and build-tsan/ (ThreadSanitizer, suite tsan), ending with one line for
+#                      all three: "N passed, N failed"
 #
 # Installing uses apt-get (through sudo when not root) and only for packages not yet
 # installed. libboost1.81-dev replaces libboost1.74-dev if that is installed (they conflict).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(g++ libtsan2 meson ninja-build pkg-config python3 capnproto libcapnp-dev libboost1.81-dev
-          catch2)
+packages=(g++ libasan8 libubsan1 libtsan2 meson ninja-build pkg-config python3 capnproto
+          libcapnp-dev libboost1.81-dev catch2)
 
 install_missing() {
   local missing=()
@@ -64,9 +65,13 @@ case "${1:-}" in
     build build
     status=0
     meson test -C build --print-errorlogs || status=$?
+    build build-asan -Db_sanitize=address,undefined -Dbuildtype=debug
+    meson test -C build-asan --setup asan --no-suite memory --no-suite fork --print-errorlogs \
+      || status=$?
     build build-tsan -Db_sanitize=thread -Dbuildtype=debug
     meson test -C build-tsan --setup tsan --suite tsan --print-errorlogs || status=$?
-    summarize build/meson-logs/testlog.json build-tsan/meson-logs/testlog-tsan.json || status=1
+    summarize build/meson-logs/testlog.json build-asan/meson-logs/testlog-asan.json \
+      build-tsan/meson-logs/testlog-tsan.json || status=1
     exit "$status"
     ;;
   *)

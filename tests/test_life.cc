@@ -219,3 +219,26 @@ TEST_CASE("the destructor finishes submitted work; terminate first to drop it") 
   for (auto& f : futures) REQUIRE(f.get() == 100);
   testing::requireCleanShutdown(before);
 }
+
+TEST_CASE("shutdownTimeout bounds join and the destructor when a task hangs") {
+  testing::ProcessSnapshot before;
+  std::vector<plugpool::Future<Int>> futures;
+  auto begin = std::chrono::steady_clock::now();
+  {
+    auto o = testing::options(2, {"examples", testing::fixture("faults")});
+    o.shutdownTimeout = 300ms;
+    o.stopTimeout = 200ms;
+    Pool pool(o);
+    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
+    auto stubborn = pool.task<Int(Int)>("faults", "ignore_sigterm_and_sleep");
+    futures.push_back(pool.submit(sleep, 10));
+    futures.push_back(pool.submit(stubborn, 60'000));  // hangs, and ignores SIGTERM
+    futures.push_back(pool.submit(sleep, 60'000));
+    REQUIRE(futures[0].get() == 10);
+  }  // the destructor: waits 300 ms for the rest, then terminates it
+  REQUIRE(std::chrono::steady_clock::now() - begin < 30s);  // hang guard, far below 60 s
+  REQUIRE(futures[1].cancelled());
+  REQUIRE(futures[2].cancelled());
+  REQUIRE_THROWS_WITH(futures[1].get(), Catch::Contains("shutdownTimeout"));
+  testing::requireCleanShutdown(before);
+}

@@ -188,10 +188,18 @@ void Core::loop() {
     dispatch();
     bool idle = pending_.empty() && std::all_of(slots_.begin(), slots_.end(),
                                                 [](const auto& w) { return w->inFlight.empty(); });
-    bool stop;
+    bool stop, closed;
     {
       std::lock_guard lock(mutex_);
-      stop = closeRequested_ && incoming_.empty();
+      closed = closeRequested_;
+      stop = closed && incoming_.empty();
+    }
+    if (closed && !closeDeadline_ && options_.shutdownTimeout.count() != 0) {
+      closeDeadline_ = Clock::now() + options_.shutdownTimeout;
+    }
+    if (!closing_ && closeDeadline_ && Clock::now() >= *closeDeadline_) {
+      terminateNow(SIGTERM, "the pool's shutdownTimeout (" +
+                                std::to_string(options_.shutdownTimeout.count()) + " ms) passed");
     }
     if (stop && idle && !closing_) beginClosing();
     if (closing_ && slots_.empty()) return;
@@ -259,16 +267,19 @@ void Core::runControl(Control& c) {
     }
     return;
   }
-  // TERMINATE: everything unfinished ends now, and every worker is signalled.
-  auto before = cancelled("cancelled: the pool was terminated before it ran");
-  auto during = cancelled("cancelled: the pool was terminated while it ran");
+  terminateNow(c.signal, "the pool was terminated");
+}
+
+void Core::terminateNow(int signal, const std::string& why) {
+  auto before = errorPtr<Cancelled>("cancelled: " + why + " before it ran");
+  auto during = errorPtr<Cancelled>("cancelled: " + why + " while it ran");
   failAll(before);
   for (auto& w : slots_) {
     for (std::size_t i = 0; i < w->inFlight.size(); ++i) {
       // Only the first unanswered chunk is running; the others wait in the worker's queue.
       if (!w->inFlight[i].ended) fail(w->inFlight[i], i == 0 ? during : before);
     }
-    ::kill(w->process.pid, c.signal);
+    ::kill(w->process.pid, signal);
     w->stoppedOnPurpose = true;
     closeChannel(*w);
     w->state = State::CLOSING;
@@ -435,6 +446,7 @@ void Core::pollOnce() {
     fds.push_back({w->process.pidfd.get(), POLLIN, 0});
     next = std::min(next, w->state == State::READY ? timeoutAt(*w) : w->deadline);
   }
+  if (closeDeadline_ && !closing_) next = std::min(next, *closeDeadline_);
   int timeout = -1;
   if (next != Clock::time_point::max()) {
     auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();

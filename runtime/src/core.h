@@ -126,6 +126,9 @@ class Core {
   void takeIncoming();
   void takeControls();
   void runControl(Control& control);
+  // Ends everything unfinished with Cancelled ("<why> before/while it ran") and sends `signal`
+  // to every worker (SIGKILL after stopTimeout). The pool then only winds down.
+  void terminateNow(int signal, const std::string& why);
   void retireIdle();
   void dispatch();
   void send(Worker& w, Job job);
@@ -165,9 +168,10 @@ class Core {
   std::vector<std::unique_ptr<Worker>> slots_;
   std::deque<Job> pending_;
   std::uint64_t nextId_ = 1;
-  std::optional<TaskRef> initializer_;  // bound at the first Hello
-  int startFailures_ = 0;               // consecutive workers that died before ready
-  std::exception_ptr broken_;           // set once the pool cannot serve any more
+  std::optional<TaskRef> initializer_;              // bound at the first Hello
+  std::optional<Clock::time_point> closeDeadline_;  // closed: when shutdownTimeout runs out
+  int startFailures_ = 0;                           // consecutive workers that died before ready
+  std::exception_ptr broken_;                       // set once the pool cannot serve any more
   std::exception_ptr startError_;
   bool starting_ = true;
   bool closing_ = false;

@@ -193,6 +193,12 @@ struct Options {
   // sanitizers. Raise it for a slow initializer.
   std::chrono::milliseconds startTimeout{30'000};
 
+  // How long join(), shutdown(wait) and the destructor wait for submitted work after the pool
+  // is closed (0: as long as it takes, as Python does). When it passes, the pool terminates:
+  // unfinished calls end with Cancelled and the workers are stopped, so shutdown returns
+  // even if a task hangs. (Per-item limits: taskTimeout.)
+  std::chrono::milliseconds shutdownTimeout{0};
+
   // Grace period for a worker being stopped: after its channel is closed at shutdown, or
   // after SIGTERM (terminateWorkers, a task timeout), a worker still running this long later
   // is sent SIGKILL.
