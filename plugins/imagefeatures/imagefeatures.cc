@@ -195,13 +195,17 @@ bool pngRows(PngDecoder* decoder, png_bytep* rows) {
   return true;
 }
 
-[[noreturn]] void pngFailed(const PngDecoder& decoder, const std::string& path) {
-  throw ImageError(path + ": invalid or truncated PNG (libpng: " + decoder.message + ")");
+// Throws the ImageError for a failed libpng call: "truncated" if reading hit the end of the
+// file, else "invalid", with libpng's message.
+[[noreturn]] void pngFailed(const PngDecoder& decoder, std::FILE* file, const std::string& path) {
+  throw ImageError(path +
+                   (std::feof(file) ? ": truncated PNG, the file ends early" : ": invalid PNG") +
+                   " (libpng: " + decoder.message + ")");
 }
 
 PngShape pngShape(std::FILE* file, PngDecoder& decoder, const std::string& path) {
   PngShape shape;
-  if (!pngHeader(&decoder, file, &shape)) pngFailed(decoder, path);
+  if (!pngHeader(&decoder, file, &shape)) pngFailed(decoder, file, path);
   return shape;
 }
 
@@ -214,7 +218,7 @@ Pixels decodePng(std::FILE* file, const std::string& path) {
   std::vector<png_bytep> rows(shape.height);
   for (std::size_t y = 0; y < rows.size(); ++y)
     rows[y] = pixels.samples.data() + y * shape.rowBytes;
-  if (!pngRows(&decoder, rows.data())) pngFailed(decoder, path);
+  if (!pngRows(&decoder, rows.data())) pngFailed(decoder, file, path);
   return pixels;
 }
 
@@ -283,14 +287,17 @@ bool jpegRows(JpegDecoder* decoder, std::uint8_t* samples, std::size_t rowBytes)
   return true;
 }
 
-[[noreturn]] void jpegFailed(const JpegDecoder& decoder, const std::string& path) {
-  throw ImageError(path + ": invalid or truncated JPEG (libjpeg: " + decoder.errors.message + ")");
+// As pngFailed, for libjpeg.
+[[noreturn]] void jpegFailed(const JpegDecoder& decoder, std::FILE* file, const std::string& path) {
+  throw ImageError(path +
+                   (std::feof(file) ? ": truncated JPEG, the file ends early" : ": invalid JPEG") +
+                   " (libjpeg: " + decoder.errors.message + ")");
 }
 
 // Reads the header; throws ImageError for a broken header or a colour space other than
 // grayscale or YCbCr/RGB, and sets up 8-bit gray or RGB output.
 void jpegOpen(std::FILE* file, JpegDecoder& decoder, const std::string& path) {
-  if (!jpegHeader(&decoder, file)) jpegFailed(decoder, path);
+  if (!jpegHeader(&decoder, file)) jpegFailed(decoder, file, path);
   switch (decoder.info.jpeg_color_space) {
     case JCS_GRAYSCALE:
       decoder.info.out_color_space = JCS_GRAYSCALE;
@@ -309,7 +316,7 @@ Pixels decodeJpeg(std::FILE* file, const std::string& path) {
   jpegOpen(file, decoder, path);
   checkSize(decoder.info.image_width, decoder.info.image_height,
             static_cast<unsigned>(decoder.info.num_components), path);
-  if (!jpegStart(&decoder)) jpegFailed(decoder, path);
+  if (!jpegStart(&decoder)) jpegFailed(decoder, file, path);
   Pixels pixels{decoder.info.output_width,
                 decoder.info.output_height,
                 static_cast<unsigned>(decoder.info.output_components),
@@ -317,7 +324,7 @@ Pixels decodeJpeg(std::FILE* file, const std::string& path) {
                 {}};
   std::size_t rowBytes = std::size_t{pixels.width} * pixels.channels;
   pixels.samples.resize(rowBytes * pixels.height);
-  if (!jpegRows(&decoder, pixels.samples.data(), rowBytes)) jpegFailed(decoder, path);
+  if (!jpegRows(&decoder, pixels.samples.data(), rowBytes)) jpegFailed(decoder, file, path);
   return pixels;
 }
 
