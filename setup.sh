@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(g++ libasan8 libubsan1 libtsan2 meson ninja-build pkg-config python3 capnproto
-          libcapnp-dev libboost1.81-dev catch2)
+          libcapnp-dev libboost1.81-dev catch2 libpng-dev libjpeg62-turbo-dev zlib1g-dev)
 
 install_missing() {
   local missing=()
@@ -66,7 +66,8 @@ case "${1:-}" in
     status=0
     meson test -C build --print-errorlogs || status=$?
     build build-asan -Db_sanitize=address,undefined -Dbuildtype=debug
-    meson test -C build-asan --setup asan --no-suite memory --no-suite fork --print-errorlogs \
+    meson test -C build-asan --setup asan --no-suite memory --no-suite fork --no-suite install \
+      --print-errorlogs \
       || status=$?
     build build-tsan -Db_sanitize=thread -Dbuildtype=debug
     meson test -C build-tsan --setup tsan --suite tsan --print-errorlogs || status=$?

@@ -93,8 +93,10 @@ class File {
  public:
   // Throws std::system_error ("cannot open PATH: ...") if the file cannot be opened.
   explicit File(const std::string& path) : file_(std::fopen(path.c_str(), "rb")) {
-    if (file_ == nullptr)
-      throw std::system_error(errno, std::generic_category(), "cannot open " + path);
+    if (file_ == nullptr) {
+      int error = errno;
+      throw std::system_error(error, std::generic_category(), "cannot open " + path);
+    }
   }
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -112,8 +114,10 @@ enum class Format { PNG, JPEG };
 Format sniff(std::FILE* file, const std::string& path) {
   std::array<unsigned char, 8> head{};
   std::size_t got = std::fread(head.data(), 1, head.size(), file);
-  if (got < head.size() && std::ferror(file))
-    throw std::system_error(errno, std::generic_category(), "cannot read " + path);
+  if (got < head.size() && std::ferror(file)) {
+    int error = errno;
+    throw std::system_error(error, std::generic_category(), "cannot read " + path);
+  }
   std::rewind(file);
   if (got >= 8 && png_sig_cmp(head.data(), 0, 8) == 0) return Format::PNG;
   if (got >= 3 && head[0] == 0xFF && head[1] == 0xD8 && head[2] == 0xFF) return Format::JPEG;
@@ -158,7 +162,10 @@ PngDecoder::PngDecoder() {
   png = png_create_read_struct(PNG_LIBPNG_VER_STRING, this, pngError, pngWarning);
   if (png == nullptr) throw std::bad_alloc();
   info = png_create_info_struct(png);
-  if (info == nullptr) throw std::bad_alloc();
+  if (info == nullptr) {
+    png_destroy_read_struct(&png, nullptr, nullptr);  // the destructor will not run
+    throw std::bad_alloc();
+  }
 }
 
 struct PngShape {
