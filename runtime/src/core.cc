@@ -382,7 +382,7 @@ void Core::beginClosing() {
 }
 
 void Core::spawnWorker() {
-  auto w = std::make_unique<Worker>(maxWords_);
+  auto w = std::make_unique<Worker>(std::min(maxWords_, FIRST_MESSAGE_MAX_WORDS));
   try {
     w->process = launcher_->spawn(workerExecutable_);
   } catch (const std::system_error& e) {
@@ -519,6 +519,7 @@ void Core::handleMessage(Worker& w, kj::Array<capnp::word> words) {
 
 void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
   HelloContent content = decodeHello(hello, pluginPaths_.size());
+  w.reader.setMaxWords(maxWords_);
   if (!content.loadError.empty()) {
     // The worker exits by itself after this; its exit is then expected.
     auto error = errorPtr<PluginError>(content.loadError);

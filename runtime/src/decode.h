@@ -40,6 +40,11 @@ struct Received {
   capnp::FlatArrayMessageReader reader;
 };
 
+// The first message each way (Setup, Hello) carries names and manifests, never task data:
+// until it has arrived, a peer may send no more than this (8 MiB), whatever maxMessageBytes
+// allows later.
+inline constexpr std::uint64_t FIRST_MESSAGE_MAX_WORDS = std::uint64_t{1} << 20;
+
 // --- what the host reads from a worker ------------------------------------------------------
 
 // A worker's Hello, checked. Exactly one of `plugins` (every plugin loaded, one manifest per

@@ -30,9 +30,6 @@
 namespace plugpool::detail {
 namespace {
 
-// Setup is small; before it arrives, nothing larger is accepted.
-constexpr std::uint64_t SETUP_MAX_WORDS = std::uint64_t{1} << 20;
-
 // Applies Setup's resource limits to this process. Throws PluginLoadError (reported in Hello
 // like a plugin that cannot load) if one cannot be set.
 void applyLimits(wire::Limits::Reader limits) {
@@ -170,7 +167,7 @@ namespace {
 // Reads the host's messages from `fd` and writes the session's replies.
 int converse(int fd) {
   WorkerSession session;
-  FrameReader reader(SETUP_MAX_WORDS);
+  FrameReader reader(FIRST_MESSAGE_MAX_WORDS);
   kj::Array<capnp::word> words;
   if (reader.read(fd, words) != FrameReader::Status::MESSAGE) return 0;  // host went away
   {
