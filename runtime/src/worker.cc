@@ -21,6 +21,7 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include "big_buffers.h"
 #include "decode.h"
 #include "framing.h"
 #include "plugin_loader.h"
@@ -110,7 +111,7 @@ std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::run(capnp::MessageRe
   const abi::TaskDescriptor& task = plugins_[run.plugin].loaded.descriptor->tasks[run.task];
   const auto& args = run.items;
 
-  auto reply = std::make_unique<capnp::MallocMessageBuilder>();
+  auto reply = std::make_unique<BigSegmentBuilder>();
   auto done = reply->initRoot<wire::WorkerMessage>().initChunkDone();
   done.setId(run.id);
   auto results = done.initResults().initAsListOfAnyStruct(task.resultDataWords, task.resultPointers,
@@ -128,7 +129,7 @@ std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::run(capnp::MessageRe
 
   if (capnp::computeSerializedSizeInWords(*reply) > maxWords_) {
     // Too big to send: fail every item of this chunk rather than break the protocol.
-    reply = std::make_unique<capnp::MallocMessageBuilder>();
+    reply = std::make_unique<BigSegmentBuilder>();
     done = reply->initRoot<wire::WorkerMessage>().initChunkDone();
     done.setId(run.id);
     done.initResults().initAsListOfAnyStruct(0, 0, args.size());
