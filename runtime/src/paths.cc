@@ -27,6 +27,16 @@ bool isExecutableFile(const fs::path& p) {
   return fs::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0;
 }
 
+// Appends `p` unless the list already holds the same path (a default install has the
+// relative and the absolute install path the same).
+void addUnique(std::vector<fs::path>& paths, const fs::path& p) {
+  fs::path normal = p.lexically_normal();
+  for (const auto& q : paths) {
+    if (q.lexically_normal() == normal) return;
+  }
+  paths.push_back(p);
+}
+
 std::vector<fs::path> pluginDirectories() {
   std::vector<fs::path> dirs;
   if (const char* env = std::getenv("PLUGPOOL_PLUGIN_PATH")) {
@@ -36,8 +46,12 @@ std::vector<fs::path> pluginDirectories() {
     }
   }
   // In a build tree libplugpool lives in build/runtime and plugins in build/plugins.
-  dirs.push_back(libraryDirectory().parent_path() / "plugins");
-  dirs.emplace_back(PLUGPOOL_INSTALL_PLUGINDIR);
+  fs::path library = libraryDirectory();
+  dirs.push_back(library.parent_path() / "plugins");
+  // Installed: libdir/plugpool/plugins, found from where this library was loaded first (the
+  // plugins installed with it, wherever the tree was copied), then at the configured prefix.
+  addUnique(dirs, library / PLUGPOOL_PLUGINDIR_FROM_LIBDIR);
+  addUnique(dirs, PLUGPOOL_INSTALL_PLUGINDIR);
   return dirs;
 }
 
@@ -49,8 +63,14 @@ std::string findWorkerExecutable(const std::string& configured) {
     candidates.emplace_back(configured);
   } else {
     if (const char* env = std::getenv("PLUGPOOL_WORKER")) candidates.emplace_back(env);
-    candidates.push_back(libraryDirectory() / "plugpool-worker");
-    candidates.emplace_back(PLUGPOOL_INSTALL_WORKER);
+    // A build tree: next to libplugpool. Installed: libexecdir, found from where this
+    // library was loaded first (the worker installed with it, wherever the tree was copied),
+    // then at the configured prefix.
+    fs::path library = libraryDirectory();
+    candidates.push_back(library / "plugpool-worker");
+    if (*PLUGPOOL_WORKER_FROM_LIBDIR != '\0')
+      addUnique(candidates, library / PLUGPOOL_WORKER_FROM_LIBDIR);
+    addUnique(candidates, PLUGPOOL_INSTALL_WORKER);
   }
   std::string looked;
   for (const auto& c : candidates) {

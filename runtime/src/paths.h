@@ -9,9 +9,11 @@
 
 namespace plugpool::detail {
 
-// The worker executable to start: `configured` if not empty, else $PLUGPOOL_WORKER, else
-// plugpool-worker next to libplugpool (a build tree), else the installed one.
-// Throws StartError naming every place looked at.
+// The worker executable to start: `configured` if not empty, else the first executable of
+// $PLUGPOOL_WORKER, plugpool-worker next to libplugpool (a build tree), the installed worker
+// relative to libplugpool's folder (libdir/../libexec/plugpool-worker in a default install:
+// right wherever the installed tree was copied), the installed worker at the configured
+// prefix. Throws StartError naming every place looked at.
 std::string findWorkerExecutable(const std::string& configured);
 
 // The absolute path of a plugin given as a path (contains '/') or a bare name (see
