@@ -4,16 +4,18 @@
 #   ./setup.sh demo    install what is missing, build into build/, run the pool_speedup demo
 #   ./setup.sh test    install what is missing, build into build/, run the whole test suite,
 #                      then again in build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer)
-#                      and build-tsan/ (ThreadSanitizer, suite tsan), ending with one line for
-#                      all three: "N passed, N failed"
+#                      and build-tsan/ (ThreadSanitizer, suite tsan), then runs the libFuzzer
+#                      targets (build-fuzz/, clang) for FUZZ_SECONDS each (default 60), ending
+#                      with one line for all four: "N passed, N failed"
 #
 # Installing uses apt-get (through sudo when not root) and only for packages not yet
 # installed. libboost1.81-dev replaces libboost1.74-dev if that is installed (they conflict).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(g++ libasan8 libubsan1 libtsan2 meson ninja-build pkg-config python3 capnproto
-          libcapnp-dev libboost1.81-dev catch2 libpng-dev libjpeg62-turbo-dev zlib1g-dev)
+packages=(g++ libasan8 libubsan1 libtsan2 clang libclang-rt-14-dev meson ninja-build pkg-config
+          python3 capnproto libcapnp-dev libboost1.81-dev catch2 libpng-dev libjpeg62-turbo-dev
+          zlib1g-dev)
 
 install_missing() {
   local missing=()
@@ -28,11 +30,14 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-# build DIR [meson options...]: configures DIR once, then builds it.
+# build DIR [meson options...]: configures DIR (once; later runs apply the options again),
+# then builds it.
 build() {
   local dir=$1
   shift
   if [ -f "$dir/build.ninja" ]; then
+    # (meson 1.0's `setup --reconfigure` ignores base options such as b_lundef: configure.)
+    [ $# -eq 0 ] || meson configure "$dir" "$@" >/dev/null
     meson setup --reconfigure "$dir" >/dev/null
   else
     meson setup "$dir" "$@"
@@ -71,8 +76,11 @@ case "${1:-}" in
       || status=$?
     build build-tsan -Db_sanitize=thread -Dbuildtype=debug
     meson test -C build-tsan --setup tsan --suite tsan --print-errorlogs || status=$?
+    CXX=clang++ build build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
+      -Dfuzz_seconds="${FUZZ_SECONDS:-60}"
+    meson test -C build-fuzz --suite fuzz --print-errorlogs || status=$?
     summarize build/meson-logs/testlog.json build-asan/meson-logs/testlog-asan.json \
-      build-tsan/meson-logs/testlog-tsan.json || status=1
+      build-tsan/meson-logs/testlog-tsan.json build-fuzz/meson-logs/testlog.json || status=1
     exit "$status"
     ;;
   *)

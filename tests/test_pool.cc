@@ -232,8 +232,17 @@ TEST_CASE("a task's exception reaches the host as TaskError with its type and me
                              return e.remoteType() == "std::invalid_argument";
                            }));
 
-    // The workers are unaffected: the pool goes on serving.
+    // Arithmetic that would overflow int64 is an error, not undefined behaviour (found by
+    // tests/fuzz/fuzz_worker).
     auto square = pool.task<Int(Int)>("examples", "square");
+    REQUIRE_THROWS_MATCHES(pool.apply(square, Int{1} << 32), plugpool::TaskError,
+                           Catch::Predicate<plugpool::TaskError>([](const auto& e) {
+                             return e.remoteType() == "std::overflow_error" &&
+                                    e.remoteMessage() ==
+                                        "square: 4294967296 * 4294967296 overflows int64";
+                           }));
+
+    // The workers are unaffected: the pool goes on serving.
     REQUIRE(pool.apply(square, 12) == 144);
     REQUIRE(pool.stats().workersLost == 0);
   }

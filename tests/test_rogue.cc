@@ -32,7 +32,12 @@ struct RoguePool {
     ::setenv("PLUGPOOL_ROGUE_ONCE", once.c_str(), 1);
     auto o = testing::options(1, {"examples"});
     o.workerExecutable = ROGUE_WORKER;
-    pool.emplace(o);
+    try {
+      pool.emplace(o);
+    } catch (...) {
+      std::remove(once.c_str());  // no destructor runs for a constructor that throws
+      throw;
+    }
   }
   ~RoguePool() {
     pool.reset();
@@ -86,4 +91,24 @@ TEST_CASE("a duplicate reply is delivered once; the worker that sent it is repla
     REQUIRE(pool.apply(square, 5) == 25);
   }
   testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a worker whose Hello breaks the protocol stops the pool from starting") {
+  testing::ProcessSnapshot before;
+  struct Case {
+    const char* mode;
+    const char* expected;
+  };
+  // A Hello may not exceed 8 MiB even though later messages may be far larger
+  // (maxMessageBytes): a worker cannot make the host allocate much before it is known good.
+  for (Case c : {Case{"hello-oversize", "exceeds the limit"},
+                 Case{"hello-version", "speaks protocol version"},
+                 Case{"hello-plugins", "sent manifests of 0 plugins for 1"}}) {
+    INFO("mode " << c.mode);
+    REQUIRE_THROWS_MATCHES(RoguePool(c.mode), plugpool::StartError,
+                           Catch::Predicate<plugpool::StartError>([&](const auto& e) {
+                             return std::string(e.what()).find(c.expected) != std::string::npos;
+                           }));
+    testing::requireCleanShutdown(before);
+  }
 }

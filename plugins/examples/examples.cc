@@ -23,8 +23,28 @@
 
 namespace {
 
+// int64 arithmetic that throws std::overflow_error (a TaskError in the host) instead of
+// overflowing, which is undefined behaviour in C++; the fuzz target found square(2^53) did.
+std::int64_t multiply(const char* task, std::int64_t a, std::int64_t b) {
+  std::int64_t product;
+  if (__builtin_mul_overflow(a, b, &product)) {
+    throw std::overflow_error(std::string(task) + ": " + std::to_string(a) + " * " +
+                              std::to_string(b) + " overflows int64");
+  }
+  return product;
+}
+
+std::int64_t plus(const char* task, std::int64_t a, std::int64_t b) {
+  std::int64_t total;
+  if (__builtin_add_overflow(a, b, &total)) {
+    throw std::overflow_error(std::string(task) + ": " + std::to_string(a) + " + " +
+                              std::to_string(b) + " overflows int64");
+  }
+  return total;
+}
+
 std::int64_t square(std::int64_t x) {
-  return x * x;
+  return multiply("square", x, x);
 }
 
 double add(double a, double b) {
@@ -48,7 +68,7 @@ std::map<std::string, std::int64_t> word_count(std::string_view text) {
 // The seed lesson's task: pretend to work for 100 ms.
 std::int64_t slow_task(std::int64_t x) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  return x * x;
+  return multiply("slow_task", x, x);
 }
 
 plugpool::Bytes echo_bytes(std::span<const std::byte> data) {
@@ -81,7 +101,7 @@ std::int64_t set_offset(std::int64_t value) {
 }
 
 std::int64_t add_offset(std::int64_t x) {
-  return x + offset;
+  return plus("add_offset", x, offset);
 }
 
 // Fills this process's table with n entries, as a host would load a large table once.
@@ -103,7 +123,7 @@ std::int64_t fail(std::int64_t x) {
 
 std::int64_t sum(const std::vector<std::int64_t>& values) {
   std::int64_t total = 0;
-  for (auto v : values) total += v;
+  for (auto v : values) total = plus("sum", total, v);
   return total;
 }
 

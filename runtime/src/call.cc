@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "big_buffers.h"
 #include "core.h"
 #include "plugpool/errors.h"
 #include "wire.capnp.h"
@@ -25,7 +26,7 @@ bool waitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, 
 
 ChunkRequest::ChunkRequest(const TaskRef& task, unsigned count, std::uint16_t dataWords,
                            std::uint16_t pointers)
-    : message_(std::make_shared<capnp::MallocMessageBuilder>(
+    : message_(std::make_shared<BigSegmentBuilder>(
           // One first segment that fits the whole chunk of fixed-size tuples, so building it
           // is one allocation: 2 words of list tag and envelope, 1 word per data word or
           // pointer of each item, plus room for whatever the pointers point at.

@@ -13,6 +13,7 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include "decode.h"
 #include "paths.h"
 #include "plugpool/errors.h"
 #include "termination.h"
@@ -21,27 +22,9 @@ namespace plugpool::detail {
 
 namespace {
 
-// A message received from a worker, kept alive for as long as any result read from it.
-struct Received {
-  explicit Received(kj::Array<capnp::word> w)
-      : words(std::move(w)), reader(words.asPtr(), readerOptions(words.size())) {}
-  kj::Array<capnp::word> words;
-  capnp::FlatArrayMessageReader reader;
-};
-
 template <typename E, typename... Args>
 std::exception_ptr errorPtr(Args&&... args) {
   return std::make_exception_ptr(E(std::forward<Args>(args)...));
-}
-
-PluginInfo toPluginInfo(wire::PluginManifest::Reader m) {
-  PluginInfo info{m.getName(), m.getPath(), m.getAbiVersion(), {}};
-  for (auto t : m.getTasks()) {
-    TaskInfo task{t.getName(), t.getDoc(), {}, t.getResultType()};
-    for (auto a : t.getArgTypes()) task.argTypes.emplace_back(a);
-    info.tasks.push_back(std::move(task));
-  }
-  return info;
 }
 
 }  // namespace
@@ -399,7 +382,7 @@ void Core::beginClosing() {
 }
 
 void Core::spawnWorker() {
-  auto w = std::make_unique<Worker>(maxWords_);
+  auto w = std::make_unique<Worker>(std::min(maxWords_, FIRST_MESSAGE_MAX_WORDS));
   try {
     w->process = launcher_->spawn(workerExecutable_);
   } catch (const std::system_error& e) {
@@ -527,18 +510,19 @@ void Core::handleMessage(Worker& w, kj::Array<capnp::word> words) {
         return handleChunkDone(w, root.getChunkDone(), received);
     }
     violate(w, "sent a message of unknown kind");
+  } catch (const ProtocolViolation& e) {
+    violate(w, e.what());
   } catch (const kj::Exception& e) {
     violate(w, std::string("sent a malformed message: ") + e.getDescription().cStr());
   }
 }
 
 void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
-  if (hello.getProtocolVersion() != wire::PROTOCOL_VERSION) {
-    return violate(w, "speaks protocol version " + std::to_string(hello.getProtocolVersion()));
-  }
-  if (hello.isLoadError()) {
+  HelloContent content = decodeHello(hello, pluginPaths_.size());
+  w.reader.setMaxWords(maxWords_);
+  if (!content.loadError.empty()) {
     // The worker exits by itself after this; its exit is then expected.
-    auto error = errorPtr<PluginError>(hello.getLoadError().getMessage().cStr());
+    auto error = errorPtr<PluginError>(content.loadError);
     if (starting_) {
       if (!startError_) startError_ = error;
     } else {
@@ -546,8 +530,7 @@ void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
     }
     return;
   }
-  std::vector<PluginInfo> infos;
-  for (auto m : hello.getPlugins()) infos.push_back(toPluginInfo(m));
+  std::vector<PluginInfo>& infos = content.plugins;
   if (plugins_.empty() && starting_) {
     plugins_ = std::move(infos);
     if (options_.initializer) {
@@ -571,17 +554,16 @@ void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
 void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
                            std::shared_ptr<const void> keep) {
   if (w.state == State::STARTING) {
-    if (w.initId == 0 || done.getId() != w.initId) {
-      return violate(w, "sent ChunkDone before it was ready");
-    }
+    if (w.initId == 0) return violate(w, "sent ChunkDone before it was ready");
+    ChunkOutcome init = decodeChunkDone(done, w.initId, 1);
     w.initId = 0;
-    if (done.getErrors().size() == 0) return becomeReady(w);
+    if (init.errors.empty()) return becomeReady(w);
     // A failing initializer fails the pool at once: a fresh worker would fail the same way.
-    auto e = done.getErrors()[0];
+    const ItemFailure& e = init.errors[0];
     auto error = errorPtr<StartError>(
         "the initializer " + initializer_->pluginName + "." + initializer_->taskName +
-        " failed in worker " + std::to_string(w.process.pid) + ": " + e.getType().cStr() + ": " +
-        e.getMessage().cStr() + "; the pool does not start workers whose initializer fails");
+        " failed in worker " + std::to_string(w.process.pid) + ": " + e.type + ": " + e.message +
+        "; the pool does not start workers whose initializer fails");
     if (starting_) {
       if (!startError_) startError_ = error;
     } else {
@@ -594,28 +576,7 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
   }
   if (w.inFlight.empty()) return violate(w, "answered a chunk that was not sent");
   InFlight& front = w.inFlight.front();
-  if (done.getId() != front.id) {
-    return violate(w, "answered chunk " + std::to_string(done.getId()) + " but chunk " +
-                          std::to_string(front.id) + " was next");
-  }
-  ChunkOutcome outcome;
-  try {
-    outcome.results = codec::readTupleList(done.getResults());
-  } catch (const DecodeError& e) {
-    return violate(w, std::string("sent results that are not ") + e.what());
-  }
-  if (outcome.results.size() != front.job.items) {
-    return violate(w, "sent " + std::to_string(outcome.results.size()) + " results for " +
-                          std::to_string(front.job.items) + " items");
-  }
-  long last = -1;
-  for (auto e : done.getErrors()) {
-    if (static_cast<long>(e.getIndex()) <= last || e.getIndex() >= front.job.items) {
-      return violate(w, "sent an error for an item index out of order or out of range");
-    }
-    last = e.getIndex();
-    outcome.errors.push_back({e.getIndex(), e.getType().cStr(), e.getMessage().cStr()});
-  }
+  ChunkOutcome outcome = decodeChunkDone(done, front.id, front.job.items);
   outcome.keepAlive = std::move(keep);
   outcome.elapsedNs = done.getElapsedNs();
   InFlight f = std::move(front);

@@ -1,5 +1,7 @@
 #include "framing.h"
 
+#include "big_buffers.h"
+
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -94,7 +96,7 @@ bool FrameReader::startMessage() {
                             " bytes exceeds the limit of " + std::to_string(maxWords_ * 8) +
                             " bytes");
   }
-  message_ = kj::heapArray<capnp::word>(words);
+  message_ = allocateWords(words);
   filled_ = 0;
   return true;
 }

@@ -6,7 +6,60 @@
 // (descriptors, signals, death signal) before calling serveWorker; serveWorker only talks.
 #pragma once
 
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <capnp/message.h>
+
+#include "plugin_loader.h"
+#include "plugpool/manifest.h"
+
 namespace plugpool::detail {
+
+struct ItemFailureRecord {
+  unsigned index;
+  std::string type, message;
+};
+
+// The worker's side of the conversation without the channel: one host message in, the reply
+// out. serveWorker reads and writes; the fuzz target (tests/fuzz/) feeds messages directly.
+// Not thread-safe.
+class WorkerSession {
+ public:
+  // Handles Setup (decode.h's decodeSetup): applies the resource limits, loads every plugin
+  // and returns Hello. After a load error Hello carries it and loaded() is false. Throws
+  // ProtocolViolation for anything but a valid Setup.
+  std::unique_ptr<capnp::MallocMessageBuilder> setUp(capnp::MessageReader& message);
+  bool loaded() const { return loaded_; }
+
+  // The largest message the host accepts and sends, in words, as Setup said.
+  std::uint64_t maxWords() const { return maxWords_; }
+
+  // Handles one Run (decode.h's decodeRun): calls the task on every item and returns the
+  // ChunkDone. Tasks report their failures per item; throws ProtocolViolation (or
+  // kj::Exception from a lazily checked pointer) for a malformed message.
+  std::unique_ptr<capnp::MallocMessageBuilder> run(capnp::MessageReader& message);
+
+  // The loaded plugins' manifests, in Setup's order.
+  std::vector<PluginInfo> plugins() const;
+
+ private:
+  struct Plugin {
+    LoadedPlugin loaded;
+    PluginInfo info;
+  };
+  static void recordFailure(void* context, const char* type, std::size_t typeSize,
+                            const char* message, std::size_t messageSize) noexcept;
+
+  std::uint64_t maxWords_ = 0;
+  bool loaded_ = false;
+  std::vector<Plugin> plugins_;
+  std::vector<unsigned> taskCounts_;
+  std::vector<ItemFailureRecord> failures_;
+  unsigned current_ = 0;
+};
 
 // Exit statuses of a worker process (besides 0, "the host closed the channel").
 inline constexpr int EXIT_LOAD_FAILED = 1;   // a plugin could not be loaded (after Hello said so)

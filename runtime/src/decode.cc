@@ -1,0 +1,124 @@
+#include "decode.h"
+
+#include <set>
+#include <string>
+#include <utility>
+
+#include <kj/exception.h>
+
+#include "plugpool/codec.h"
+
+namespace plugpool::detail {
+
+namespace {
+
+// Runs `read`, turning Cap'n Proto's and the codec's exceptions about malformed data into
+// ProtocolViolation.
+template <typename F>
+auto checked(F&& read) -> decltype(read()) {
+  try {
+    return read();
+  } catch (const kj::Exception& e) {
+    throw ProtocolViolation(std::string("sent a malformed message: ") + e.getDescription().cStr());
+  } catch (const DecodeError& e) {
+    throw ProtocolViolation(std::string("sent a malformed message: ") + e.what());
+  }
+}
+
+PluginInfo toPluginInfo(wire::PluginManifest::Reader m) {
+  PluginInfo info{m.getName(), m.getPath(), m.getAbiVersion(), {}};
+  std::set<std::string> names;
+  for (auto t : m.getTasks()) {
+    TaskInfo task{t.getName(), t.getDoc(), {}, t.getResultType()};
+    for (auto a : t.getArgTypes()) task.argTypes.emplace_back(a);
+    if (!names.insert(task.name).second) {
+      throw ProtocolViolation("sent a manifest of " + info.name + " naming task " + task.name +
+                              " twice");
+    }
+    info.tasks.push_back(std::move(task));
+  }
+  return info;
+}
+
+}  // namespace
+
+HelloContent decodeHello(wire::Hello::Reader hello, std::size_t expectedPlugins) {
+  return checked([&] {
+    if (hello.getProtocolVersion() != wire::PROTOCOL_VERSION) {
+      throw ProtocolViolation("speaks protocol version " +
+                              std::to_string(hello.getProtocolVersion()));
+    }
+    HelloContent content;
+    if (hello.isLoadError()) {
+      content.loadError = hello.getLoadError().getMessage().cStr();
+      if (content.loadError.empty()) content.loadError = "a plugin could not be loaded";
+      return content;
+    }
+    auto plugins = hello.getPlugins();
+    if (plugins.size() != expectedPlugins) {
+      throw ProtocolViolation("sent manifests of " + std::to_string(plugins.size()) +
+                              " plugins for " + std::to_string(expectedPlugins));
+    }
+    for (auto m : plugins) content.plugins.push_back(toPluginInfo(m));
+    return content;
+  });
+}
+
+ChunkOutcome decodeChunkDone(wire::ChunkDone::Reader done, std::uint64_t id, std::size_t items) {
+  return checked([&] {
+    if (done.getId() != id) {
+      throw ProtocolViolation("answered chunk " + std::to_string(done.getId()) + " but chunk " +
+                              std::to_string(id) + " was next");
+    }
+    ChunkOutcome outcome;
+    try {
+      outcome.results = codec::readTupleList(done.getResults());
+    } catch (const DecodeError& e) {
+      throw ProtocolViolation(std::string("sent results that are not ") + e.what());
+    }
+    if (outcome.results.size() != items) {
+      throw ProtocolViolation("sent " + std::to_string(outcome.results.size()) + " results for " +
+                              std::to_string(items) + " items");
+    }
+    long last = -1;
+    for (auto e : done.getErrors()) {
+      if (static_cast<long>(e.getIndex()) <= last || e.getIndex() >= items) {
+        throw ProtocolViolation("sent an error for an item index out of order or out of range");
+      }
+      last = e.getIndex();
+      outcome.errors.push_back({e.getIndex(), e.getType().cStr(), e.getMessage().cStr()});
+    }
+    outcome.elapsedNs = done.getElapsedNs();
+    return outcome;
+  });
+}
+
+wire::Setup::Reader decodeSetup(wire::HostMessage::Reader message) {
+  return checked([&] {
+    if (!message.isSetup()) throw ProtocolViolation("expected Setup first");
+    auto setup = message.getSetup();
+    if (setup.getProtocolVersion() != wire::PROTOCOL_VERSION) {
+      throw ProtocolViolation("host speaks protocol " + std::to_string(setup.getProtocolVersion()) +
+                              ", worker speaks " + std::to_string(wire::PROTOCOL_VERSION));
+    }
+    if (setup.getMaxMessageWords() == 0) throw ProtocolViolation("Setup allows no messages");
+    return setup;
+  });
+}
+
+RunRequest decodeRun(wire::HostMessage::Reader message, std::span<const unsigned> taskCounts) {
+  return checked([&] {
+    if (!message.isRun()) throw ProtocolViolation("expected a Run message");
+    auto run = message.getRun();
+    if (run.getPlugin() >= taskCounts.size()) {
+      throw ProtocolViolation("Run names an unknown plugin");
+    }
+    if (run.getTask() >= taskCounts[run.getPlugin()]) {
+      throw ProtocolViolation("Run names an unknown task");
+    }
+    return RunRequest{run.getId(), run.getPlugin(), run.getTask(),
+                      codec::readTupleList(run.getItems())};
+  });
+}
+
+}  // namespace plugpool::detail

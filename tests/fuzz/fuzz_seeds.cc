@@ -1,0 +1,144 @@
+// fuzz_seeds.cc — writes the fuzz targets' seed inputs: real conversations, not random bytes.
+//
+//   fuzz-seeds DIR     writes DIR/worker/* (Run messages for the example plugin's tasks, with
+//                      valid arguments) and DIR/host/* (the Hello and the ChunkDone replies a
+//                      real WorkerSession gives to those Runs, each after its item-count byte)
+//
+// Starting from valid messages lets the fuzzers reach the deep paths (argument and result
+// decoding) at once instead of rediscovering the framing first.
+#include <sys/stat.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include "geometry.capnp.h"
+#include "plugpool/codec.h"
+#include "wire.capnp.h"
+#include "worker.h"
+
+namespace {
+
+using namespace plugpool;
+using namespace plugpool::detail;
+
+void writeFile(const std::string& path, const std::string& prefix,
+               kj::ArrayPtr<const capnp::word> words) {
+  std::ofstream out(path, std::ios::binary);
+  out << prefix;
+  out.write(reinterpret_cast<const char*>(words.begin()),
+            static_cast<std::streamsize>(words.size() * sizeof(capnp::word)));
+  if (!out) {
+    std::fprintf(stderr, "fuzz-seeds: cannot write %s\n", path.c_str());
+    std::exit(1);
+  }
+}
+
+// How a seed holds an argument of wire type T: by value, or as a Reader for a struct.
+template <typename T, typename = void>
+struct HeldAs {
+  using type = T;
+};
+template <typename T>
+struct HeldAs<T, std::enable_if_t<codec::IsSchemaStruct<T>::value>> {
+  using type = typename T::Reader;
+};
+
+class SeedWriter {
+ public:
+  explicit SeedWriter(std::string dir) : dir_(std::move(dir)) {
+    ::mkdir(dir_.c_str(), 0755);
+    ::mkdir((dir_ + "/worker").c_str(), 0755);
+    ::mkdir((dir_ + "/host").c_str(), 0755);
+    capnp::MallocMessageBuilder builder;
+    auto setup = builder.initRoot<wire::HostMessage>().initSetup();
+    setup.setProtocolVersion(wire::PROTOCOL_VERSION);
+    setup.setMaxMessageWords(std::uint64_t{1} << 20);
+    setup.initPlugins(1).set(0, EXAMPLES_PLUGIN);
+    auto flat = capnp::messageToFlatArray(builder);
+    writeFile(dir_ + "/worker/setup", "", flat);
+    capnp::FlatArrayMessageReader reader(flat);
+    auto hello = session_.setUp(reader);
+    if (!session_.loaded()) {
+      std::fprintf(
+          stderr, "fuzz-seeds: %s\n",
+          hello->getRoot<wire::WorkerMessage>().getHello().getLoadError().getMessage().cStr());
+      std::exit(1);
+    }
+    writeFile(dir_ + "/host/hello", std::string(1, '\0'), capnp::messageToFlatArray(*hello));
+    tasks_ = session_.plugins().at(0).tasks;
+  }
+
+  // Writes a Run of `task` over `items` (each a tuple of the task's argument values) and the
+  // ChunkDone the real worker answers it with.
+  template <typename... T>
+  void run(const std::string& task,
+           const std::vector<std::tuple<typename HeldAs<T>::type...>>& items) {
+    capnp::MallocMessageBuilder builder;
+    auto run = builder.initRoot<wire::HostMessage>().initRun();
+    run.setId(++id_);
+    run.setPlugin(0);
+    run.setTask(indexOf(task));
+    using Layout = codec::TupleLayout<T...>;
+    auto list = run.initItems().initAsListOfAnyStruct(Layout::dataWords, Layout::pointers,
+                                                      static_cast<unsigned>(items.size()));
+    for (unsigned i = 0; i < items.size(); ++i) {
+      std::apply([&](const auto&... v) { codec::writeTuple<T...>(list[i], v...); }, items[i]);
+    }
+    auto flat = capnp::messageToFlatArray(builder);
+    writeFile(dir_ + "/worker/" + task, "", flat);
+    capnp::FlatArrayMessageReader reader(flat);
+    auto done = session_.run(reader);
+    writeFile(dir_ + "/host/" + task, std::string(1, static_cast<char>(items.size())),
+              capnp::messageToFlatArray(*done));
+  }
+
+ private:
+  unsigned indexOf(const std::string& task) const {
+    for (unsigned i = 0; i < tasks_.size(); ++i) {
+      if (tasks_[i].name == task) return i;
+    }
+    std::fprintf(stderr, "fuzz-seeds: the examples plugin has no task %s\n", task.c_str());
+    std::exit(1);
+  }
+
+  std::string dir_;
+  WorkerSession session_;
+  std::vector<TaskInfo> tasks_;
+  std::uint64_t id_ = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: fuzz-seeds DIR\n");
+    return 2;
+  }
+  SeedWriter seeds(argv[1]);
+  seeds.run<std::int64_t>("square", {{0}, {7}, {-3}});
+  seeds.run<double, double>("add", {{1.5, 2.25}, {-1, 1}});
+  seeds.run<std::string>("upper", {{"hello"}, {""}});
+  seeds.run<std::string>("word_count", {{"the cat and the hat"}});
+  seeds.run<Bytes>("echo_bytes", {{Bytes{std::byte{1}, std::byte{2}, std::byte{3}}}});
+  seeds.run<std::int64_t>("fail", {{42}});
+  seeds.run<std::vector<std::int64_t>>("sum", {{{1, 2, 3}}});
+  seeds.run<std::vector<std::string>>("sort_words", {{{"b", "a", "c"}}});
+  seeds.run<std::vector<double>>("min_max", {{{3.5, -1, 8}}, {{}}});
+  Message<geometry::Polygon> square;
+  square.builder().setName("unit");
+  auto points = square.builder().initPoints(4);
+  for (unsigned i = 0; i < 4; ++i) {
+    points[i].setX(i == 1 || i == 2 ? 1 : 0);
+    points[i].setY(i >= 2 ? 1 : 0);
+  }
+  seeds.run<geometry::Polygon>("polygon_stats", {{square.get()}});
+  return 0;
+}

@@ -1,0 +1,125 @@
+// Large payloads and many chunks in flight: the fast paths must not change a single byte or
+// the order of results, and must give back the memory they take (big_buffers.h).
+#include <unistd.h>
+
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <plugpool/pool.h>
+#include <catch2/catch.hpp>
+
+#include "pool_support.h"
+#include "support.h"
+
+using plugpool::Bytes;
+using plugpool::Pool;
+using testing::Int;
+
+namespace {
+
+// A payload whose every byte depends on its position and on `seed`.
+Bytes pattern(std::size_t size, unsigned seed) {
+  Bytes b(size);
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (auto& byte : b) {
+    x = x * 1664525u + 1013904223u;
+    byte = static_cast<std::byte>(x >> 24);
+  }
+  return b;
+}
+
+// How many of this process's mappings are at least 1 MiB: big_buffers.h maps each large
+// message buffer on its own, so a leaked one shows here.
+int bigMappings() {
+  std::ifstream maps("/proc/self/maps");
+  int count = 0;
+  for (std::string line; std::getline(maps, line);) {
+    std::istringstream in(line);
+    std::string range;
+    in >> range;
+    auto dash = range.find('-');
+    auto from = std::stoull(range.substr(0, dash), nullptr, 16);
+    auto to = std::stoull(range.substr(dash + 1), nullptr, 16);
+    if (to - from >= (1u << 20)) ++count;
+  }
+  return count;
+}
+
+std::string environmentOf(Int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+  std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (char& c : env) c = c == '\0' ? '\n' : c;
+  return env;
+}
+
+}  // namespace
+
+TEST_CASE("large payloads round-trip intact and their buffers are released") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto echo = pool.task<Bytes(Bytes)>("examples", "echo_bytes");
+    // Sizes around the 1 MiB threshold and the 2 MiB huge page, and 64 MiB.
+    for (std::size_t size :
+         {std::size_t{0}, std::size_t{1}, std::size_t{(1 << 20) - 8}, std::size_t{1} << 20,
+          std::size_t{(2 << 20) + 3}, std::size_t{64} << 20}) {
+      INFO("size " << size);
+      Bytes in = pattern(size, static_cast<unsigned>(size));
+      REQUIRE(pool.apply(echo, in) == in);
+    }
+    // Several large calls in flight at once, on both workers, come back each to its caller.
+    std::vector<Bytes> inputs;
+    for (unsigned i = 0; i < 6; ++i) inputs.push_back(pattern((3u << 20) + i, i));
+    REQUIRE(pool.map(echo, inputs, 1) == inputs);
+
+    const int mapped = bigMappings();
+    for (int round = 0; round < 3; ++round) {
+      Bytes in = pattern(std::size_t{16} << 20, 7);
+      REQUIRE(pool.apply(echo, in) == in);
+    }
+    // Every message buffer of those calls is unmapped again (the inputs and results, plain
+    // vectors, are freed too: glibc returns blocks this large to the system).
+    REQUIRE(bigMappings() <= mapped);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("many small chunks in flight keep every result in its place") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto items = testing::range(200'000);
+    for (std::size_t chunksize : {std::size_t{1}, std::size_t{7}, std::size_t{1000}}) {
+      INFO("chunksize " << chunksize);
+      auto squares =
+          pool.map(square, std::vector<Int>(items.begin(), items.begin() + 20'000), chunksize);
+      for (std::size_t i = 0; i < squares.size(); ++i) REQUIRE(squares[i] == items[i] * items[i]);
+    }
+    auto all = pool.map(square, items);
+    for (std::size_t i = 0; i < all.size(); ++i) REQUIRE(all[i] == items[i] * items[i]);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("spawned workers ask glibc for huge pages unless the host set its own tunables") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {"examples"});
+    auto pid = pool.apply(pool.task<Int()>("examples", "worker_pid"));
+    REQUIRE_THAT(environmentOf(pid), Catch::Contains("GLIBC_TUNABLES=glibc.malloc.hugetlb=1\n"));
+  }
+  ::setenv("GLIBC_TUNABLES", "glibc.malloc.check=0", 1);
+  {
+    Pool pool(1, {"examples"});
+    auto pid = pool.apply(pool.task<Int()>("examples", "worker_pid"));
+    std::string env = environmentOf(pid);
+    REQUIRE_THAT(env, Catch::Contains("GLIBC_TUNABLES=glibc.malloc.check=0\n"));
+    REQUIRE_THAT(env, !Catch::Contains("hugetlb"));
+  }
+  ::unsetenv("GLIBC_TUNABLES");
+  testing::requireCleanShutdown(before);
+}
