@@ -8,9 +8,9 @@
 //   files: 3000
 //   decoded: 3000 (2135 PNG, 865 JPEG)
 //   failed: 0
-//   mean size: 327.6 x 330.1 pixels
-//   mean brightness: 126.8
-//   time: 4.12s with 2 workers (728 images/s)
+//   mean size: 328.7 x 324.2 pixels
+//   mean brightness: 126.2
+//   time: 2.17s with 2 workers (1387 images/s)
 //
 // Each failed file prints one line before the summary, in file-name order:
 //   failed: imagefeatures::ImageError: /tmp/images/x.png: not a PNG or JPEG file
