@@ -10,6 +10,7 @@
 // Call; both sides synchronize through the Call's mutex. Every Call member is thread-safe.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -169,6 +170,7 @@ class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
   std::shared_ptr<CallbackQueue> callbacks_;
   mutable std::mutex mutex_;
   mutable std::condition_variable changed_;
+  std::atomic<std::uint64_t> changes_{0};        // bumped with every changed_ notification
   std::deque<Slot> slots_;                       // GUARDED_BY(mutex_); chunk base_ + i
   std::size_t base_ = 0;                         // GUARDED_BY(mutex_)
   std::size_t count_ = 0;                        // GUARDED_BY(mutex_); chunks submitted
