@@ -110,11 +110,16 @@ Stats Core::stats() const {
 
 void Core::submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest chunk) {
   unsigned items = chunk.size();
+  bool first;
   {
     std::lock_guard lock(mutex_);
     if (closeRequested_) throw PoolClosed("the pool is closed; it takes no new work");
+    first = incoming_.empty();
     incoming_.push_back({std::move(call), index, chunk.release(), items});
   }
+  // Only the first chunk of a batch wakes the dispatcher: until it takes the batch (after it
+  // has consumed that wake-up), later ones join the same batch.
+  if (!first) return;
   std::uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof one);
 }

@@ -160,12 +160,45 @@ void FrameWriter::push(std::shared_ptr<capnp::MessageBuilder> message) {
 }
 
 bool FrameWriter::flush(int fd) {
-  while (!queue_.empty()) {
-    auto& front = queue_.front();
-    if (!sendPieces(fd, front.pieces, front.next)) return false;
-    queue_.pop_front();
+  for (;;) {
+    while (!queue_.empty() && queue_.front().next == queue_.front().pieces.size()) {
+      queue_.pop_front();
+    }
+    if (queue_.empty()) return true;
+    gather_.clear();
+    for (const Outgoing& out : queue_) {
+      for (std::size_t i = out.next; i < out.pieces.size() && gather_.size() < IOV_MAX; ++i) {
+        gather_.push_back(out.pieces[i]);
+      }
+      if (gather_.size() == IOV_MAX) break;
+    }
+    msghdr msg{};
+    msg.msg_iov = gather_.data();
+    msg.msg_iovlen = gather_.size();
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+      throw std::system_error(errno, std::generic_category(), "sendmsg");
+    }
+    // Take the written bytes off the queued pieces, in order.
+    for (auto left = static_cast<std::size_t>(n); left > 0;) {
+      Outgoing& front = queue_.front();
+      if (front.next == front.pieces.size()) {
+        queue_.pop_front();
+        continue;
+      }
+      iovec& piece = front.pieces[front.next];
+      if (left >= piece.iov_len) {
+        left -= piece.iov_len;
+        ++front.next;
+      } else {
+        piece.iov_base = static_cast<char*>(piece.iov_base) + left;
+        piece.iov_len -= left;
+        left = 0;
+      }
+    }
   }
-  return true;
 }
 
 void writeMessage(int fd, capnp::MessageBuilder& message) {

@@ -74,8 +74,9 @@ class FrameReader {
 class FrameWriter {
  public:
   void push(std::shared_ptr<capnp::MessageBuilder> message);
-  // Writes as much as the descriptor takes. Returns true once everything queued is written.
-  // Throws std::system_error (EPIPE when the peer is gone). EINTR is retried.
+  // Writes as much as the descriptor takes, several queued messages per system call. Returns
+  // true once everything queued is written. Throws std::system_error (EPIPE when the peer is
+  // gone). EINTR is retried.
   bool flush(int fd);
   bool empty() const { return queue_.empty(); }
   std::size_t queued() const { return queue_.size(); }
@@ -88,6 +89,7 @@ class FrameWriter {
     std::size_t next = 0;  // first piece not completely written
   };
   std::deque<Outgoing> queue_;
+  std::vector<iovec> gather_;  // the pieces of one sendmsg, reused
 };
 
 // Blocking convenience for a worker: writes one message completely.

@@ -177,6 +177,8 @@ int converse(int fd) {
   }
   if (!session.loaded()) return EXIT_LOAD_FAILED;
   reader.setMaxWords(session.maxWords());
+  // Each reply leaves as soon as it is made, before the next chunk runs: if that chunk
+  // crashes the worker, the host knows exactly which chunk was running.
   for (;;) {
     if (reader.read(fd, words) == FrameReader::Status::END) return 0;
     capnp::FlatArrayMessageReader message(words, readerOptions(words.size()));
