@@ -50,7 +50,7 @@ ChunkRequest::ChunkRequest(const TaskRef& task, unsigned count, std::uint16_t da
           // One first segment that fits the whole chunk of fixed-size tuples, so building it
           // is one allocation: 2 words of list tag and envelope, 1 word per data word or
           // pointer of each item, plus room for whatever the pointers point at.
-          std::max<unsigned>(1024, 16 + count * (dataWords + pointers * 3u)))),
+          std::max<unsigned>(128, 16 + count * (dataWords + pointers * 3u)))),
       items_(nullptr) {
   auto run = message_->initRoot<wire::HostMessage>().initRun();
   run.setPlugin(task.plugin);

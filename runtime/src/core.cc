@@ -293,7 +293,7 @@ void Core::dispatch() {
       if (w->inFlight.size() >= options_.chunksInFlight) continue;
       if (best == nullptr || w->inFlight.size() < best->inFlight.size()) best = w.get();
     }
-    if (best == nullptr) return;
+    if (best == nullptr) break;
     Job job = std::move(pending_.front());
     pending_.pop_front();
     if (capnp::computeSerializedSizeInWords(*job.message) > maxWords_) {
@@ -305,6 +305,10 @@ void Core::dispatch() {
     }
     send(*best, std::move(job));
   }
+  // Everything dispatched to a worker in this round leaves in one write where it fits.
+  for (auto& w : slots_) {
+    if (!w->writer.empty()) flush(*w);
+  }
 }
 
 void Core::send(Worker& w, Job job) {
@@ -315,7 +319,6 @@ void Core::send(Worker& w, Job job) {
   w.itemsSent += job.items;
   if (w.inFlight.empty()) w.frontSince = Clock::now();
   w.inFlight.push_back({id, std::move(job)});
-  flush(w);
   if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild && !w.retiring) {
     // Replace it now, so the new worker starts while this one finishes what it holds.
     w.retiring = true;

@@ -131,7 +131,7 @@ class Core {
   void terminateNow(int signal, const std::string& why);
   void retireIdle();
   void dispatch();
-  void send(Worker& w, Job job);
+  void send(Worker& w, Job job);  // queues the chunk on w; dispatch() writes it
   void sendInitializer(Worker& w);
   void becomeReady(Worker& w);
   // When the chunk `w` is running overruns its timeout, or max() if it has none.

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -111,7 +112,10 @@ std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::run(capnp::MessageRe
   const abi::TaskDescriptor& task = plugins_[run.plugin].loaded.descriptor->tasks[run.task];
   const auto& args = run.items;
 
-  auto reply = std::make_unique<BigSegmentBuilder>();
+  // A first segment that fits the envelope and the results' tuples (what they point at may
+  // need more): small chunks cost a small allocation.
+  auto reply = std::make_unique<BigSegmentBuilder>(std::max<unsigned>(
+      128, 32 + args.size() * (task.resultDataWords + task.resultPointers * 3u)));
   auto done = reply->initRoot<wire::WorkerMessage>().initChunkDone();
   done.setId(run.id);
   auto results = done.initResults().initAsListOfAnyStruct(task.resultDataWords, task.resultPointers,
