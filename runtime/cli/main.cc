@@ -484,11 +484,13 @@ int run(int argc, char** argv) {
   tasks->add_option("PLUGIN", plugin, "A plugin path or name")->required();
   tasks->add_flag("--json", json, "One JSON object, for machines");
 
-  std::vector<std::string> args;
   auto* once = app.add_subcommand("run", "Call a task once with arguments from the command line");
   once->add_option("PLUGIN", plugin, "A plugin path or name")->required();
   once->add_option("TASK", taskName, "The task's name")->required();
-  once->add_option("ARG", args, "One argument each, converted to the task's types");
+  // The arguments are taken as extras, verbatim: as an option's values CLI11 would split an
+  // argument "[1,2]" at its commas.
+  once->allow_extras();
+  once->footer("ARG...: one argument each, converted to the task's types (see README).");
 
   MapOptions opt;
   auto* map = app.add_subcommand("map", "Map a task over the lines of a file or standard input");
@@ -517,7 +519,7 @@ int run(int argc, char** argv) {
 
   try {
     if (tasks->parsed()) return listTasks(plugin, json);
-    if (once->parsed()) return runOnce(plugin, taskName, args);
+    if (once->parsed()) return runOnce(plugin, taskName, once->remaining());
     return mapTask(plugin, taskName, opt);
   } catch (const UsageFailure& e) {
     errorLine(e.what());
