@@ -31,12 +31,13 @@
 #include <optional>
 #include <ranges>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <capnp/message.h>
 #include <kj/exception.h>
+#include <CLI/CLI.hpp>
 
 #include "plugpool/pool.h"
 #include "progress.h"
@@ -170,7 +171,8 @@ int runOnce(const std::string& plugin, const std::string& taskName,
   // Converted here first, so that a bad argument is a usage error before anything runs.
   capnp::MallocMessageBuilder scratch;
   auto shape = task.argumentShape();
-  auto tuple = scratch.getRoot<capnp::AnyPointer>().initAsAnyStruct(shape.dataWords, shape.pointers);
+  auto tuple =
+      scratch.getRoot<capnp::AnyPointer>().initAsAnyStruct(shape.dataWords, shape.pointers);
   try {
     values.argsFromText(args, tuple);
   } catch (const ValueError& e) {
@@ -351,7 +353,8 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
   std::string inputName = "standard input";
   if (opt.input != "-") {
     file = std::fopen(opt.input.c_str(), "re");
-    if (file == nullptr) throw UsageFailure("cannot open " + opt.input + ": " + std::strerror(errno));
+    if (file == nullptr)
+      throw UsageFailure("cannot open " + opt.input + ": " + std::strerror(errno));
     inputName = opt.input;
   }
   struct Closer {
@@ -364,8 +367,8 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
   auto pool = startPool(plugin, opt.workers);
   DynamicTask task = bindTask(*pool, taskName);
   if (opt.timeout > 0) {
-    task = task.withTimeout(std::chrono::milliseconds(
-        std::max<long long>(1, std::llround(opt.timeout * 1000))));
+    task = task.withTimeout(
+        std::chrono::milliseconds(std::max<long long>(1, std::llround(opt.timeout * 1000))));
   }
   Values values = valuesOf(*pool, task);
   const bool jsonl = opt.output == "jsonl";
@@ -450,8 +453,8 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
       progress.message("plugpool: " + inputName + ", line " + std::to_string(line) + ": " +
                        message);
       if (jsonl) {
-        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" +
-               errorKind(error) + "\"";
+        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + errorKind(error) +
+               "\"";
         if (!remoteType.empty()) {
           out += ",\"type\":";
           appendJsonString(remoteType, out);
@@ -508,6 +511,12 @@ int run(int argc, char** argv) {
       "Each input line is one item: the argument itself for a task of one scalar, text or\n"
       "data argument; otherwise a JSON array of the arguments (or the one argument's JSON).");
 
+  if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "tasks" &&
+      std::string_view(argv[1]) != "run" && std::string_view(argv[1]) != "map") {
+    errorLine(std::string("unknown command \"") + argv[1] +
+              "\"; the commands are tasks, run and map (see plugpool --help)");
+    return EXIT_USAGE;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -18,7 +18,8 @@ namespace {
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -75,11 +76,12 @@ Type parseAt(std::string_view& s, std::string_view whole) {
     std::string_view name;
     Type::Kind kind;
     unsigned bits;
-  } SIMPLE[] = {{"bool", Type::BOOL, 1},     {"int8", Type::INT, 8},       {"int16", Type::INT, 16},
-                {"int32", Type::INT, 32},    {"int64", Type::INT, 64},     {"uint8", Type::UINT, 8},
-                {"uint16", Type::UINT, 16},  {"uint32", Type::UINT, 32},   {"uint64", Type::UINT, 64},
-                {"float32", Type::FLOAT, 32}, {"float64", Type::FLOAT, 64}, {"text", Type::TEXT, 0},
-                {"data", Type::DATA, 0}};
+  } SIMPLE[] = {
+      {"bool", Type::BOOL, 1},      {"int8", Type::INT, 8},       {"int16", Type::INT, 16},
+      {"int32", Type::INT, 32},     {"int64", Type::INT, 64},     {"uint8", Type::UINT, 8},
+      {"uint16", Type::UINT, 16},   {"uint32", Type::UINT, 32},   {"uint64", Type::UINT, 64},
+      {"float32", Type::FLOAT, 32}, {"float64", Type::FLOAT, 64}, {"text", Type::TEXT, 0},
+      {"data", Type::DATA, 0}};
   // The longest match first: "int8" must not match "int16"'s prefix, and names end at a
   // delimiter or the end.
   for (const auto& simple : SIMPLE) {
@@ -314,8 +316,8 @@ Values::Values(const PluginInfo& plugin, const TaskInfo& task) : plugin_(plugin)
 }
 
 bool Values::lineIsText() const {
-  return args_.size() == 1 && (args_[0].scalar() || args_[0].kind == Type::TEXT ||
-                               args_[0].kind == Type::DATA);
+  return args_.size() == 1 &&
+         (args_[0].scalar() || args_[0].kind == Type::TEXT || args_[0].kind == Type::DATA);
 }
 
 capnp::StructSchema Values::structSchema(const Type& type) {
@@ -455,8 +457,7 @@ void Values::pointerFromJson(const Type& type, capnp::JsonValue::Reader json,
                              capnp::AnyPointer::Builder out) {
   auto expect = [&](capnp::JsonValue::Which which, const char* what) {
     if (json.which() != which) {
-      throw ValueError("expected " + type.name + " as " + what + ", got " +
-                       jsonKind(json.which()));
+      throw ValueError("expected " + type.name + " as " + what + ", got " + jsonKind(json.which()));
     }
   };
   switch (type.kind) {
@@ -506,7 +507,8 @@ void Values::pointerFromJson(const Type& type, capnp::JsonValue::Reader json,
       auto shape = shapeOf(type.elements);
       auto tuple = out.initAsAnyStruct(shape.dataWords, shape.pointers);
       auto slots = slotsOf(type.elements);
-      for (unsigned i = 0; i < array.size(); ++i) fromJson(type.elements[i], array[i], tuple, slots[i]);
+      for (unsigned i = 0; i < array.size(); ++i)
+        fromJson(type.elements[i], array[i], tuple, slots[i]);
       return;
     }
     case Type::STRUCT: {

@@ -101,8 +101,7 @@ class Values {
   std::uint64_t wordFromText(const Type& type, std::string_view text);
   std::uint64_t wordFromJson(const Type& type, capnp::JsonValue::Reader json);
   void parseJson(std::string_view text, capnp::MallocMessageBuilder& message);
-  void writeJson(const Type& type, capnp::AnyStruct::Reader tuple, unsigned slot,
-                 std::string& out);
+  void writeJson(const Type& type, capnp::AnyStruct::Reader tuple, unsigned slot, std::string& out);
   void pointerJson(const Type& type, capnp::AnyPointer::Reader in, std::string& out);
 
   const PluginInfo& plugin_;

@@ -7,9 +7,9 @@
 #include <capnp/serialize.h>
 #include <kj/array.h>
 
+#include "core.h"
 #include "paths.h"
 #include "plugpool/pool.h"
-#include "core.h"
 
 namespace plugpool {
 

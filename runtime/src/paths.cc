@@ -21,7 +21,9 @@ fs::path libraryDirectory() {
   std::error_code ec;
   // Normalized: loaded through an rpath such as $ORIGIN/.., the path reads "bin/../lib.so",
   // whose parent's parent would otherwise be "bin" instead of the tree's top.
-  return fs::path(boost::dll::symbol_location_ptr(&findPlugin, ec)).lexically_normal().parent_path();
+  return fs::path(boost::dll::symbol_location_ptr(&findPlugin, ec))
+      .lexically_normal()
+      .parent_path();
 }
 
 bool isExecutableFile(const fs::path& p) {

@@ -400,8 +400,8 @@ class PLUGPOOL_API Pool {
   // element); result i of a chunk made by decodeOne(task, outcome, i).
   template <typename Value, typename Range, typename Encode, typename DecodeOne>
   Stream<Value> streamOf(const detail::TaskRef& task, Range&& items, bool ordered,
-                         std::size_t chunksize, std::size_t window, TupleShape shape,
-                         Encode encode, DecodeOne decodeOne);
+                         std::size_t chunksize, std::size_t window, TupleShape shape, Encode encode,
+                         DecodeOne decodeOne);
 
   std::shared_ptr<detail::Core> core_;
   std::shared_ptr<detail::CallbackQueue> callbacks_;

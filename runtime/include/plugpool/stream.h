@@ -178,7 +178,7 @@ class Stream {
   std::uint64_t perItemNs_ = 0;  // smoothed measure; 0 until the first chunk ends
   bool inputDone_ = false;
   std::size_t outstanding_ = 0;
-  std::size_t nextIndex_ = 0;                        // ordered: the next chunk to read
+  std::size_t nextIndex_ = 0;  // ordered: the next chunk to read
   struct Sent {
     unsigned items;
     std::uint64_t first;  // the input position of its first item

@@ -312,26 +312,26 @@ struct SchemaStore {
 
 // Declares this shared library a plugpool plugin named `name` with the listed tasks, and
 // exports the ABI symbols (abi.h conventions 1 and 8).
-#define PLUGPOOL_PLUGIN(name, ...)                                                               \
-  namespace {                                                                                    \
-  const auto& plugpoolTaskEntries() {                                                            \
-    static const ::plugpool::sdk::TaskEntry entries[] = {__VA_ARGS__};                           \
-    return entries;                                                                              \
-  }                                                                                              \
-  }                                                                                              \
-  extern "C" __attribute__((visibility("default"))) const std::uint32_t plugpool_abi_version =   \
-      PLUGPOOL_ABI_VERSION;                                                                      \
-  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::PluginDescriptor*     \
-  plugpool_plugin_v1() {                                                                         \
-    static const auto tasks = ::plugpool::sdk::descriptors(plugpoolTaskEntries());               \
-    static const ::plugpool::abi::PluginDescriptor plugin{                                       \
-        PLUGPOOL_ABI_VERSION, CAPNP_VERSION, name, static_cast<std::uint32_t>(tasks.size()),     \
-        tasks.data()};                                                                           \
-    return &plugin;                                                                              \
-  }                                                                                              \
-  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::SchemaTable*          \
-  plugpool_schemas_v1() {                                                                        \
-    static const ::plugpool::sdk::SchemaStore store(plugpoolTaskEntries());                      \
-    return &store.table;                                                                         \
-  }                                                                                              \
+#define PLUGPOOL_PLUGIN(name, ...)                                                             \
+  namespace {                                                                                  \
+  const auto& plugpoolTaskEntries() {                                                          \
+    static const ::plugpool::sdk::TaskEntry entries[] = {__VA_ARGS__};                         \
+    return entries;                                                                            \
+  }                                                                                            \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) const std::uint32_t plugpool_abi_version = \
+      PLUGPOOL_ABI_VERSION;                                                                    \
+  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::PluginDescriptor*   \
+  plugpool_plugin_v1() {                                                                       \
+    static const auto tasks = ::plugpool::sdk::descriptors(plugpoolTaskEntries());             \
+    static const ::plugpool::abi::PluginDescriptor plugin{                                     \
+        PLUGPOOL_ABI_VERSION, CAPNP_VERSION, name, static_cast<std::uint32_t>(tasks.size()),   \
+        tasks.data()};                                                                         \
+    return &plugin;                                                                            \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::SchemaTable*        \
+  plugpool_schemas_v1() {                                                                      \
+    static const ::plugpool::sdk::SchemaStore store(plugpoolTaskEntries());                    \
+    return &store.table;                                                                       \
+  }                                                                                            \
   static_assert(true, "PLUGPOOL_PLUGIN ends with a semicolon")
