@@ -126,6 +126,9 @@ class Run(CliTest):
             (["sort_words", '["pear", "apple"]'], '["apple","pear"]'),
             (["word_count", "a b a"], '[["a",2],["b",1]]'),
             (["min_max", "[3, 1.5, 9]"], "[1.5,9]"),
+            (["add", "--", "-1", "-2.5"], "-3.5"),
+            (["upper", "--", "--help"], "--HELP"),
+            (["echo_bytes", "bytes as they are"], "bytes as they are"),
         ]:
             with self.subTest(args=args):
                 status, out, err = plugpool("run", "examples", *args)

@@ -490,10 +490,12 @@ int run(int argc, char** argv) {
   auto* once = app.add_subcommand("run", "Call a task once with arguments from the command line");
   once->add_option("PLUGIN", plugin, "A plugin path or name")->required();
   once->add_option("TASK", taskName, "The task's name")->required();
-  // The arguments are taken as extras, verbatim: as an option's values CLI11 would split an
-  // argument "[1,2]" at its commas.
-  once->allow_extras();
-  once->footer("ARG...: one argument each, converted to the task's types (see README).");
+  // The arguments are what follows PLUGIN and TASK, verbatim (as an option's values, CLI11
+  // would split an argument "[1,2]" at its commas), and everything after "--".
+  once->prefix_command();
+  once->footer(
+      "Then ARG...: one argument each, converted to the task's types; after --, arguments\n"
+      "may start with '-'.");
 
   MapOptions opt;
   auto* map = app.add_subcommand("map", "Map a task over the lines of a file or standard input");
@@ -517,6 +519,16 @@ int run(int argc, char** argv) {
               "\"; the commands are tasks, run and map (see plugpool --help)");
     return EXIT_USAGE;
   }
+  // `run … -- ARG…`: everything after "--" is an argument as it is, even "-x" or "--help".
+  std::vector<std::string> verbatim;
+  if (argc > 1 && std::string_view(argv[1]) == "run") {
+    for (int i = 2; i < argc; ++i) {
+      if (std::string_view(argv[i]) != "--") continue;
+      verbatim.assign(argv + i + 1, argv + argc);
+      argc = i;
+      break;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -528,7 +540,11 @@ int run(int argc, char** argv) {
 
   try {
     if (tasks->parsed()) return listTasks(plugin, json);
-    if (once->parsed()) return runOnce(plugin, taskName, once->remaining());
+    if (once->parsed()) {
+      std::vector<std::string> args = once->remaining();
+      args.insert(args.end(), verbatim.begin(), verbatim.end());
+      return runOnce(plugin, taskName, args);
+    }
     return mapTask(plugin, taskName, opt);
   } catch (const UsageFailure& e) {
     errorLine(e.what());
