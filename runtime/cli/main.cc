@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -294,13 +295,13 @@ class LineInput : public std::ranges::view_base {
 };
 
 // Counts the lines of regular file `fd` with pread (not moving its offset) and reports the
-// count to `progress`; for the total of the progress line.
-void countLines(int fd, Progress& progress) {
+// count to `progress`; for the total of the progress line. Gives up once `stop` is set.
+void countLines(int fd, Progress& progress, const std::atomic<bool>& stop) {
   std::vector<char> block(1 << 20);
   std::uint64_t lines = 0;
   off_t at = 0;
   char last = '\n';
-  for (;;) {
+  while (!stop) {
     ssize_t n = ::pread(fd, block.data(), block.size(), at);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
@@ -308,6 +309,7 @@ void countLines(int fd, Progress& progress) {
     last = block[static_cast<std::size_t>(n - 1)];
     at += n;
   }
+  if (stop) return;
   if (last != '\n') ++lines;
   progress.setTotal(lines);
 }
@@ -384,16 +386,19 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
 
   Progress progress(::isatty(STDERR_FILENO) == 1);
   std::thread counter;
+  std::atomic<bool> stopCounting{false};
   struct stat st {};
   if (progress.enabled() && ::fstat(::fileno(file), &st) == 0 && S_ISREG(st.st_mode)) {
-    counter = std::thread(countLines, ::fileno(file), std::ref(progress));
+    counter = std::thread(countLines, ::fileno(file), std::ref(progress), std::cref(stopCounting));
   }
   struct Joiner {
     std::thread& t;
+    std::atomic<bool>& stop;
     ~Joiner() {
+      stop = true;
       if (t.joinable()) t.join();
     }
-  } joiner{counter};
+  } joiner{counter, stopCounting};
 
   const TupleShape shape = task.argumentShape();
   auto encode = [&values, shape](capnp::AnyStruct::Builder out, const InputItem& item) {
