@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(g++ libasan8 libubsan1 libtsan2 clang libclang-rt-14-dev meson ninja-build pkg-config
-          python3 capnproto libcapnp-dev libboost1.81-dev catch2 libpng-dev libjpeg62-turbo-dev
-          zlib1g-dev)
+          python3 capnproto libcapnp-dev libboost1.81-dev catch2 libcli11-dev libpng-dev
+          libjpeg62-turbo-dev zlib1g-dev)
 
 install_missing() {
   local missing=()

@@ -6,6 +6,7 @@
 
 #include <kj/exception.h>
 
+#include "plugin_loader.h"
 #include "plugpool/codec.h"
 
 namespace plugpool::detail {
@@ -26,7 +27,7 @@ auto checked(F&& read) -> decltype(read()) {
 }
 
 PluginInfo toPluginInfo(wire::PluginManifest::Reader m) {
-  PluginInfo info{m.getName(), m.getPath(), m.getAbiVersion(), {}};
+  PluginInfo info{m.getName(), m.getPath(), m.getAbiVersion(), {}, {}};
   std::set<std::string> names;
   for (auto t : m.getTasks()) {
     TaskInfo task{t.getName(), t.getDoc(), {}, t.getResultType()};
@@ -37,6 +38,8 @@ PluginInfo toPluginInfo(wire::PluginManifest::Reader m) {
     }
     info.tasks.push_back(std::move(task));
   }
+  // Copied as they are: whoever loads them (plugpool/dynamic.h) validates them.
+  for (auto node : m.getSchemaNodes()) info.schemaNodes.push_back(encodeSchemaNode(node));
   return info;
 }
 

@@ -19,7 +19,11 @@ namespace {
 // The directory libplugpool itself was loaded from (located by one of its own functions).
 fs::path libraryDirectory() {
   std::error_code ec;
-  return fs::path(boost::dll::symbol_location_ptr(&findPlugin, ec)).parent_path();
+  // Normalized: loaded through an rpath such as $ORIGIN/.., the path reads "bin/../lib.so",
+  // whose parent's parent would otherwise be "bin" instead of the tree's top.
+  return fs::path(boost::dll::symbol_location_ptr(&findPlugin, ec))
+      .lexically_normal()
+      .parent_path();
 }
 
 bool isExecutableFile(const fs::path& p) {

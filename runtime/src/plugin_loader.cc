@@ -8,6 +8,9 @@
 #include <system_error>
 
 #include <capnp/common.h>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
 #include <boost/dll/shared_library.hpp>
 
 namespace plugpool::detail {
@@ -72,21 +75,44 @@ LoadedPlugin loadPlugin(const std::string& path) {
     refuse(path, "exports plugpool_abi_version but not plugpool_plugin_v1");
   }
   auto describe = library.get<const abi::PluginDescriptor*()>(abi::DESCRIPTOR_SYMBOL);
-  LoadedPlugin plugin{path, describe()};
+  LoadedPlugin plugin{path, describe(), nullptr};
   checkDescriptor(path, plugin.descriptor);
+  if (library.has(abi::SCHEMAS_SYMBOL)) {
+    plugin.schemas = library.get<const abi::SchemaTable*()>(abi::SCHEMAS_SYMBOL)();
+    if (plugin.schemas != nullptr && plugin.schemas->count > 0 && plugin.schemas->nodes == nullptr)
+      refuse(path, "its schema table is missing its nodes");
+  }
   return plugin;  // `library` closes its handle; RTLD_NODELETE keeps the plugin mapped
 }
 
 PluginInfo manifestOf(const LoadedPlugin& plugin) {
   const abi::PluginDescriptor& d = *plugin.descriptor;
-  PluginInfo info{d.name, plugin.path, d.abiVersion, {}};
+  PluginInfo info{d.name, plugin.path, d.abiVersion, {}, {}};
   for (std::uint32_t i = 0; i < d.taskCount; ++i) {
     const abi::TaskDescriptor& t = d.tasks[i];
     TaskInfo task{t.name, t.doc != nullptr ? t.doc : "", {}, t.resultType};
     for (std::uint32_t a = 0; a < t.argCount; ++a) task.argTypes.emplace_back(t.argTypes[a]);
     info.tasks.push_back(std::move(task));
   }
+  if (plugin.schemas != nullptr) {
+    for (std::uint32_t i = 0; i < plugin.schemas->count; ++i) {
+      try {
+        info.schemaNodes.push_back(encodeSchemaNode(plugin.schemas->nodes[i]));
+      } catch (const kj::Exception& e) {
+        refuse(plugin.path, std::string("its schema node ") + std::to_string(i) +
+                                " cannot be read: " + e.getDescription().cStr());
+      }
+    }
+  }
   return info;
+}
+
+std::string encodeSchemaNode(capnp::schema::Node::Reader node) {
+  capnp::MallocMessageBuilder message;
+  message.setRoot(node);
+  auto words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
 }
 
 }  // namespace plugpool::detail

@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <capnp/schema.capnp.h>
+
 #include "plugpool/abi.h"
 #include "plugpool/manifest.h"
 
@@ -27,11 +29,18 @@ class PluginLoadError : public std::runtime_error {
 struct LoadedPlugin {
   std::string path;
   const abi::PluginDescriptor* descriptor = nullptr;
+  const abi::SchemaTable* schemas = nullptr;  // null: the plugin ships none (convention 8)
 };
 
 // Throws PluginLoadError.
 LoadedPlugin loadPlugin(const std::string& path);
 
+// The plugin's manifest, its schema nodes included. Throws PluginLoadError if a schema node
+// cannot be encoded.
 PluginInfo manifestOf(const LoadedPlugin& plugin);
+
+// One schema node as PluginInfo::schemaNodes holds it: a message whose root is the node.
+// Throws kj::Exception if `node` cannot be read (a lazy check of a malformed message).
+std::string encodeSchemaNode(capnp::schema::Node::Reader node);
 
 }  // namespace plugpool::detail

@@ -62,6 +62,15 @@ void fillManifest(wire::PluginManifest::Builder out, const PluginInfo& info) {
     auto args = tasks[t].initArgTypes(static_cast<unsigned>(task.argTypes.size()));
     for (unsigned a = 0; a < task.argTypes.size(); ++a) args.set(a, task.argTypes[a]);
   }
+  auto nodes = out.initSchemaNodes(static_cast<unsigned>(info.schemaNodes.size()));
+  for (unsigned n = 0; n < info.schemaNodes.size(); ++n) {
+    // Our own encoding (manifestOf): copy into aligned words to read it back.
+    const std::string& bytes = info.schemaNodes[n];
+    auto words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+    std::memcpy(words.begin(), bytes.data(), words.size() * sizeof(capnp::word));
+    capnp::FlatArrayMessageReader node(words);
+    nodes.setWithCaveats(n, node.getRoot<capnp::schema::Node>());
+  }
 }
 
 }  // namespace

@@ -40,6 +40,7 @@
 @0x9da198890c31be7a;
 
 using Cxx = import "/capnp/c++.capnp";
+using Schema = import "/capnp/schema.capnp";
 $Cxx.namespace("plugpool::wire");
 
 const protocolVersion :UInt32 = 1;
@@ -121,6 +122,14 @@ struct PluginManifest {
   path @1 :Text;
   abiVersion @2 :UInt32;
   tasks @3 :List(TaskManifest);
+
+  schemaNodes @4 :List(Schema.Node);
+  # The schema nodes of the struct and enum types the tasks' type names mention ("struct
+  # X@0x…"), with every node those need, each once (sdk/include/plugpool/abi.h, convention 8).
+  # Empty if the plugin ships none. Hosts that know their types at compile time ignore them;
+  # a host that converts values at run time (the plugpool command line) loads them into a
+  # capnp::SchemaLoader, which validates each node: a node that does not validate makes
+  # those values unconvertible, never the host unsafe.
 }
 
 struct TaskManifest {

@@ -30,6 +30,11 @@ struct PluginInfo {
   std::string path;  // the shared library the workers loaded
   std::uint32_t abiVersion = 0;
   std::vector<TaskInfo> tasks;
+  // The Cap'n Proto schema nodes the plugin ships for the struct and enum types its tasks
+  // name (abi.h convention 8); empty for a plugin without them. Each string is one message
+  // in the standard framing (as capnp::messageToFlatArray writes it) whose root is a
+  // capnp::schema::Node. For tools that learn types at run time: see plugpool/dynamic.h.
+  std::vector<std::string> schemaNodes;
 
   // The task named `task`, or nullptr.
   PLUGPOOL_API const TaskInfo* find(std::string_view task) const;

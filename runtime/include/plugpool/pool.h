@@ -58,6 +58,7 @@
 
 #include "plugpool/codec.h"
 #include "plugpool/detail/call.h"
+#include "plugpool/dynamic.h"
 #include "plugpool/errors.h"
 #include "plugpool/export.h"
 #include "plugpool/future.h"
@@ -331,6 +332,25 @@ class PLUGPOOL_API Pool {
                                                     std::size_t chunksize = 0,
                                                     std::size_t window = 0);
 
+  // --- Untyped calls, for types known only at run time (dynamic.h) -----------------------
+
+  // Binds task `name` of plugin `plugin` whatever its signature; its types are in info().
+  // Throws PluginError if the plugin is not loaded in this pool or has no such task.
+  DynamicTask dynamicTask(std::string_view plugin, std::string_view name) const;
+
+  // Streams over `items` as imap / imapUnordered do, for a DynamicTask: `encode(args, item)`
+  // writes each element's argument tuple into `args`, a struct already allocated with
+  // task.argumentShape(). It runs on the reading thread, inside Stream::next(), as chunks are
+  // filled; an exception it throws propagates from that next() and the chunk being filled is
+  // not sent (the stream may be read on, from the items after it). Results are the calls'
+  // result tuples.
+  template <typename Range, typename Encode>
+  Stream<DynamicResult> imap(const DynamicTask& task, Range&& items, Encode encode,
+                             std::size_t chunksize = 0, std::size_t window = 0);
+  template <typename Range, typename Encode>
+  Stream<DynamicResult> imapUnordered(const DynamicTask& task, Range&& items, Encode encode,
+                                      std::size_t chunksize = 0, std::size_t window = 0);
+
   // --- Life ------------------------------------------------------------------------------
 
   // No new work: later calls throw PoolClosed. Submitted work still runs; then the workers
@@ -376,6 +396,12 @@ class PLUGPOOL_API Pool {
   template <typename W, typename... A, typename Range, typename Encode>
   Stream<typename Codec<W>::Value> stream(const detail::TaskRef& task, Range&& items, bool ordered,
                                           std::size_t chunksize, std::size_t window, Encode encode);
+  // The stream of any value type: argument tuples of shape `shape` filled by encode(tuple,
+  // element); result i of a chunk made by decodeOne(task, outcome, i).
+  template <typename Value, typename Range, typename Encode, typename DecodeOne>
+  Stream<Value> streamOf(const detail::TaskRef& task, Range&& items, bool ordered,
+                         std::size_t chunksize, std::size_t window, TupleShape shape, Encode encode,
+                         DecodeOne decodeOne);
 
   std::shared_ptr<detail::Core> core_;
   std::shared_ptr<detail::CallbackQueue> callbacks_;
@@ -556,8 +582,19 @@ template <typename W, typename... A, typename Range, typename Encode>
 Stream<typename Codec<W>::Value> Pool::stream(const detail::TaskRef& task, Range&& items,
                                               bool ordered, std::size_t chunksize,
                                               std::size_t window, Encode encode) {
-  using Value = typename Codec<W>::Value;
   using Layout = codec::TupleLayout<WireTypeOf<A>...>;
+  return streamOf<typename Codec<W>::Value>(
+      task, std::forward<Range>(items), ordered, chunksize, window,
+      TupleShape{Layout::dataWords, Layout::pointers}, std::move(encode),
+      [](const detail::TaskRef& t, const detail::ChunkOutcome& outcome, unsigned i) {
+        return detail::decodeResult<W>(t, outcome, i);
+      });
+}
+
+template <typename Value, typename Range, typename Encode, typename DecodeOne>
+Stream<Value> Pool::streamOf(const detail::TaskRef& task, Range&& items, bool ordered,
+                             std::size_t chunksize, std::size_t window, TupleShape shape,
+                             Encode encode, DecodeOne decodeOne) {
   using View = std::views::all_t<Range>;
   // The input and where reading it has got to; shared by copies of the feed function.
   struct Input {
@@ -567,7 +604,7 @@ Stream<typename Codec<W>::Value> Pool::stream(const detail::TaskRef& task, Range
     std::vector<std::ranges::range_value_t<View>> buffer;  // unsized inputs: one chunk's items
   };
   auto input = std::make_shared<Input>(std::views::all(std::forward<Range>(items)));
-  auto feed = [input, task, encode](std::size_t n) -> std::optional<detail::ChunkRequest> {
+  auto feed = [input, task, encode, shape](std::size_t n) -> std::optional<detail::ChunkRequest> {
     if (!input->at) input->at.emplace(std::ranges::begin(input->view));
     auto& it = *input->at;
     const auto end = std::ranges::end(input->view);
@@ -575,15 +612,15 @@ Stream<typename Codec<W>::Value> Pool::stream(const detail::TaskRef& task, Range
     auto& buffer = input->buffer;
     buffer.clear();
     for (; buffer.size() < n && it != end; ++it) buffer.push_back(*it);
-    detail::ChunkRequest chunk(task, static_cast<unsigned>(buffer.size()), Layout::dataWords,
-                               Layout::pointers);
+    detail::ChunkRequest chunk(task, static_cast<unsigned>(buffer.size()), shape.dataWords,
+                               shape.pointers);
     auto list = chunk.items();
     for (unsigned i = 0; i < buffer.size(); ++i) encode(list[i], buffer[i]);
     return chunk;
   };
   using Item = typename Stream<Value>::Item;
-  auto decode = [task](const detail::ChunkOutcome& outcome, unsigned items,
-                       std::vector<Item>& out) {
+  auto decode = [task, decodeOne](const detail::ChunkOutcome& outcome, unsigned items,
+                                  std::vector<Item>& out) {
     std::size_t e = 0;
     for (unsigned i = 0; i < items; ++i) {
       if (outcome.failure) {
@@ -592,7 +629,7 @@ Stream<typename Codec<W>::Value> Pool::stream(const detail::TaskRef& task, Range
         out.push_back({std::nullopt, detail::itemError(task, outcome.errors[e++])});
       } else {
         try {
-          out.push_back({detail::decodeResult<W>(task, outcome, i), nullptr});
+          out.push_back({decodeOne(task, outcome, i), nullptr});
         } catch (...) {
           out.push_back({std::nullopt, std::current_exception()});
         }
@@ -602,6 +639,47 @@ Stream<typename Codec<W>::Value> Pool::stream(const detail::TaskRef& task, Range
   if (chunksize == 0 && task.timeout.count() != 0) chunksize = 1;  // a timeout is per item
   return Stream<Value>(newCall(task), std::move(feed), std::move(decode), ordered, chunksize,
                        streamWindow(window));
+}
+
+namespace detail {
+// Result i of a finished chunk of a DynamicTask, checked against the result's shape; throws
+// ProtocolError if the tuple is smaller.
+inline DynamicResult decodeDynamic(const TaskRef& task, TupleShape shape,
+                                   const ChunkOutcome& outcome, unsigned i) {
+  try {
+    capnp::AnyStruct::Reader tuple = outcome.results[i];
+    codec::checkTupleSize(tuple, shape.dataWords, shape.pointers);
+    return DynamicResult(tuple, outcome.keepAlive);
+  } catch (const DecodeError& e) {
+    throwUndecodable(task, e.what());
+  } catch (const kj::Exception& e) {
+    throwUndecodable(task, e.getDescription().cStr());
+  }
+}
+}  // namespace detail
+
+template <typename Range, typename Encode>
+Stream<DynamicResult> Pool::imap(const DynamicTask& task, Range&& items, Encode encode,
+                                 std::size_t chunksize, std::size_t window) {
+  const TupleShape result = task.resultShape();
+  return streamOf<DynamicResult>(
+      task.ref_, std::forward<Range>(items), true, chunksize, window, task.argumentShape(),
+      std::move(encode),
+      [result](const detail::TaskRef& t, const detail::ChunkOutcome& outcome, unsigned i) {
+        return detail::decodeDynamic(t, result, outcome, i);
+      });
+}
+
+template <typename Range, typename Encode>
+Stream<DynamicResult> Pool::imapUnordered(const DynamicTask& task, Range&& items, Encode encode,
+                                          std::size_t chunksize, std::size_t window) {
+  const TupleShape result = task.resultShape();
+  return streamOf<DynamicResult>(
+      task.ref_, std::forward<Range>(items), false, chunksize, window, task.argumentShape(),
+      std::move(encode),
+      [result](const detail::TaskRef& t, const detail::ChunkOutcome& outcome, unsigned i) {
+        return detail::decodeDynamic(t, result, outcome, i);
+      });
 }
 
 template <typename R, typename A, typename Range>

@@ -71,7 +71,8 @@ class Stream {
       std::size_t index = ordered_ ? nextIndex_++ : *call_->takeAny();
       const detail::ChunkOutcome& outcome = *call_->wait(index);
       auto size = sizes_.find(index);
-      unsigned items = size->second;
+      unsigned items = size->second.items;
+      bufferStart_ = size->second.first;
       sizes_.erase(size);
       buffer_.clear();
       pos_ = 0;
@@ -103,6 +104,11 @@ class Stream {
   // One pass only: begin() starts reading.
   iterator begin() { return iterator(this); }
   std::default_sentinel_t end() { return {}; }
+
+  // The input position (0 for the first element of the input) of the item the last next()
+  // returned or threw; for unordered streams, which input a result or error belongs to.
+  // Meaningless before the first next().
+  std::uint64_t index() const { return bufferStart_ + pos_ - 1; }
 
   // The chunk size the next chunk would have (for tests and tuning).
   std::size_t nextChunkSize() const {
@@ -146,12 +152,13 @@ class Stream {
       unsigned items = chunk->size();
       try {
         std::size_t index = call_->submit(std::move(*chunk));
-        sizes_.emplace(index, items);
+        sizes_.emplace(index, Sent{items, fed_});
       } catch (const PoolClosed&) {
         // The chunk ended with PoolClosed: its items report it, and nothing more is sent.
-        sizes_.emplace(call_->chunks() - 1, items);
+        sizes_.emplace(call_->chunks() - 1, Sent{items, fed_});
         inputDone_ = true;
       }
+      fed_ += items;
       ++outstanding_;
     }
   }
@@ -171,9 +178,15 @@ class Stream {
   std::uint64_t perItemNs_ = 0;  // smoothed measure; 0 until the first chunk ends
   bool inputDone_ = false;
   std::size_t outstanding_ = 0;
-  std::size_t nextIndex_ = 0;                        // ordered: the next chunk to read
-  std::unordered_map<std::size_t, unsigned> sizes_;  // outstanding chunk -> its item count
-  std::vector<Item> buffer_;                         // the chunk being read
+  std::size_t nextIndex_ = 0;  // ordered: the next chunk to read
+  struct Sent {
+    unsigned items;
+    std::uint64_t first;  // the input position of its first item
+  };
+  std::unordered_map<std::size_t, Sent> sizes_;  // outstanding chunk -> what it holds
+  std::uint64_t fed_ = 0;                        // items taken from the input so far
+  std::vector<Item> buffer_;                     // the chunk being read
+  std::uint64_t bufferStart_ = 0;                // the input position of buffer_[0]
   std::size_t pos_ = 0;
   std::optional<T> current_;  // for iterators
 };

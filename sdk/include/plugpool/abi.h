@@ -6,8 +6,9 @@
 //
 // Conventions of the boundary (ABI version 1):
 //
-//  1. A plugin is a shared library exporting exactly two symbols with C linkage and default
-//     visibility; everything else in it should be hidden (-fvisibility=hidden):
+//  1. A plugin is a shared library exporting two symbols with C linkage and default
+//     visibility (and optionally a third, convention 8); everything else in it should be
+//     hidden (-fvisibility=hidden):
 //       const uint32_t plugpool_abi_version;            // == PLUGPOOL_ABI_VERSION
 //       const plugpool::abi::PluginDescriptor* plugpool_plugin_v1();
 //     The loader reads plugpool_abi_version first and resolves nothing else unless it equals
@@ -31,6 +32,15 @@
 //  7. invoke may be called from any thread, but never concurrently for the same result
 //     builder. Tasks must be safe to run concurrently with themselves if the loader uses
 //     threads (plugpool's worker does not: one item at a time per process).
+//  8. Optionally (added within ABI version 1, so older plugins stay loadable), a plugin also
+//     exports, with C linkage and default visibility,
+//       const plugpool::abi::SchemaTable* plugpool_schemas_v1();
+//     the Cap'n Proto schema nodes of every struct and enum type its task signatures name
+//     ("struct X@0x…"), with every node those need (field types, groups), each once. Tools
+//     that learn a task's types at run time (the plugpool command line) need them to convert
+//     such values; typed hosts compile the schema in and do not. A loader treats a missing
+//     symbol as "no schemas" and calls it, like the descriptor, only after the version check.
+//     The table and the nodes it points to obey convention 2.
 #pragma once
 
 #include <cstddef>
@@ -38,6 +48,7 @@
 
 #include <capnp/any.h>
 #include <capnp/common.h>
+#include <capnp/schema.capnp.h>
 
 // Bumped on any incompatible change to the structures below or to the tuple encoding.
 #define PLUGPOOL_ABI_VERSION 1u
@@ -78,9 +89,19 @@ struct PluginDescriptor {
   const TaskDescriptor* tasks;
 };
 
+// The schema nodes a plugin ships (convention 8): `count` nodes, each a Cap'n Proto
+// schema.Node as capnp::Schema::getProto() returns it (pointing into the plugin's own
+// generated code), in no particular order.
+struct SchemaTable {
+  std::uint32_t count;
+  const capnp::schema::Node::Reader* nodes;
+};
+
 // The exported symbols' names, for loaders.
 inline constexpr const char* ABI_VERSION_SYMBOL = "plugpool_abi_version";
 inline constexpr const char* DESCRIPTOR_SYMBOL = "plugpool_plugin_v1";
+inline constexpr const char* SCHEMAS_SYMBOL = "plugpool_schemas_v1";  // optional
 using DescriptorFn = const PluginDescriptor* (*)();
+using SchemasFn = const SchemaTable* (*)();
 
 }  // namespace plugpool::abi

@@ -25,7 +25,7 @@
 //  3. Throw to fail. Whatever you throw is caught inside your plugin and becomes an error
 //     result for that item only, carrying the exception's type name and what(); the worker
 //     and the other items go on. Nothing you throw reaches the host as a C++ exception.
-//  4. Build with hidden visibility (plugpool's build does); the macro exports the only two
+//  4. Build with hidden visibility (plugpool's build does); the macro exports the only
 //     symbols a worker needs (abi.h). Link capnp and kj dynamically.
 //  5. Your plugin is never unloaded while a worker lives, so statics are fine; but a worker
 //     may run many items, one at a time, and may be replaced at any time: do not rely on
@@ -35,13 +35,21 @@
 #include <cxxabi.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <iterator>
+#include <map>
+#include <set>
 #include <string>
+#include <tuple>
 #include <typeinfo>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <capnp/common.h>
+#include <capnp/schema.h>
 
 #include "plugpool/abi.h"
 #include "plugpool/codec.h"
@@ -205,11 +213,95 @@ struct Manifest<Call, std::tuple<A...>> {
   }
 };
 
+// The schema nodes of the struct and enum types in task signatures (abi.h convention 8):
+// each type's node once, with the nodes its fields need.
+class SchemaCollector {
+ public:
+  void add(capnp::Schema schema) {
+    auto node = schema.getProto();
+    if (!seen_.insert(node.getId()).second) return;
+    nodes_.push_back(node);
+    if (node.isStruct()) {
+      for (auto field : schema.asStruct().getFields()) add(field.getType());
+    }
+  }
+  void add(capnp::Type type) {
+    if (type.isStruct()) {
+      add(type.asStruct());
+    } else if (type.isEnum()) {
+      add(type.asEnum());
+    } else if (type.isList()) {
+      add(type.asList().getElementType());
+    }
+  }
+  const std::vector<capnp::schema::Node::Reader>& nodes() const { return nodes_; }
+
+ private:
+  std::set<std::uint64_t> seen_;
+  std::vector<capnp::schema::Node::Reader> nodes_;
+};
+
+// Adds the schemas a value of wire type T contains (see codec.h for the types).
+template <typename T>
+struct SchemasOf {
+  static void add(SchemaCollector& out) {
+    if constexpr (codec::IsSchemaStruct<T>::value) {
+      out.add(capnp::Schema::from<T>());
+    } else if constexpr (codec::HasReads<T>::value) {
+      out.add(capnp::Schema::from<typename T::Reads>());
+    }
+  }
+};
+template <typename T>
+struct SchemasOf<Message<T>> : SchemasOf<T> {};
+template <typename E>
+struct SchemasOf<std::vector<E>> : SchemasOf<E> {};
+template <typename... T>
+struct SchemasOf<std::tuple<T...>> {
+  static void add(SchemaCollector& out) { (SchemasOf<T>::add(out), ...); }
+};
+template <typename A, typename B>
+struct SchemasOf<std::pair<A, B>> : SchemasOf<std::tuple<A, B>> {};
+template <typename K, typename V>
+struct SchemasOf<std::map<K, V>> : SchemasOf<std::tuple<K, V>> {};
+template <typename K, typename V>
+struct SchemasOf<std::unordered_map<K, V>> : SchemasOf<std::tuple<K, V>> {};
+
+// What PLUGPOOL_TASK yields: a task's descriptor, and how to find the schemas its signature
+// names.
+struct TaskEntry {
+  abi::TaskDescriptor descriptor;
+  void (*schemas)(SchemaCollector&);
+};
+
 template <auto Fn>
-abi::TaskDescriptor task(const char* name, const char* doc) {
+TaskEntry task(const char* name, const char* doc) {
   using T = TaskOf<Fn>;
-  return Manifest<typename T::Call, typename T::Call::Args>::describe(name, doc);
+  using Call = typename T::Call;
+  return {Manifest<Call, typename Call::Args>::describe(name, doc), [](SchemaCollector& out) {
+            SchemasOf<typename Call::Args>::add(out);
+            SchemasOf<typename Call::Out>::add(out);
+          }};
 }
+
+// The descriptor table of a plugin's task entries.
+template <std::size_t N>
+std::array<abi::TaskDescriptor, N> descriptors(const TaskEntry (&entries)[N]) {
+  std::array<abi::TaskDescriptor, N> out{};
+  for (std::size_t i = 0; i < N; ++i) out[i] = entries[i].descriptor;
+  return out;
+}
+
+// The schema table of a plugin's task entries; built once, lives until the process exits.
+struct SchemaStore {
+  template <std::size_t N>
+  explicit SchemaStore(const TaskEntry (&entries)[N]) {
+    for (const TaskEntry& e : entries) e.schemas(collector);
+    table = {static_cast<std::uint32_t>(collector.nodes().size()), collector.nodes().data()};
+  }
+  SchemaCollector collector;
+  abi::SchemaTable table;
+};
 
 }  // namespace plugpool::sdk
 
@@ -219,16 +311,27 @@ abi::TaskDescriptor task(const char* name, const char* doc) {
 #define PLUGPOOL_TASK_AS(name, fn, doc) ::plugpool::sdk::task<&fn>(name, doc)
 
 // Declares this shared library a plugpool plugin named `name` with the listed tasks, and
-// exports the two ABI symbols (abi.h convention 1).
-#define PLUGPOOL_PLUGIN(name, ...)                                                               \
-  extern "C" __attribute__((visibility("default"))) const std::uint32_t plugpool_abi_version =   \
-      PLUGPOOL_ABI_VERSION;                                                                      \
-  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::PluginDescriptor*     \
-  plugpool_plugin_v1() {                                                                         \
-    static const ::plugpool::abi::TaskDescriptor tasks[] = {__VA_ARGS__};                        \
-    static const ::plugpool::abi::PluginDescriptor plugin{                                       \
-        PLUGPOOL_ABI_VERSION, CAPNP_VERSION, name, static_cast<std::uint32_t>(std::size(tasks)), \
-        tasks};                                                                                  \
-    return &plugin;                                                                              \
-  }                                                                                              \
+// exports the ABI symbols (abi.h conventions 1 and 8).
+#define PLUGPOOL_PLUGIN(name, ...)                                                             \
+  namespace {                                                                                  \
+  const auto& plugpoolTaskEntries() {                                                          \
+    static const ::plugpool::sdk::TaskEntry entries[] = {__VA_ARGS__};                         \
+    return entries;                                                                            \
+  }                                                                                            \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) const std::uint32_t plugpool_abi_version = \
+      PLUGPOOL_ABI_VERSION;                                                                    \
+  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::PluginDescriptor*   \
+  plugpool_plugin_v1() {                                                                       \
+    static const auto tasks = ::plugpool::sdk::descriptors(plugpoolTaskEntries());             \
+    static const ::plugpool::abi::PluginDescriptor plugin{                                     \
+        PLUGPOOL_ABI_VERSION, CAPNP_VERSION, name, static_cast<std::uint32_t>(tasks.size()),   \
+        tasks.data()};                                                                         \
+    return &plugin;                                                                            \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::SchemaTable*        \
+  plugpool_schemas_v1() {                                                                      \
+    static const ::plugpool::sdk::SchemaStore store(plugpoolTaskEntries());                    \
+    return &store.table;                                                                       \
+  }                                                                                            \
   static_assert(true, "PLUGPOOL_PLUGIN ends with a semicolon")

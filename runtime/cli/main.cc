@@ -1,0 +1,568 @@
+// plugpool — the command line: list a plugin's tasks, call one once, or map one over the
+// lines of a file or stream, on a pool of worker processes.
+//
+//   plugpool tasks PLUGIN [--json]
+//   plugpool run PLUGIN TASK [ARG...]
+//   plugpool map PLUGIN TASK [INPUT] [--workers N] [--chunksize N] [--unordered]
+//                [--timeout SECONDS] [--output text|jsonl]
+//
+// PLUGIN is a path to a plugin (anything with a '/') or a bare name found as Options::plugins
+// says (pool.h). Values are converted from and to text and JSON as values.h says.
+//
+// Exit status: 0 success; 1 a call or item failed (the task threw, crashed, timed out) or the
+// pool could not run; 2 a usage error — bad command line, unknown plugin or task, unreadable
+// file or not a plugin, wrong argument count or type, malformed input line — reported as
+// one line on stderr.
+//
+// `map` streams: it reads its input only as fast as results are written (Pool::imap's bounded
+// window), so memory stays flat however long the input is. Lines before a malformed line are
+// mapped and written; then the malformed line is reported and the status is 2.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <capnp/message.h>
+#include <kj/exception.h>
+#include <CLI/CLI.hpp>
+
+#include "plugpool/pool.h"
+#include "progress.h"
+#include "values.h"
+
+namespace plugpool::cli {
+namespace {
+
+constexpr int EXIT_FAILED = 1;
+constexpr int EXIT_USAGE = 2;
+
+// A usage error: reported as one line, status 2.
+class UsageFailure : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+void errorLine(const std::string& text) {
+  std::string line = "plugpool: " + text + "\n";
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+// Buffered standard output: written in large blocks, and at least every 100 ms so results of
+// slow tasks show up promptly; after each line when stdout is a terminal.
+class Output {
+ public:
+  Output() : terminal_(::isatty(STDOUT_FILENO) == 1) {}
+  ~Output() { flush(); }
+  std::string& buffer() { return buffer_; }
+  void endLine() {
+    buffer_ += '\n';
+    auto now = std::chrono::steady_clock::now();
+    if (terminal_ || buffer_.size() >= (1 << 16) || now - last_ >= std::chrono::milliseconds(100)) {
+      flush();
+      last_ = now;
+    }
+  }
+  void flush() {
+    if (!buffer_.empty()) std::fwrite(buffer_.data(), 1, buffer_.size(), stdout);
+    buffer_.clear();
+    std::fflush(stdout);
+  }
+
+ private:
+  bool terminal_;
+  std::string buffer_;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
+std::unique_ptr<Pool> startPool(const std::string& plugin, unsigned workers) {
+  Options options;
+  options.workers = workers;
+  options.plugins = {plugin};
+  try {
+    return std::make_unique<Pool>(std::move(options));
+  } catch (const PluginError& e) {
+    throw UsageFailure(e.what());
+  }
+}
+
+DynamicTask bindTask(Pool& pool, const std::string& name) {
+  try {
+    return pool.dynamicTask(pool.plugins().front().name, name);
+  } catch (const PluginError& e) {
+    throw UsageFailure(e.what());
+  }
+}
+
+Values valuesOf(const Pool& pool, const DynamicTask& task) {
+  try {
+    return Values(pool.plugins().front(), task.info());
+  } catch (const ValueError& e) {
+    throw UsageFailure(task.plugin() + "." + task.name() + ": " + e.what());
+  }
+}
+
+// --- tasks -------------------------------------------------------------------------------
+
+int listTasks(const std::string& plugin, bool json) {
+  auto pool = startPool(plugin, 1);
+  const PluginInfo& info = pool->plugins().front();
+  std::string out;
+  if (json) {
+    out += "{\"plugin\":";
+    appendJsonString(info.name, out);
+    out += ",\"path\":";
+    appendJsonString(info.path, out);
+    out += ",\"abiVersion\":" + std::to_string(info.abiVersion) + ",\"tasks\":[";
+    for (std::size_t i = 0; i < info.tasks.size(); ++i) {
+      const TaskInfo& t = info.tasks[i];
+      out += i > 0 ? ",{\"name\":" : "{\"name\":";
+      appendJsonString(t.name, out);
+      out += ",\"argTypes\":[";
+      for (std::size_t a = 0; a < t.argTypes.size(); ++a) {
+        if (a > 0) out += ',';
+        appendJsonString(t.argTypes[a], out);
+      }
+      out += "],\"resultType\":";
+      appendJsonString(t.resultType, out);
+      out += ",\"doc\":";
+      appendJsonString(t.doc, out);
+      out += '}';
+    }
+    out += "]}\n";
+  } else {
+    out += info.name + " (" + info.path + "): " + std::to_string(info.tasks.size()) + " tasks\n";
+    std::size_t width = 0;
+    for (const TaskInfo& t : info.tasks) width = std::max(width, t.name.size());
+    for (const TaskInfo& t : info.tasks) {
+      out += "  " + t.name + std::string(width - t.name.size() + 2, ' ') + t.signature() + "\n";
+      if (!t.doc.empty()) out += "  " + std::string(width + 2, ' ') + t.doc + "\n";
+    }
+  }
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+// --- run ---------------------------------------------------------------------------------
+
+int runOnce(const std::string& plugin, const std::string& taskName,
+            const std::vector<std::string>& args) {
+  auto pool = startPool(plugin, 1);
+  DynamicTask task = bindTask(*pool, taskName);
+  Values values = valuesOf(*pool, task);
+  const std::string qualified = task.plugin() + "." + task.name();
+  if (args.size() != task.info().argTypes.size()) {
+    throw UsageFailure(qualified + " takes " + std::to_string(task.info().argTypes.size()) +
+                       " argument" + (task.info().argTypes.size() == 1 ? "" : "s") + " " +
+                       task.info().signature() + ", got " + std::to_string(args.size()));
+  }
+  // Converted here first, so that a bad argument is a usage error before anything runs.
+  capnp::MallocMessageBuilder scratch;
+  auto shape = task.argumentShape();
+  auto tuple =
+      scratch.getRoot<capnp::AnyPointer>().initAsAnyStruct(shape.dataWords, shape.pointers);
+  try {
+    values.argsFromText(args, tuple);
+  } catch (const ValueError& e) {
+    throw UsageFailure(qualified + ": " + e.what());
+  }
+  const capnp::AnyStruct::Reader encoded = tuple.asReader();
+  std::vector<int> one{0};
+  auto stream = pool->imap(task, one, [&](capnp::AnyStruct::Builder out, int) {
+    std::memcpy(out.getDataSection().begin(), encoded.getDataSection().begin(),
+                encoded.getDataSection().size());
+    for (unsigned p = 0; p < shape.pointers; ++p) {
+      out.getPointerSection()[p].set(encoded.getPointerSection()[p]);
+    }
+  });
+  try {
+    std::optional<DynamicResult> result = stream.next();
+    Output output;
+    values.resultText(result->tuple(), output.buffer());
+    output.endLine();
+  } catch (const Error& e) {
+    errorLine(e.what());
+    return EXIT_FAILED;
+  } catch (const std::exception& e) {  // an undecodable result
+    errorLine(qualified + " returned a result that does not decode: " + e.what());
+    return EXIT_FAILED;
+  }
+  return 0;
+}
+
+// --- map ---------------------------------------------------------------------------------
+
+// One input line, converted: either left as text (re-read by the encoder: a text-form line of
+// a one-argument task) or already encoded as an argument tuple in its own message.
+struct InputItem {
+  std::uint64_t line = 0;  // 1-based
+  std::string text;
+  std::unique_ptr<capnp::MallocMessageBuilder> encoded;  // root: the argument tuple
+};
+
+// The lines of an input file, read lazily, each converted as it is taken. A malformed line
+// ends the input: it is recorded in error(), and the items before it are all there is.
+class LineInput : public std::ranges::view_base {
+ public:
+  struct State {
+    std::FILE* file = nullptr;
+    Values* values = nullptr;
+    TupleShape shape;
+    std::string name;  // for messages
+    char* buffer = nullptr;
+    std::size_t capacity = 0;
+    std::uint64_t line = 0;
+    std::optional<InputItem> current;
+    std::string error;  // set at a malformed line or a read error
+    std::unique_ptr<capnp::MallocMessageBuilder> scratch;  // validates text-form scalars
+    capnp::AnyStruct::Builder scratchTuple = nullptr;
+    ~State() { std::free(buffer); }
+
+    void advance() {
+      current.reset();
+      if (!error.empty()) return;
+      errno = 0;
+      ssize_t n = ::getline(&buffer, &capacity, file);
+      if (n < 0) {
+        if (std::ferror(file)) error = "cannot read " + name + ": " + std::strerror(errno);
+        return;
+      }
+      ++line;
+      std::string_view text(buffer, static_cast<std::size_t>(n));
+      if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+      InputItem item;
+      item.line = line;
+      try {
+        if (values->lineIsText()) {
+          if (values->argTypes()[0].scalar()) values->argsFromLine(text, scratchTuple);
+          item.text = std::string(text);
+        } else {
+          item.encoded = std::make_unique<capnp::MallocMessageBuilder>(64);
+          auto tuple = item.encoded->getRoot<capnp::AnyPointer>().initAsAnyStruct(shape.dataWords,
+                                                                                  shape.pointers);
+          values->argsFromLine(text, tuple);
+        }
+      } catch (const ValueError& e) {
+        error = name + ", line " + std::to_string(line) + ": " + e.what();
+        return;
+      }
+      current = std::move(item);
+    }
+  };
+
+  class iterator {
+   public:
+    using value_type = InputItem;
+    using difference_type = std::ptrdiff_t;
+    using iterator_concept = std::input_iterator_tag;
+    iterator() = default;
+    explicit iterator(State* state) : state_(state) {}
+    InputItem operator*() const { return std::move(*state_->current); }
+    iterator& operator++() {
+      state_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return !state_->current; }
+
+   private:
+    State* state_ = nullptr;
+  };
+
+  LineInput() = default;
+  explicit LineInput(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  iterator begin() {
+    state_->advance();
+    return iterator(state_.get());
+  }
+  std::default_sentinel_t end() const { return {}; }
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// Counts the lines of regular file `fd` with pread (not moving its offset) and reports the
+// count to `progress`; for the total of the progress line. Gives up once `stop` is set.
+void countLines(int fd, Progress& progress, const std::atomic<bool>& stop) {
+  std::vector<char> block(1 << 20);
+  std::uint64_t lines = 0;
+  off_t at = 0;
+  char last = '\n';
+  while (!stop) {
+    ssize_t n = ::pread(fd, block.data(), block.size(), at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (ssize_t i = 0; i < n; ++i) lines += block[static_cast<std::size_t>(i)] == '\n';
+    last = block[static_cast<std::size_t>(n - 1)];
+    at += n;
+  }
+  if (stop) return;
+  if (last != '\n') ++lines;
+  progress.setTotal(lines);
+}
+
+std::string errorKind(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const TaskError&) {
+    return "TaskError";
+  } catch (const WorkerCrashed&) {
+    return "WorkerCrashed";
+  } catch (const TaskTimeout&) {
+    return "TaskTimeout";
+  } catch (const ProtocolError&) {
+    return "ProtocolError";
+  } catch (const Cancelled&) {
+    return "Cancelled";
+  } catch (const PoolClosed&) {
+    return "PoolClosed";
+  } catch (const StartError&) {
+    return "StartError";
+  } catch (const kj::Exception&) {
+    return "DecodeError";
+  } catch (const DecodeError&) {
+    return "DecodeError";
+  } catch (...) {
+    return "Error";
+  }
+}
+
+struct MapOptions {
+  std::string input = "-";
+  unsigned workers = 0;
+  std::size_t chunksize = 0;
+  bool unordered = false;
+  double timeout = 0;
+  std::string output = "text";
+};
+
+int mapTask(const std::string& plugin, const std::string& taskName, const MapOptions& opt) {
+  // The input first: an unreadable file is a usage error before any worker starts.
+  std::FILE* file = stdin;
+  std::string inputName = "standard input";
+  if (opt.input != "-") {
+    file = std::fopen(opt.input.c_str(), "re");
+    if (file == nullptr)
+      throw UsageFailure("cannot open " + opt.input + ": " + std::strerror(errno));
+    inputName = opt.input;
+  }
+  struct Closer {
+    std::FILE* f;
+    ~Closer() {
+      if (f != stdin) std::fclose(f);
+    }
+  } closer{file};
+
+  auto pool = startPool(plugin, opt.workers);
+  DynamicTask task = bindTask(*pool, taskName);
+  if (opt.timeout > 0) {
+    task = task.withTimeout(
+        std::chrono::milliseconds(std::max<long long>(1, std::llround(opt.timeout * 1000))));
+  }
+  Values values = valuesOf(*pool, task);
+  const bool jsonl = opt.output == "jsonl";
+
+  auto state = std::make_shared<LineInput::State>();
+  state->file = file;
+  state->values = &values;
+  state->shape = task.argumentShape();
+  state->name = inputName;
+  state->scratch = std::make_unique<capnp::MallocMessageBuilder>(64);
+  state->scratchTuple = state->scratch->getRoot<capnp::AnyPointer>().initAsAnyStruct(
+      state->shape.dataWords, state->shape.pointers);
+
+  Progress progress(::isatty(STDERR_FILENO) == 1);
+  std::thread counter;
+  std::atomic<bool> stopCounting{false};
+  struct stat st {};
+  if (progress.enabled() && ::fstat(::fileno(file), &st) == 0 && S_ISREG(st.st_mode)) {
+    counter = std::thread(countLines, ::fileno(file), std::ref(progress), std::cref(stopCounting));
+  }
+  struct Joiner {
+    std::thread& t;
+    std::atomic<bool>& stop;
+    ~Joiner() {
+      stop = true;
+      if (t.joinable()) t.join();
+    }
+  } joiner{counter, stopCounting};
+
+  const TupleShape shape = task.argumentShape();
+  auto encode = [&values, shape](capnp::AnyStruct::Builder out, const InputItem& item) {
+    if (!item.encoded) return values.argsFromLine(item.text, out);
+    auto in = item.encoded->getRoot<capnp::AnyStruct>().asReader();
+    std::memcpy(out.getDataSection().begin(), in.getDataSection().begin(), shape.dataWords * 8u);
+    for (unsigned p = 0; p < shape.pointers; ++p) {
+      out.getPointerSection()[p].set(in.getPointerSection()[p]);
+    }
+  };
+  LineInput input(state);
+  auto stream = opt.unordered ? pool->imapUnordered(task, input, encode, opt.chunksize)
+                              : pool->imap(task, input, encode, opt.chunksize);
+
+  Output output;
+  std::uint64_t failed = 0;
+  for (;;) {
+    std::optional<DynamicResult> result;
+    std::exception_ptr error;
+    try {
+      result = stream.next();
+      if (!result) break;
+    } catch (...) {
+      error = std::current_exception();
+    }
+    const std::uint64_t line = stream.index() + 1;
+    std::string& out = output.buffer();
+    const std::size_t mark = out.size();
+    if (!error) {
+      try {
+        if (jsonl) {
+          out += "{\"line\":" + std::to_string(line) + ",\"result\":";
+          values.resultJson(result->tuple(), out);
+          out += '}';
+        } else {
+          values.resultText(result->tuple(), out);
+        }
+        output.endLine();
+      } catch (...) {
+        out.resize(mark);
+        error = std::current_exception();
+      }
+    }
+    if (error) {
+      ++failed;
+      std::string message, remoteType;
+      try {
+        std::rethrow_exception(error);
+      } catch (const TaskError& e) {
+        message = e.what();
+        remoteType = e.remoteType();
+      } catch (const kj::Exception& e) {
+        message = std::string("the result does not decode: ") + e.getDescription().cStr();
+      } catch (const std::exception& e) {
+        message = e.what();
+      }
+      progress.message("plugpool: " + inputName + ", line " + std::to_string(line) + ": " +
+                       message);
+      if (jsonl) {
+        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + errorKind(error) +
+               "\"";
+        if (!remoteType.empty()) {
+          out += ",\"type\":";
+          appendJsonString(remoteType, out);
+        }
+        out += ",\"message\":";
+        appendJsonString(message, out);
+        out += "}}";
+        output.endLine();
+      }
+    }
+    progress.add(static_cast<bool>(error));
+  }
+  output.flush();
+  progress.finish();
+  if (!state->error.empty()) {
+    errorLine(state->error);
+    return EXIT_USAGE;
+  }
+  return failed > 0 ? EXIT_FAILED : 0;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"plugpool: run plugin tasks on a pool of worker processes", "plugpool"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show the help of every command");
+
+  std::string plugin, taskName;
+  bool json = false;
+  auto* tasks = app.add_subcommand("tasks", "List a plugin's tasks: types and doc strings");
+  tasks->add_option("PLUGIN", plugin, "A plugin path or name")->required();
+  tasks->add_flag("--json", json, "One JSON object, for machines");
+
+  auto* once = app.add_subcommand("run", "Call a task once with arguments from the command line");
+  once->add_option("PLUGIN", plugin, "A plugin path or name")->required();
+  once->add_option("TASK", taskName, "The task's name")->required();
+  // The arguments are what follows PLUGIN and TASK, verbatim (as an option's values, CLI11
+  // would split an argument "[1,2]" at its commas), and everything after "--".
+  once->prefix_command();
+  once->footer(
+      "Then ARG...: one argument each, converted to the task's types; after --, arguments\n"
+      "may start with '-'.");
+
+  MapOptions opt;
+  auto* map = app.add_subcommand("map", "Map a task over the lines of a file or standard input");
+  map->add_option("PLUGIN", plugin, "A plugin path or name")->required();
+  map->add_option("TASK", taskName, "The task's name")->required();
+  map->add_option("INPUT", opt.input, "Input file, one item per line; - or none: standard input");
+  map->add_option("-w,--workers", opt.workers, "Worker processes (default: one per core)");
+  map->add_option("-c,--chunksize", opt.chunksize, "Items per message (default: adaptive)");
+  map->add_flag("-u,--unordered", opt.unordered, "Write results as they finish, not in order");
+  map->add_option("-t,--timeout", opt.timeout, "Seconds an item may run (default: no limit)")
+      ->check(CLI::NonNegativeNumber);
+  map->add_option("-o,--output", opt.output, "text (default) or jsonl")
+      ->check(CLI::IsMember({"text", "jsonl"}));
+  map->footer(
+      "Each input line is one item: the argument itself for a task of one scalar, text or\n"
+      "data argument; otherwise a JSON array of the arguments (or the one argument's JSON).");
+
+  if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "tasks" &&
+      std::string_view(argv[1]) != "run" && std::string_view(argv[1]) != "map") {
+    errorLine(std::string("unknown command \"") + argv[1] +
+              "\"; the commands are tasks, run and map (see plugpool --help)");
+    return EXIT_USAGE;
+  }
+  // `run … -- ARG…`: everything after "--" is an argument as it is, even "-x" or "--help".
+  std::vector<std::string> verbatim;
+  if (argc > 1 && std::string_view(argv[1]) == "run") {
+    for (int i = 2; i < argc; ++i) {
+      if (std::string_view(argv[i]) != "--") continue;
+      verbatim.assign(argv + i + 1, argv + argc);
+      argc = i;
+      break;
+    }
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::string what = e.what();
+    errorLine(what + " (see plugpool --help)");
+    return EXIT_USAGE;
+  }
+
+  try {
+    if (tasks->parsed()) return listTasks(plugin, json);
+    if (once->parsed()) {
+      std::vector<std::string> args = once->remaining();
+      args.insert(args.end(), verbatim.begin(), verbatim.end());
+      return runOnce(plugin, taskName, args);
+    }
+    return mapTask(plugin, taskName, opt);
+  } catch (const UsageFailure& e) {
+    errorLine(e.what());
+    return EXIT_USAGE;
+  } catch (const Error& e) {
+    errorLine(e.what());
+    return EXIT_FAILED;
+  }
+}
+
+}  // namespace
+}  // namespace plugpool::cli
+
+int main(int argc, char** argv) {
+  return plugpool::cli::run(argc, argv);
+}

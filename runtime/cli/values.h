@@ -1,0 +1,119 @@
+// values.h — the plugpool command line's conversions between text, JSON and task values,
+// driven by the canonical type names of a task's manifest (plugpool/codec.h). Internal to
+// the CLI.
+//
+// Text forms (a command-line argument, or one input line of a one-argument task):
+//   bool              true, false, 1, 0
+//   int8 … uint64     decimal, range-checked for the type
+//   float32, float64  decimal or exponent notation, nan, inf
+//   text              the string as it is
+//   data              the string's bytes as they are
+//   anything else     its JSON form (below)
+// JSON forms (a JSON input line, or a composite value in text form):
+//   bool              true / false
+//   integers          a number with no fraction, or a string of decimal digits (needed past
+//                     2^53, where JSON numbers lose precision; Cap'n Proto's JSON codec
+//                     writes 64-bit integers as such strings)
+//   floats            a number, or "NaN", "Infinity", "-Infinity"
+//   text              a string
+//   data              an array of byte values (as Cap'n Proto's JSON codec), or a string
+//                     (its UTF-8 bytes)
+//   list<T>           an array
+//   (A, B, …)         an array of exactly that many values
+//   struct X@0x…      an object, converted by capnp::JsonCodec with the plugin's schema
+// Output: results print in the same forms; writeJson writes integers as bare numbers, floats
+// that are not finite as the strings above, and data as an array of byte values.
+//
+// Every conversion error is a ValueError whose what() names the problem for a human.
+// Thread safety: a Values object is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <capnp/any.h>
+#include <capnp/compat/json.h>
+#include <capnp/message.h>
+#include <capnp/schema-loader.h>
+
+#include "plugpool/manifest.h"
+
+namespace plugpool::cli {
+
+class ValueError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A canonical type name, parsed.
+struct Type {
+  enum Kind { BOOL, INT, UINT, FLOAT, TEXT, DATA, LIST, TUPLE, STRUCT } kind = BOOL;
+  unsigned bits = 0;           // INT, UINT, FLOAT: 8 … 64
+  std::vector<Type> elements;  // LIST: the element type; TUPLE: the member types
+  std::string name;            // the canonical name
+  std::uint64_t structId = 0;  // STRUCT
+
+  bool scalar() const { return kind == BOOL || kind == INT || kind == UINT || kind == FLOAT; }
+};
+
+// Throws ValueError if `name` is not a canonical type name.
+Type parseType(std::string_view name);
+
+// Converts values of the types of one task, using the struct schemas `plugin` ships.
+class Values {
+ public:
+  // Throws ValueError if the task's type names do not parse. Struct types whose schema the
+  // plugin does not ship are reported when a value of them is converted.
+  Values(const PluginInfo& plugin, const TaskInfo& task);
+
+  const std::vector<Type>& argTypes() const { return args_; }
+  const Type& resultType() const { return result_; }
+
+  // Whether an input line is one argument in text form (a one-argument task whose argument is
+  // a scalar, text or data) rather than a JSON array of the arguments.
+  bool lineIsText() const;
+
+  // Writes argument tuple `out` (already sized for the task) from one text form per argument.
+  // Throws ValueError naming the argument.
+  void argsFromText(const std::vector<std::string>& texts, capnp::AnyStruct::Builder out);
+  // Writes argument tuple `out` from one input line: its text form if lineIsText(), else a
+  // JSON array of the arguments (or, for a task of one argument, that argument's JSON form).
+  void argsFromLine(std::string_view line, capnp::AnyStruct::Builder out);
+
+  // Appends the result held by result tuple `tuple` in text form (text and data as they
+  // are, composite values as one line of JSON).
+  void resultText(capnp::AnyStruct::Reader tuple, std::string& out);
+  // Appends the result held by `tuple` as JSON.
+  void resultJson(capnp::AnyStruct::Reader tuple, std::string& out);
+
+ private:
+  capnp::StructSchema structSchema(const Type& type);
+  void fromText(const Type& type, std::string_view text, capnp::AnyStruct::Builder tuple,
+                unsigned slot);
+  void fromJson(const Type& type, capnp::JsonValue::Reader json, capnp::AnyStruct::Builder tuple,
+                unsigned slot);
+  void pointerFromJson(const Type& type, capnp::JsonValue::Reader json,
+                       capnp::AnyPointer::Builder out);
+  std::uint64_t wordFromText(const Type& type, std::string_view text);
+  std::uint64_t wordFromJson(const Type& type, capnp::JsonValue::Reader json);
+  void parseJson(std::string_view text, capnp::MallocMessageBuilder& message);
+  void writeJson(const Type& type, capnp::AnyStruct::Reader tuple, unsigned slot, std::string& out);
+  void pointerJson(const Type& type, capnp::AnyPointer::Reader in, std::string& out);
+
+  const PluginInfo& plugin_;
+  std::vector<Type> args_;
+  std::vector<unsigned> slots_;  // each argument's index within its section
+  Type result_;
+  capnp::SchemaLoader loader_;
+  bool schemasLoaded_ = false;
+  capnp::JsonCodec json_;
+};
+
+// Appends `text` as a JSON string.
+void appendJsonString(std::string_view text, std::string& out);
+
+}  // namespace plugpool::cli

@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Drives the real `plugpool` command-line binary: outputs, exit codes, error lines, the
+progress line under a pseudo-terminal.
+
+usage: check_cli.py PLUGPOOL FIXTURES_DIR FIXTURES_SOURCE_DIR [unittest args...]
+
+Every run has a timeout (a hang guard, not a timing assertion). This process makes itself a
+child subreaper, so a worker the CLI left behind would be re-parented here: each test ends by
+checking that no child of ours is left.
+"""
+import ctypes
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+PLUGPOOL, FIXTURES, FIXTURES_SOURCE = sys.argv[1:4]
+HANG_GUARD = 120  # seconds
+
+PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def children():
+    """Pids whose parent is this process, zombies included."""
+    pids = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[1]) == me:
+            pids.append(int(entry))
+    return pids
+
+
+def plugpool(*args, input=None, timeout=HANG_GUARD):
+    """Runs plugpool with args; returns (exit status, stdout, stderr) as text."""
+    run = subprocess.run([PLUGPOOL, *args], input=input, capture_output=True, text=True,
+                         timeout=timeout)
+    return run.returncode, run.stdout, run.stderr
+
+
+class CliTest(unittest.TestCase):
+    def tearDown(self):
+        # Orphaned workers would have been re-parented to us; give exiting ones a moment.
+        deadline = time.monotonic() + 10
+        while children() and time.monotonic() < deadline:
+            try:
+                os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        self.assertEqual(children(), [], "processes left behind")
+
+    def assertUsageError(self, status, out, err, pattern):
+        """Status 2, nothing on stdout, exactly one line on stderr matching pattern."""
+        self.assertEqual(status, 2, err)
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertRegex(err, r"^plugpool: .*" + pattern)
+
+
+class Tasks(CliTest):
+    def test_lists_every_task_with_its_signature_and_doc(self):
+        status, out, err = plugpool("tasks", "examples")
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"^examples \(/.*libexamples\.so\): 17 tasks\n")
+        self.assertRegex(out, r"\n  square +\(int64\) -> int64\n +Returns x \* x\.\n")
+        self.assertRegex(out, r"\n  add +\(float64, float64\) -> float64\n")
+        self.assertRegex(out, r"\n  word_count +\(text\) -> list<\(text, int64\)>\n")
+        self.assertRegex(out, r"\n  polygon_stats +\(struct Polygon@0x[0-9a-f]{16}\) -> "
+                              r"struct PolygonStats@0x[0-9a-f]{16}\n")
+
+    def test_json_lists_the_manifest(self):
+        status, out, err = plugpool("tasks", "examples", "--json")
+        self.assertEqual(status, 0, err)
+        manifest = json.loads(out)
+        self.assertEqual(manifest["plugin"], "examples")
+        tasks = {t["name"]: t for t in manifest["tasks"]}
+        self.assertEqual(len(tasks), 17)
+        self.assertEqual(tasks["add"]["argTypes"], ["float64", "float64"])
+        self.assertEqual(tasks["min_max"]["resultType"], "(float64, float64)")
+        self.assertEqual(tasks["square"]["doc"], "Returns x * x.")
+
+    def test_a_plugin_given_by_path(self):
+        path = json.loads(plugpool("tasks", "examples", "--json")[1])["path"]
+        status, out, _ = plugpool("tasks", path)
+        self.assertEqual(status, 0)
+        self.assertIn("square", out)
+
+    def test_files_that_are_not_plugins_are_usage_errors(self):
+        for path, reason in [
+            (os.path.join(FIXTURES_SOURCE, "not_a_library.so"), "cannot be loaded"),
+            (os.path.join(FIXTURES, "libnot_a_plugin.so"), "not a plugpool plugin"),
+            (os.path.join(FIXTURES, "libwrong_abi.so"), "ABI version"),
+            ("/nonexistent/libx.so", "no such file"),
+            ("/etc/passwd", "cannot be loaded"),
+        ]:
+            with self.subTest(path=path):
+                self.assertUsageError(*plugpool("tasks", path), re.escape(path) + ".*" + reason)
+
+    def test_an_unknown_plugin_name_is_a_usage_error(self):
+        self.assertUsageError(*plugpool("tasks", "no_such_plugin"), 'no plugin named "no_such_plugin"')
+
+
+class Run(CliTest):
+    def test_converts_arguments_to_the_declared_types(self):
+        for args, expected in [
+            (["square", "7"], "49"),
+            (["square", "-5"], "25"),
+            (["add", "1.5", "2.25"], "3.75"),
+            (["upper", "hello, world"], "HELLO, WORLD"),
+            (["sum", "[1, 2, 3]"], "6"),
+            (["sort_words", '["pear", "apple"]'], '["apple","pear"]'),
+            (["word_count", "a b a"], '[["a",2],["b",1]]'),
+            (["min_max", "[3, 1.5, 9]"], "[1.5,9]"),
+            (["add", "--", "-1", "-2.5"], "-3.5"),
+            (["upper", "--", "--help"], "--HELP"),
+            (["echo_bytes", "bytes as they are"], "bytes as they are"),
+        ]:
+            with self.subTest(args=args):
+                status, out, err = plugpool("run", "examples", *args)
+                self.assertEqual((status, out, err), (0, expected + "\n", ""))
+
+    def test_a_struct_argument_and_result_as_json(self):
+        square = {"name": "sq", "points": [{"x": 0, "y": 0}, {"x": 2, "y": 0},
+                                            {"x": 2, "y": 2}, {"x": 0, "y": 2}]}
+        status, out, err = plugpool("run", "examples", "polygon_stats", json.dumps(square))
+        self.assertEqual(status, 0, err)
+        self.assertEqual(json.loads(out), {"name": "sq", "vertices": 4, "area": 4, "perimeter": 8,
+                                           "centroid": {"x": 1, "y": 1}})
+
+    def test_a_task_that_throws_fails_with_one_line_and_status_1(self):
+        status, out, err = plugpool("run", "examples", "fail", "3")
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "plugpool: examples.fail raised std::runtime_error: fail called with 3\n")
+
+    def test_usage_errors_name_the_problem_in_one_line(self):
+        cases = [
+            (["nope", "1"], 'plugin examples has no task "nope"; it has: square, add'),
+            (["square"], r"examples.square takes 1 argument \(int64\) -> int64, got 0"),
+            (["add", "1"], r"examples.add takes 2 arguments .*, got 1"),
+            (["square", "abc"], r'examples.square: argument 1: "abc" is not an integer \(int64\)'),
+            (["square", "99999999999999999999"], r"argument 1: .* is not in range \(int64\)"),
+            (["sum", "[1, 2.5]"], r"argument 1: expected int64, got a number that is not an exact"),
+            (["sum", "[1,"], r"argument 1: not valid JSON"),
+            (["polygon_stats", '{"name": 5}'],
+             r"argument 1: not a struct Polygon@0x[0-9a-f]+: Expected text value"),
+            (["polygon_stats", "[]"], r"argument 1: expected struct Polygon@0x.* as an object"),
+        ]
+        for args, pattern in cases:
+            with self.subTest(args=args):
+                self.assertUsageError(*plugpool("run", "examples", *args), pattern)
+
+    def test_command_line_errors(self):
+        for args, pattern in [([], "subcommand"), (["frobnicate"], "frobnicate"),
+                              (["map", "examples", "square", "-", "--output", "xml"], "xml"),
+                              (["map", "examples", "square", "--workers", "many"], "many")]:
+            with self.subTest(args=args):
+                self.assertUsageError(*plugpool(*args), pattern)
+
+
+class Map(CliTest):
+    def test_results_in_input_order_from_stdin_and_from_a_file(self):
+        lines = "".join(f"{i}\n" for i in range(1, 1001))
+        expected = "".join(f"{i * i}\n" for i in range(1, 1001))
+        self.assertEqual(plugpool("map", "examples", "square", input=lines), (0, expected, ""))
+        self.assertEqual(plugpool("map", "examples", "square", "-", input=lines),
+                         (0, expected, ""))
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write(lines)
+            f.flush()
+            for chunk in ["1", "7", "1000"]:
+                with self.subTest(chunksize=chunk):
+                    self.assertEqual(plugpool("map", "examples", "square", f.name, "--workers",
+                                              "2", "--chunksize", chunk), (0, expected, ""))
+
+    def test_unordered_gives_every_result_once(self):
+        lines = "".join(f"{i % 7}\n" for i in range(200))
+        status, out, err = plugpool("map", "examples", "sleep_ms", "-u", "-w", "2", "-o", "jsonl",
+                                    input=lines)
+        self.assertEqual((status, err), (0, ""))
+        records = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(sorted(r["line"] for r in records), list(range(1, 201)))
+        for r in records:
+            self.assertEqual(r["result"], (r["line"] - 1) % 7)
+
+    def test_text_lines_and_json_lines(self):
+        self.assertEqual(plugpool("map", "examples", "upper", input="a b\n\nc\n"),
+                         (0, "A B\n\nC\n", ""))
+        status, out, err = plugpool("map", "examples", "add", "-o", "jsonl",
+                                    input='[1, 2]\n[0.5, "2.5"]\n')
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual([json.loads(l) for l in out.splitlines()],
+                         [{"line": 1, "result": 3}, {"line": 2, "result": 3}])
+        self.assertEqual(plugpool("map", "examples", "sum", input="[1,2,3]\n[]\n"),
+                         (0, "6\n0\n", ""))
+
+    def test_struct_lines_through_the_plugins_schema(self):
+        triangle = {"name": "t", "points": [{"x": 0, "y": 0}, {"x": 4, "y": 0}, {"x": 0, "y": 3}]}
+        lines = "".join(json.dumps(dict(triangle, name=f"t{i}")) + "\n" for i in range(50))
+        status, out, err = plugpool("map", "examples", "polygon_stats", "-o", "jsonl", input=lines)
+        self.assertEqual((status, err), (0, ""))
+        records = [json.loads(l) for l in out.splitlines()]
+        self.assertEqual(len(records), 50)
+        for i, r in enumerate(records):
+            self.assertEqual(r["line"], i + 1)
+            self.assertEqual(r["result"]["name"], f"t{i}")
+            self.assertEqual((r["result"]["area"], r["result"]["perimeter"]), (6, 12))
+
+    def test_failed_items_are_reported_and_the_run_goes_on(self):
+        status, out, err = plugpool("map", "examples", "fail", "-o", "jsonl", input="1\n2\n3\n")
+        self.assertEqual(status, 1)
+        records = [json.loads(l) for l in out.splitlines()]
+        self.assertEqual([r["line"] for r in records], [1, 2, 3])
+        self.assertEqual(records[1]["error"], {
+            "kind": "TaskError", "type": "std::runtime_error",
+            "message": "examples.fail raised std::runtime_error: fail called with 2"})
+        self.assertEqual(err.splitlines(), [
+            f"plugpool: standard input, line {i}: examples.fail raised std::runtime_error: "
+            f"fail called with {i}" for i in (1, 2, 3)])
+
+    def test_a_crash_fails_only_its_item(self):
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        status, out, err = plugpool("map", faults, "segfault_if_negative", "-c", "1", "-w", "2",
+                                    input="1\n-1\n3\n")
+        self.assertEqual((status, out), (1, "1\n3\n"))
+        self.assertRegex(err, r"^plugpool: standard input, line 2: .*SIGSEGV.*\n$")
+
+    def test_timeout_fails_the_item_and_the_rest_goes_on(self):
+        status, out, err = plugpool("map", "examples", "sleep_ms", "--timeout", "0.5", "-o",
+                                    "jsonl", input="10\n60000\n20\n")
+        self.assertEqual(status, 1)
+        records = [json.loads(l) for l in out.splitlines()]
+        self.assertEqual(records[0], {"line": 1, "result": 10})
+        self.assertEqual(records[1]["error"]["kind"], "TaskTimeout")
+        self.assertEqual(records[2], {"line": 3, "result": 20})
+        self.assertRegex(err, r"^plugpool: standard input, line 2: .*timeout.*\n$")
+
+    def test_a_malformed_line_is_a_usage_error_after_the_lines_before_it(self):
+        status, out, err = plugpool("map", "examples", "square", input="1\n2\nthree\n4\n")
+        self.assertEqual((status, out), (2, "1\n4\n"))
+        self.assertEqual(err, 'plugpool: standard input, line 3: "three" is not an integer (int64)\n')
+        status, out, err = plugpool("map", "examples", "add", input="[1, 2]\n[1]\n")
+        self.assertEqual((status, out), (2, "3\n"))
+        self.assertEqual(err, "plugpool: standard input, line 2: expected a JSON array of the "
+                              "task's 2 arguments\n")
+
+    def test_an_unreadable_input_is_a_usage_error(self):
+        self.assertUsageError(*plugpool("map", "examples", "square", "/nonexistent/input"),
+                              "cannot open /nonexistent/input: No such file")
+        with tempfile.TemporaryDirectory() as d:
+            self.assertUsageError(*plugpool("map", "examples", "square", d), "cannot read")
+
+    def test_no_progress_line_when_stderr_is_not_a_terminal(self):
+        self.assertEqual(plugpool("map", "examples", "square", input="1\n2\n"), (0, "1\n4\n", ""))
+
+
+class Progress(CliTest):
+    def run_on_pty(self, *args, stdin=subprocess.DEVNULL):
+        """Runs plugpool with stderr on a pseudo-terminal; returns (status, stdout, pty text)."""
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([PLUGPOOL, *args], stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=slave)
+        os.close(slave)
+        screen = b""
+        deadline = time.monotonic() + HANG_GUARD
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed
+                    break
+                if not data:
+                    break
+                screen += data
+            elif proc.poll() is not None:
+                break
+        os.close(master)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        status = proc.wait(timeout=HANG_GUARD)
+        return status, out.decode(), screen.decode()
+
+    def test_a_live_line_with_the_total_of_a_file(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write("".join("30\n" for _ in range(40)))
+            f.flush()
+            status, out, screen = self.run_on_pty("map", "examples", "sleep_ms", f.name, "-w", "2")
+        self.assertEqual(status, 0, screen)
+        self.assertEqual(out, "30\n" * 40)
+        frames = [f for f in screen.replace("\x1b[K", "").replace("\n", "\r").split("\r") if f]
+        self.assertGreaterEqual(len(frames), 2, screen)
+        for frame in frames:
+            self.assertRegex(frame, r"^\d+(/40)? items( \(\d+%\))?  \d+/s  elapsed \d+:\d\d"
+                                    r"(  ETA \d+:\d\d)?$")
+        self.assertRegex(frames[-1], r"^40/40 items \(100%\)  \d+/s  elapsed 0:\d\d  ETA 0:00$")
+
+    def test_failures_print_above_the_line_and_the_count_shows(self):
+        # Standard input from a pipe: no total is known.
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([PLUGPOOL, "map", "examples", "fail"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        proc.stdin.write(b"1\n2\n")
+        proc.stdin.close()
+        screen = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], HANG_GUARD)
+            self.assertTrue(ready, "hung")
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+        os.close(master)
+        proc.stdout.close()
+        self.assertEqual(proc.wait(timeout=HANG_GUARD), 1)
+        text = screen.decode()
+        self.assertIn("plugpool: standard input, line 1: examples.fail raised", text)
+        self.assertRegex(text, r"\r2 items  2 failed  \d+/s  elapsed 0:\d\d\x1b\[K\r?\n$")
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], *sys.argv[4:]], verbosity=2)

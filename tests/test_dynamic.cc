@@ -1,0 +1,135 @@
+// Untyped calls (plugpool/dynamic.h) with real workers: binding by name alone, encoded
+// argument tuples in and result tuples out, which input an unordered result or error belongs
+// to, and the schema nodes plugins ship for their struct types (abi.h convention 8).
+#include <cstdint>
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include <capnp/schema-loader.h>
+#include <plugpool/dynamic.h>
+#include <plugpool/pool.h>
+#include <catch2/catch.hpp>
+
+#include "geometry.capnp.h"
+#include "support.h"
+
+using plugpool::Pool;
+using Int = std::int64_t;
+
+namespace {
+
+void writeInt(capnp::AnyStruct::Builder args, Int x) {
+  std::memcpy(args.getDataSection().begin(), &x, 8);
+}
+Int readInt(const plugpool::DynamicResult& r) {
+  Int x;
+  std::memcpy(&x, r.tuple().getDataSection().begin(), 8);
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("A dynamic task is bound by name alone and carries its manifest's types") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto add = pool.dynamicTask("examples", "add");
+    REQUIRE(add.info().signature() == "(float64, float64) -> float64");
+    REQUIRE(add.argumentShape().dataWords == 2);
+    REQUIRE(add.argumentShape().pointers == 0);
+    auto words = pool.dynamicTask("examples", "word_count");
+    REQUIRE(words.argumentShape().dataWords == 0);
+    REQUIRE(words.argumentShape().pointers == 1);
+    REQUIRE(words.resultShape().pointers == 1);
+    REQUIRE_THROWS_AS(pool.dynamicTask("examples", "nope"), plugpool::PluginError);
+    REQUIRE_THROWS_AS(pool.dynamicTask("nope", "square"), plugpool::PluginError);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("imap of a dynamic task runs the caller's encoded tuples, in order or not") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.dynamicTask("examples", "square");
+    std::vector<Int> items(3000);
+    for (std::size_t i = 0; i < items.size(); ++i) items[i] = static_cast<Int>(i);
+
+    auto ordered = pool.imap(square, items, writeInt);
+    for (Int i = 0; i < 3000; ++i) {
+      auto r = ordered.next();
+      REQUIRE(r);
+      REQUIRE(ordered.index() == static_cast<std::uint64_t>(i));
+      REQUIRE(readInt(*r) == i * i);
+    }
+    REQUIRE_FALSE(ordered.next());
+
+    auto unordered = pool.imapUnordered(square, items, writeInt, 7);
+    std::set<std::uint64_t> seen;
+    while (auto r = unordered.next()) {
+      const auto i = static_cast<Int>(unordered.index());
+      REQUIRE(readInt(*r) == i * i);  // index() says which input this result is for
+      seen.insert(unordered.index());
+    }
+    REQUIRE(seen.size() == 3000);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("A failed item of a dynamic stream throws at its own index, and the stream goes on") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto fail = pool.dynamicTask("examples", "fail");
+    std::vector<Int> items{0, 1, 2, 3, 4, 5, 6, 7};
+    auto stream = pool.imapUnordered(fail, items, writeInt, 3);
+    std::set<std::uint64_t> failed;
+    for (int k = 0; k < 8; ++k) {
+      try {
+        stream.next();
+        FAIL("fail returned");
+      } catch (const plugpool::TaskError& e) {
+        REQUIRE(e.remoteMessage() == "fail called with " + std::to_string(stream.index()));
+        failed.insert(stream.index());
+      }
+    }
+    REQUIRE(failed.size() == 8);
+    REQUIRE_FALSE(stream.next());
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("A plugin ships the schema nodes of its struct types; a loader makes them usable") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {"examples"});
+    const plugpool::PluginInfo& info = pool.plugins().front();
+    REQUIRE_FALSE(info.schemaNodes.empty());
+    capnp::SchemaLoader loader;
+    plugpool::loadSchemas(info, loader);
+    const auto* stats = info.find("polygon_stats");
+    REQUIRE(stats != nullptr);
+    const std::uint64_t polygonId = plugpool::structTypeId(stats->argTypes[0]);
+    REQUIRE(polygonId == capnp::typeId<geometry::Polygon>());
+    REQUIRE(plugpool::structTypeId(stats->resultType) == capnp::typeId<geometry::PolygonStats>());
+    auto polygon = loader.get(polygonId).asStruct();
+    REQUIRE(polygon.getFieldByName("points").getType().asList().getElementType().asStruct() ==
+            loader.get(capnp::typeId<geometry::Point>()).asStruct());
+    // Exactly the three structs of geometry.capnp: the ones named and the one they need.
+    REQUIRE(info.schemaNodes.size() == 3);
+    REQUIRE(plugpool::structTypeId("int64") == 0);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("A plugin without the optional schema symbol loads and ships none") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {testing::fixture("no_schemas")});
+    REQUIRE(pool.plugins().front().schemaNodes.empty());
+    auto identity = pool.task<Int(Int)>("no_schemas", "identity");
+    REQUIRE(pool.apply(identity, 42) == 42);
+  }
+  testing::requireCleanShutdown(before);
+}
