@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(g++ libasan8 libubsan1 libtsan2 meson ninja-build pkg-config python3 capnproto
-          libcapnp-dev libboost1.81-dev catch2)
+          libcapnp-dev libboost1.81-dev catch2 libssl-dev nlohmann-json3-dev)
 
 install_missing() {
   local missing=()
