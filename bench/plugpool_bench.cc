@@ -1,7 +1,8 @@
 // plugpool-bench — plugpool beside Python's own pools, in one run, on one machine.
 //
 //   plugpool-bench [--quick] [--json PATH] [--reps N] [--workers N] [--only KEY,...]
-//                  [--python EXE] [--script PATH]
+//                  [--python EXE] [--script PATH] [--in-flight N] [--window N]
+//                  [--plugpool-only]
 //
 // For each workload (the keys of issue 5) and each repetition it runs the workload on a
 // plugpool Pool and, as a subprocess of the machine's python3, on multiprocessing.Pool and
@@ -76,6 +77,9 @@ struct Settings {
   std::string python = "python3";
   std::string script = PLUGPOOL_BENCH_SCRIPT;
   std::vector<std::string> only;  // empty: every workload
+  bool plugpoolOnly = false;      // for profilers: no Python, no reference points, no report
+  unsigned chunksInFlight = 0;    // 0: Options' default
+  std::size_t streamWindow = 0;   // 0: Options' default
   Params params;
 };
 
@@ -126,8 +130,17 @@ std::string utcNow() {
 
 // --- the plugpool side: each returns the same raw fields as python_pools.py's "pool" ----------
 
+Options poolOptions(const Settings& s) {
+  Options options;
+  options.workers = s.workers;
+  options.plugins = {"bench"};
+  if (s.chunksInFlight != 0) options.chunksInFlight = s.chunksInFlight;
+  options.streamWindow = s.streamWindow;
+  return options;
+}
+
 Pool startPool(const Settings& s) {
-  return Pool(s.workers, {"bench"});
+  return Pool(poolOptions(s));
 }
 
 Json plugpoolMap(const Settings& s, std::size_t chunksize) {
@@ -217,7 +230,7 @@ Json plugpoolCpu(const Settings& s) {
 
 Json plugpoolStartup(const Settings& s) {
   auto t0 = Clock::now();
-  auto pool = std::make_unique<Pool>(s.workers, std::vector<std::string>{"bench"});
+  auto pool = std::make_unique<Pool>(poolOptions(s));
   auto t1 = Clock::now();  // the constructor returns once every worker has said Hello
   pool.reset();
   auto t2 = Clock::now();
@@ -523,16 +536,21 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
 }
 
 void usage(std::FILE* to) {
-  std::fprintf(to,
-               "usage: plugpool-bench [--quick] [--json PATH] [--reps N] [--workers N]\n"
-               "                      [--only KEY,...] [--python EXE] [--script PATH]\n"
-               "  --quick       smaller workloads, 1 repetition (under a minute)\n"
-               "  --json PATH   also write the results as one JSON object to PATH\n"
-               "  --reps N      repetitions (default 5; medians are reported)\n"
-               "  --workers N   workers on both sides (default: one per core)\n"
-               "  --only KEYS   only these workloads (comma-separated keys)\n"
-               "  --python EXE  the Python interpreter (default: python3)\n"
-               "  --script PATH the Python side (default: bench/python_pools.py)\n");
+  std::fprintf(
+      to,
+      "usage: plugpool-bench [--quick] [--json PATH] [--reps N] [--workers N]\n"
+      "                      [--only KEY,...] [--python EXE] [--script PATH]\n"
+      "                      [--in-flight N] [--window N] [--plugpool-only]\n"
+      "  --quick       smaller workloads, 1 repetition (under a minute)\n"
+      "  --json PATH   also write the results as one JSON object to PATH\n"
+      "  --reps N      repetitions (default 5; medians are reported)\n"
+      "  --workers N   workers on both sides (default: one per core)\n"
+      "  --only KEYS   only these workloads (comma-separated keys)\n"
+      "  --python EXE  the Python interpreter (default: python3)\n"
+      "  --script PATH the Python side (default: bench/python_pools.py)\n"
+      "  --in-flight N Options::chunksInFlight of plugpool's pools (default: its default)\n"
+      "  --window N    Options::streamWindow of plugpool's pools (default: its default)\n"
+      "  --plugpool-only  run plugpool's side alone and print each figure (to profile)\n");
 }
 
 Settings parseArguments(int argc, char** argv) {
@@ -560,6 +578,12 @@ Settings parseArguments(int argc, char** argv) {
     } else if (a == "--only") {
       std::stringstream keys(value());
       for (std::string k; std::getline(keys, k, ',');) s.only.push_back(k);
+    } else if (a == "--in-flight") {
+      s.chunksInFlight = static_cast<unsigned>(std::stoul(value()));
+    } else if (a == "--window") {
+      s.streamWindow = std::stoul(value());
+    } else if (a == "--plugpool-only") {
+      s.plugpoolOnly = true;
     } else if (a == "--help" || a == "-h") {
       usage(stdout);
       std::exit(0);
@@ -598,6 +622,16 @@ int run(int argc, char** argv) {
   if (chosen.size() != (s.only.empty() ? workloads().size() : s.only.size())) {
     std::fprintf(stderr, "plugpool-bench: unknown key in --only\n");
     return 2;
+  }
+  if (s.plugpoolOnly) {
+    for (int rep = 0; rep < s.reps; ++rep) {
+      for (const auto& w : chosen) {
+        Json pp = w.plugpool(s);
+        w.verify(pp, s);
+        std::printf("%s %s %s\n", w.key.c_str(), format(w.figure(pp, s)).c_str(), w.unit.c_str());
+      }
+    }
+    return 0;
   }
   const std::string started = utcNow(), loadBefore = loadAverage();
   std::string pythonVersion;
