@@ -2,6 +2,8 @@
 # setup.sh — from a fresh Debian 12 machine to a built, demonstrated or tested plugpool.
 #
 #   ./setup.sh demo    install what is missing, build into build/, run the pool_speedup demo
+#   ./setup.sh bench [ARGS]  install what is missing, build into build/, run plugpool-bench
+#                      (plugpool beside Python's pools; ARGS go to it, e.g. --quick, --json PATH)
 #   ./setup.sh test    install what is missing, build into build/, run the whole test suite,
 #                      then again in build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer)
 #                      and build-tsan/ (ThreadSanitizer, suite tsan), ending with one line for
@@ -60,6 +62,12 @@ case "${1:-}" in
     build build
     build/examples/pool_speedup
     ;;
+  bench)
+    install_missing
+    build build
+    shift
+    build/bench/plugpool-bench "$@"
+    ;;
   test)
     install_missing
     build build
@@ -75,7 +83,7 @@ case "${1:-}" in
     exit "$status"
     ;;
   *)
-    echo "usage: ./setup.sh demo | test" >&2
+    echo "usage: ./setup.sh demo | test | bench [plugpool-bench options]" >&2
     exit 2
     ;;
 esac
