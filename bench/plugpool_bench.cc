@@ -633,6 +633,11 @@ int run(int argc, char** argv) {
     }
     return 0;
   }
+  if (const char* perturb = std::getenv("MALLOC_PERTURB_"); perturb && std::atoi(perturb) != 0) {
+    std::fprintf(stderr,
+                 "plugpool-bench: warning: MALLOC_PERTURB_ is set; glibc fills every allocation, "
+                 "which distorts the figures (Python's most)\n");
+  }
   const std::string started = utcNow(), loadBefore = loadAverage();
   std::string pythonVersion;
   std::vector<Samples> samples(chosen.size());
