@@ -285,7 +285,8 @@ Json python(const Settings& s, const std::string& key, std::vector<std::string> 
 
 // --- workloads ----------------------------------------------------------------------------
 
-// Higher or lower is better, and how a raw measurement becomes the reported figure.
+// One workload of issue 5: how each side runs it, whether higher or lower is better, and how a
+// raw measurement becomes the reported figure.
 struct Workload {
   std::string key;
   std::string unit;
@@ -294,8 +295,7 @@ struct Workload {
   std::function<Json(const Settings&)> plugpool;
   std::function<Json(const Settings&)> python;
   std::function<double(const Json& raw, const Settings&)> figure;
-  // Throws unless a side's raw result did the expected work (given the other side's, which
-  // may be null).
+  // Throws unless a raw result (either side's) shows the expected work was done.
   std::function<void(const Json& raw, const Settings&)> verify;
 };
 
