@@ -2,6 +2,8 @@
 # setup.sh — from a fresh Debian 12 machine to a built, demonstrated or tested plugpool.
 #
 #   ./setup.sh demo    install what is missing, build into build/, run the pool_speedup demo
+#   ./setup.sh bench [ARGS]  install what is missing, build into build/, run plugpool-bench
+#                      (plugpool beside Python's pools; ARGS go to it, e.g. --quick, --json PATH)
 #   ./setup.sh test    install what is missing, build into build/, run the whole test suite,
 #                      then again in build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer)
 #                      and build-tsan/ (ThreadSanitizer, suite tsan), then runs the libFuzzer
@@ -15,7 +17,7 @@ cd "$(dirname "$0")"
 
 packages=(g++ libasan8 libubsan1 libtsan2 clang libclang-rt-14-dev meson ninja-build pkg-config
           python3 capnproto libcapnp-dev libboost1.81-dev catch2 libcli11-dev libpng-dev
-          libjpeg62-turbo-dev zlib1g-dev)
+          libjpeg62-turbo-dev zlib1g-dev libssl-dev nlohmann-json3-dev)
 
 install_missing() {
   local missing=()
@@ -65,6 +67,12 @@ case "${1:-}" in
     build build
     build/examples/pool_speedup
     ;;
+  bench)
+    install_missing
+    build build
+    shift
+    build/bench/plugpool-bench "$@"
+    ;;
   test)
     install_missing
     build build
@@ -84,7 +92,7 @@ case "${1:-}" in
     exit "$status"
     ;;
   *)
-    echo "usage: ./setup.sh demo | test" >&2
+    echo "usage: ./setup.sh demo | test | bench [plugpool-bench options]" >&2
     exit 2
     ;;
 esac

@@ -484,7 +484,9 @@ std::vector<typename Codec<W>::Value> Pool::collect(detail::Call& call) {
     const detail::ChunkOutcome& outcome = *call.wait(c);
     if (outcome.failure) std::rethrow_exception(outcome.failure);
     if (!outcome.errors.empty()) detail::throwItemFailure(call.task(), outcome.errors.front());
-    out.reserve(out.size() + outcome.results.size());
+    // Every chunk but the last has the first one's size (send()), so one reservation holds
+    // them all; reserving chunk by chunk would reallocate and copy the results so far each time.
+    if (c == 0) out.reserve(chunks * outcome.results.size());
     for (unsigned i = 0; i < outcome.results.size(); ++i) {
       out.push_back(detail::decodeResult<W>(call.task(), outcome, i));
     }

@@ -1,0 +1,702 @@
+// plugpool-bench — plugpool beside Python's own pools, in one run, on one machine.
+//
+//   plugpool-bench [--quick] [--json PATH] [--reps N] [--workers N] [--only KEY,...]
+//                  [--python EXE] [--script PATH] [--in-flight N] [--window N]
+//                  [--plugpool-only]
+//
+// For each workload (the keys of issue 5) and each repetition it runs the workload on a
+// plugpool Pool and, as a subprocess of the machine's python3, on multiprocessing.Pool and
+// concurrent.futures.ProcessPoolExecutor (bench/python_pools.py), with the same number of
+// workers, alternating which side goes first. Each repetition also measures the machine's
+// reference points (machine.h). The report gives medians over the repetitions: a table on
+// stdout, and with --json one JSON object (see README, "Benchmark").
+//
+// Both sides return a check value (a sum of results) that must match the other side's and
+// the expected one, so the figures are of work actually done. A mismatch, a failed
+// subprocess or a pool error ends the run with status 1.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <ranges>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <plugpool/local_plugin.h>
+#include <plugpool/pool.h>
+#include <nlohmann/json.hpp>
+
+#include "machine.h"
+
+extern char** environ;
+
+namespace plugpool::bench {
+namespace {
+
+using Json = nlohmann::ordered_json;
+using Clock = std::chrono::steady_clock;
+
+// What one run measures; --quick makes everything smaller.
+struct Params {
+  std::size_t mapItems = 1'000'000;
+  std::size_t imapItems = 20'000;
+  std::size_t applySamples = 2'000;
+  std::size_t echoMib = 64;
+  std::size_t cpuItems = 400;
+  std::int64_t cpuRounds = 2'000;
+  int socketpairRoundTrips = 20'000;
+  std::size_t pipeBytes = std::size_t{1} << 30;
+  std::size_t memcpyBytes = std::size_t{256} << 20;
+};
+
+struct Settings {
+  bool quick = false;
+  int reps = 5;
+  unsigned workers = 0;  // 0: one per core
+  std::string jsonPath;
+  std::string python = "python3";
+  std::string script = PLUGPOOL_BENCH_SCRIPT;
+  std::vector<std::string> only;  // empty: every workload
+  bool plugpoolOnly = false;      // for profilers: no Python, no reference points, no report
+  unsigned chunksInFlight = 0;    // 0: Options' default
+  std::size_t streamWindow = 0;   // 0: Options' default
+  Params params;
+};
+
+double seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Nearest-rank percentile of sorted values (as python_pools.py computes it).
+double percentile(const std::vector<double>& sorted, double p) {
+  auto rank = static_cast<std::size_t>(std::ceil(static_cast<double>(sorted.size()) * p / 100));
+  return sorted[std::max<std::size_t>(rank, 1) - 1];
+}
+
+std::uint64_t sumOf(const std::vector<std::int64_t>& values) {
+  std::uint64_t sum = 0;
+  for (auto v : values) sum += static_cast<std::uint64_t>(v);
+  return sum;
+}
+
+// 0² + 1² + … + (n-1)²: what every square workload must add up to.
+std::uint64_t sumOfSquares(std::uint64_t n) {
+  if (n == 0) return 0;
+  return (n - 1) * n * (2 * n - 1) / 6;
+}
+
+std::string loadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return one + " " + five + " " + fifteen;
+}
+
+std::string utcNow() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+// --- the plugpool side: each returns the same raw fields as python_pools.py's "pool" ----------
+
+Options poolOptions(const Settings& s) {
+  Options options;
+  options.workers = s.workers;
+  options.plugins = {"bench"};
+  if (s.chunksInFlight != 0) options.chunksInFlight = s.chunksInFlight;
+  options.streamWindow = s.streamWindow;
+  return options;
+}
+
+Pool startPool(const Settings& s) {
+  return Pool(poolOptions(s));
+}
+
+Json plugpoolMap(const Settings& s, std::size_t chunksize) {
+  std::vector<std::int64_t> items(s.params.mapItems);
+  std::iota(items.begin(), items.end(), std::int64_t{0});
+  Pool pool = startPool(s);
+  auto square = pool.task<std::int64_t(std::int64_t)>("bench", "square");
+  pool.map(square, std::vector<std::int64_t>(1000, 3));  // warm-up
+  auto t0 = Clock::now();
+  auto results = pool.map(square, items, chunksize);
+  auto t1 = Clock::now();
+  return {{"seconds", seconds(t1 - t0)}, {"check", sumOf(results)}};
+}
+
+Json plugpoolImap(const Settings& s) {
+  Pool pool = startPool(s);
+  auto square = pool.task<std::int64_t(std::int64_t)>("bench", "square");
+  pool.map(square, std::vector<std::int64_t>(1000, 3));
+  auto n = static_cast<std::int64_t>(s.params.imapItems);
+  std::uint64_t sum = 0;
+  auto t0 = Clock::now();
+  for (std::int64_t v : pool.imapUnordered(square, std::views::iota(std::int64_t{0}, n), 1)) {
+    sum += static_cast<std::uint64_t>(v);
+  }
+  auto t1 = Clock::now();
+  return {{"seconds", seconds(t1 - t0)}, {"check", sum}};
+}
+
+Json plugpoolApply(const Settings& s) {
+  Pool pool = startPool(s);
+  auto noop = pool.task<bool()>("bench", "noop");
+  const std::size_t samples = s.params.applySamples;
+  for (std::size_t i = 0; i < std::min<std::size_t>(100, samples); ++i) pool.apply(noop);
+  std::vector<double> us;
+  us.reserve(samples);
+  for (std::size_t i = 0; i < samples; ++i) {
+    auto t0 = Clock::now();
+    if (!pool.apply(noop)) throw std::runtime_error("noop returned false");
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  std::sort(us.begin(), us.end());
+  return {{"median_us", median(us)}, {"p99_us", percentile(us, 99)}, {"samples", samples}};
+}
+
+Json plugpoolEcho(const Settings& s) {
+  Bytes payload(s.params.echoMib << 20);
+  std::mt19937_64 random(5);
+  for (std::size_t i = 0; i + 8 <= payload.size(); i += 8) {
+    std::uint64_t r = random();
+    std::memcpy(payload.data() + i, &r, 8);
+  }
+  Pool pool = startPool(s);
+  auto echo = pool.task<Bytes(Bytes)>("bench", "echo");
+  pool.apply(echo, Bytes(7, std::byte{1}));  // warm-up
+  auto t0 = Clock::now();
+  Bytes back = pool.apply(echo, payload);
+  auto t1 = Clock::now();
+  if (back != payload) throw std::runtime_error("echo returned different bytes");
+  return {{"seconds", seconds(t1 - t0)}, {"check", back.size()}};
+}
+
+Json plugpoolCpu(const Settings& s) {
+  const auto& p = s.params;
+  std::vector<std::tuple<std::int64_t, std::int64_t>> args;
+  for (std::size_t i = 0; i < p.cpuItems; ++i) {
+    args.emplace_back(static_cast<std::int64_t>(i), p.cpuRounds);
+  }
+  // The serial baseline runs the very same task function, loaded into this process.
+  LocalPlugin local("bench");
+  auto chain = local.task<std::int64_t(std::int64_t, std::int64_t)>("sha256_chain");
+  std::vector<std::int64_t> serial;
+  auto t0 = Clock::now();
+  for (const auto& [seed, rounds] : args) serial.push_back(chain(seed, rounds));
+  auto t1 = Clock::now();
+
+  Pool pool = startPool(s);
+  auto task = pool.task<std::int64_t(std::int64_t, std::int64_t)>("bench", "sha256_chain");
+  pool.starmap(task, std::vector<std::tuple<std::int64_t, std::int64_t>>(10, {0, 1}));
+  auto t2 = Clock::now();
+  auto results = pool.starmap(task, args);
+  auto t3 = Clock::now();
+  return {{"serial_s", seconds(t1 - t0)},
+          {"seconds", seconds(t3 - t2)},
+          {"check", sumOf(results)},
+          {"serial_check", sumOf(serial)}};
+}
+
+Json plugpoolStartup(const Settings& s) {
+  auto t0 = Clock::now();
+  auto pool = std::make_unique<Pool>(poolOptions(s));
+  auto t1 = Clock::now();  // the constructor returns once every worker has said Hello
+  pool.reset();
+  auto t2 = Clock::now();
+  return {{"start_ms", seconds(t1 - t0) * 1e3},
+          {"stop_ms", seconds(t2 - t1) * 1e3},
+          {"total_ms", seconds(t2 - t0) * 1e3}};
+}
+
+// --- the Python side --------------------------------------------------------------------------
+
+// Runs argv (argv[0] looked up in PATH) and returns its standard output; throws if it fails.
+std::string capture(const std::vector<std::string>& argv) {
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid;
+  int error = ::posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out[1]);
+  if (error != 0) {
+    ::close(out[0]);
+    throw std::runtime_error("cannot run " + argv[0] + ": " + std::strerror(error));
+  }
+  std::string text;
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = ::read(out[0], buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(out[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    throw std::runtime_error(argv[0] + " " + argv[1] + " " + argv[2] + " failed");
+  }
+  return text;
+}
+
+Json python(const Settings& s, const std::string& key, std::vector<std::string> extra) {
+  std::vector<std::string> argv = {s.python, s.script, key, "--workers", std::to_string(s.workers)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return Json::parse(capture(argv));
+}
+
+// --- workloads ----------------------------------------------------------------------------
+
+// One workload of issue 5: how each side runs it, whether higher or lower is better, and how a
+// raw measurement becomes the reported figure.
+struct Workload {
+  std::string key;
+  std::string unit;
+  bool higherIsBetter;
+  std::string target;  // in words, for the table
+  std::function<Json(const Settings&)> plugpool;
+  std::function<Json(const Settings&)> python;
+  std::function<double(const Json& raw, const Settings&)> figure;
+  // Throws unless a raw result (either side's) shows the expected work was done.
+  std::function<void(const Json& raw, const Settings&)> verify;
+};
+
+void expectCheck(const Json& raw, std::uint64_t expected, const std::string& what) {
+  if (raw.at("check").get<std::uint64_t>() != expected) {
+    throw std::runtime_error(what + ": check " + raw.at("check").dump() + ", expected " +
+                             std::to_string(expected));
+  }
+}
+
+std::vector<Workload> workloads() {
+  auto itemsPerSecond = [](std::size_t Params::*items) {
+    return [items](const Json& raw, const Settings& s) {
+      return static_cast<double>(s.params.*items) / raw.at("seconds").get<double>();
+    };
+  };
+  auto squares = [](std::size_t Params::*items, std::string key) {
+    return [items, key](const Json& raw, const Settings& s) {
+      expectCheck(raw, sumOfSquares(s.params.*items), key);
+    };
+  };
+  auto count = [](std::size_t n) { return std::to_string(n); };
+  return {
+      {"map_tiny", "items/s", true, ">= 10x Python",
+       [](const Settings& s) { return plugpoolMap(s, 0); },
+       [count](const Settings& s) {
+         return python(s, "map_tiny", {"--items", count(s.params.mapItems)});
+       },
+       itemsPerSecond(&Params::mapItems), squares(&Params::mapItems, "map_tiny")},
+      {"map_tiny_c10000", "items/s", true, ">= 10x Python",
+       [](const Settings& s) { return plugpoolMap(s, 10'000); },
+       [count](const Settings& s) {
+         return python(s, "map_tiny_c10000", {"--items", count(s.params.mapItems)});
+       },
+       itemsPerSecond(&Params::mapItems), squares(&Params::mapItems, "map_tiny_c10000")},
+      {"imap_c1", "items/s", true, ">= 20x Python", plugpoolImap,
+       [count](const Settings& s) {
+         return python(s, "imap_c1", {"--items", count(s.params.imapItems)});
+       },
+       itemsPerSecond(&Params::imapItems), squares(&Params::imapItems, "imap_c1")},
+      {"apply_rtt", "us", false, "<= 2x socketpair RTT", plugpoolApply,
+       [count](const Settings& s) {
+         return python(s, "apply_rtt", {"--samples", count(s.params.applySamples)});
+       },
+       [](const Json& raw, const Settings&) { return raw.at("median_us").get<double>(); },
+       [](const Json&, const Settings&) {}},
+      {"echo_64mib", "GB/s", true, ">= 25% of memcpy", plugpoolEcho,
+       [count](const Settings& s) {
+         return python(s, "echo_64mib", {"--mib", count(s.params.echoMib)});
+       },
+       // Bytes moved: the payload there and back.
+       [](const Json& raw, const Settings& s) {
+         return 2.0 * static_cast<double>(s.params.echoMib << 20) /
+                raw.at("seconds").get<double>() / 1e9;
+       },
+       [](const Json& raw, const Settings& s) {
+         expectCheck(raw, s.params.echoMib << 20, "echo_64mib");
+       }},
+      {"cpu_scaling", "x serial", true, ">= 0.9 x cores", plugpoolCpu,
+       [count](const Settings& s) {
+         return python(
+             s, "cpu_scaling",
+             {"--items", count(s.params.cpuItems), "--rounds", std::to_string(s.params.cpuRounds)});
+       },
+       [](const Json& raw, const Settings&) {
+         return raw.at("serial_s").get<double>() / raw.at("seconds").get<double>();
+       },
+       [](const Json& raw, const Settings&) {
+         expectCheck(raw, raw.at("serial_check").get<std::uint64_t>(), "cpu_scaling");
+       }},
+      {"startup", "ms", false, "<= 25% of Python spawn", plugpoolStartup,
+       [](const Settings& s) { return python(s, "startup", {}); },
+       [](const Json& raw, const Settings&) { return raw.at("total_ms").get<double>(); },
+       [](const Json&, const Settings&) {}},
+  };
+}
+
+// --- running and reporting ----------------------------------------------------------------
+
+struct Samples {
+  std::vector<Json> plugpool, pool, executor;  // raw results, one per repetition
+};
+
+struct Machine {
+  std::vector<double> rttUs, pipeGbps, memcpyGbps;
+};
+
+std::vector<double> figures(const Workload& w, const Settings& s, const std::vector<Json>& raws) {
+  std::vector<double> out;
+  for (const auto& raw : raws) {
+    if (!raw.is_null()) out.push_back(w.figure(raw, s));
+  }
+  return out;
+}
+
+std::vector<double> field(const std::vector<Json>& raws, const char* name) {
+  std::vector<double> out;
+  for (const auto& raw : raws) {
+    if (!raw.is_null()) out.push_back(raw.at(name).get<double>());
+  }
+  return out;
+}
+
+// A ratio oriented so that above 1 means plugpool is better.
+double better(const Workload& w, double plugpool, double other) {
+  return w.higherIsBetter ? plugpool / other : other / plugpool;
+}
+
+Json numberOrNull(double v) {
+  return std::isnan(v) ? Json(nullptr) : Json(v);
+}
+
+Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& samples,
+            const Machine& m, const Settings& s, const std::string& started,
+            const std::string& loadBefore, const std::string& pythonVersion) {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const double rtt = median(m.rttUs), memcpy = median(m.memcpyGbps);
+  Json out;
+  for (std::size_t i = 0; i < chosen.size(); ++i) {
+    const Workload& w = chosen[i];
+    const Samples& r = samples[i];
+    double pp = median(figures(w, s, r.plugpool));
+    double py = median(figures(w, s, r.pool));
+    double ex = median(figures(w, s, r.executor));
+    Json entry{{"plugpool", pp}, {"python", py}, {"ratio", better(w, pp, py)}};
+    entry["python_executor"] = numberOrNull(ex);
+    entry["ratio_executor"] = numberOrNull(std::isnan(ex) ? ex : better(w, pp, ex));
+    entry["unit"] = w.unit;
+    bool met = false;
+    if (w.key == "map_tiny" || w.key == "map_tiny_c10000") {
+      met = entry["ratio"].get<double>() >= 10;
+    } else if (w.key == "imap_c1") {
+      met = entry["ratio"].get<double>() >= 20;
+    } else if (w.key == "apply_rtt") {
+      entry["plugpool_p99"] = median(field(r.plugpool, "p99_us"));
+      entry["python_p99"] = median(field(r.pool, "p99_us"));
+      entry["python_executor_p99"] = numberOrNull(median(field(r.executor, "p99_us")));
+      entry["socketpair_ratio"] = pp / rtt;  // target: <= 2
+      met = pp / rtt <= 2;
+    } else if (w.key == "echo_64mib") {
+      entry["memcpy_fraction"] = pp / memcpy;  // target: >= 0.25
+      entry["python_memcpy_fraction"] = py / memcpy;
+      met = pp / memcpy >= 0.25;
+    } else if (w.key == "cpu_scaling") {
+      entry["per_core"] = pp / cores;  // target: >= 0.9
+      entry["python_per_core"] = py / cores;
+      entry["plugpool_serial_s"] = median(field(r.plugpool, "serial_s"));
+      entry["python_serial_s"] = median(field(r.pool, "serial_s"));
+      met = pp / cores >= 0.9;
+    } else if (w.key == "startup") {
+      entry["plugpool_start_ms"] = median(field(r.plugpool, "start_ms"));
+      entry["plugpool_stop_ms"] = median(field(r.plugpool, "stop_ms"));
+      entry["python_start_ms"] = median(field(r.pool, "start_ms"));
+      entry["python_stop_ms"] = median(field(r.pool, "stop_ms"));
+      entry["fraction_of_python"] = pp / py;  // target: <= 0.25
+      met = pp / py <= 0.25;
+    }
+    entry["target"] = w.target;
+    entry["target_met"] = met;
+    out[w.key] = entry;
+  }
+  out["machine"] = {{"socketpair_rtt_us", rtt},
+                    {"pipe_gbps", median(m.pipeGbps)},
+                    {"memcpy_gbps", memcpy},
+                    {"cores", cores}};
+  const auto& p = s.params;
+  out["run"] = {{"started", started},
+                {"finished", utcNow()},
+                {"quick", s.quick},
+                {"repetitions", s.reps},
+                {"workers", s.workers},
+                {"python", pythonVersion},
+                {"python_start_method", "spawn"},
+                {"load_average_before", loadBefore},
+                {"load_average_after", loadAverage()},
+                {"params",
+                 {{"map_items", p.mapItems},
+                  {"imap_items", p.imapItems},
+                  {"apply_samples", p.applySamples},
+                  {"echo_mib", p.echoMib},
+                  {"cpu_items", p.cpuItems},
+                  {"cpu_rounds", p.cpuRounds}}}};
+  return out;
+}
+
+std::string format(double v) {
+  if (std::isnan(v)) return "-";
+  char text[32];
+  if (v >= 1e6) {
+    std::snprintf(text, sizeof text, "%.2fM", v / 1e6);
+  } else if (v >= 100) {
+    std::snprintf(text, sizeof text, "%.0f", v);
+  } else {
+    std::snprintf(text, sizeof text, "%.3g", v);
+  }
+  return text;
+}
+
+void printTable(const Json& r, const std::vector<Workload>& chosen) {
+  std::printf("%-16s %-9s %10s %10s %10s %8s %9s  %-24s %s\n", "key", "unit", "plugpool", "mp.Pool",
+              "executor", "ratio", "vs exec", "target", "figure for target");
+  for (const auto& w : chosen) {
+    const Json& e = r.at(w.key);
+    auto num = [&](const char* k) { return e.at(k).is_null() ? NAN : e.at(k).get<double>(); };
+    std::string forTarget;
+    if (w.key == "apply_rtt") {
+      forTarget = format(num("socketpair_ratio")) + "x socketpair (p99 " +
+                  format(num("plugpool_p99")) + " vs " + format(num("python_p99")) + " us)";
+    } else if (w.key == "echo_64mib") {
+      forTarget = format(100 * num("memcpy_fraction")) + "% of memcpy";
+    } else if (w.key == "cpu_scaling") {
+      forTarget = format(num("per_core")) + " x cores";
+    } else if (w.key == "startup") {
+      forTarget = format(100 * num("fraction_of_python")) + "% of Python";
+    } else {
+      forTarget = format(num("ratio")) + "x Python";
+    }
+    std::printf("%-16s %-9s %10s %10s %10s %7sx %8sx  %-24s %s %s\n", w.key.c_str(), w.unit.c_str(),
+                format(num("plugpool")).c_str(), format(num("python")).c_str(),
+                format(num("python_executor")).c_str(), format(num("ratio")).c_str(),
+                format(num("ratio_executor")).c_str(), w.target.c_str(), forTarget.c_str(),
+                e.at("target_met").get<bool>() ? "(met)" : "(MISSED)");
+  }
+  const Json& m = r.at("machine");
+  const Json& run = r.at("run");
+  std::printf(
+      "\nmachine: socketpair RTT %s us, pipe %s GB/s, memcpy %s GB/s, %u cores\n"
+      "run: %d repetition(s), %u workers, Python %s (spawn), load average %s before, %s "
+      "after\nratios: above 1 is better for plugpool (\"vs exec\": against "
+      "ProcessPoolExecutor)\n",
+      format(m.at("socketpair_rtt_us").get<double>()).c_str(),
+      format(m.at("pipe_gbps").get<double>()).c_str(),
+      format(m.at("memcpy_gbps").get<double>()).c_str(), m.at("cores").get<unsigned>(),
+      run.at("repetitions").get<int>(), run.at("workers").get<unsigned>(),
+      run.at("python").get<std::string>().c_str(),
+      run.at("load_average_before").get<std::string>().c_str(),
+      run.at("load_average_after").get<std::string>().c_str());
+}
+
+void usage(std::FILE* to) {
+  std::fprintf(
+      to,
+      "usage: plugpool-bench [--quick] [--json PATH] [--reps N] [--workers N]\n"
+      "                      [--only KEY,...] [--python EXE] [--script PATH]\n"
+      "                      [--in-flight N] [--window N] [--plugpool-only]\n"
+      "  --quick       smaller workloads, 1 repetition (under a minute)\n"
+      "  --json PATH   also write the results as one JSON object to PATH\n"
+      "  --reps N      repetitions (default 5; medians are reported)\n"
+      "  --workers N   workers on both sides (default: one per core)\n"
+      "  --only KEYS   only these workloads (comma-separated keys)\n"
+      "  --python EXE  the Python interpreter (default: python3)\n"
+      "  --script PATH the Python side (default: bench/python_pools.py)\n"
+      "  --in-flight N Options::chunksInFlight of plugpool's pools (default: its default)\n"
+      "  --window N    Options::streamWindow of plugpool's pools (default: its default)\n"
+      "  --plugpool-only  run plugpool's side alone and print each figure (to profile)\n");
+}
+
+Settings parseArguments(int argc, char** argv) {
+  Settings s;
+  bool repsGiven = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--quick") {
+      s.quick = true;
+    } else if (a == "--json") {
+      s.jsonPath = value();
+    } else if (a == "--reps") {
+      s.reps = std::stoi(value());
+      repsGiven = true;
+    } else if (a == "--workers") {
+      s.workers = static_cast<unsigned>(std::stoul(value()));
+    } else if (a == "--python") {
+      s.python = value();
+    } else if (a == "--script") {
+      s.script = value();
+    } else if (a == "--only") {
+      std::stringstream keys(value());
+      for (std::string k; std::getline(keys, k, ',');) s.only.push_back(k);
+    } else if (a == "--in-flight") {
+      s.chunksInFlight = static_cast<unsigned>(std::stoul(value()));
+    } else if (a == "--window") {
+      s.streamWindow = std::stoul(value());
+    } else if (a == "--plugpool-only") {
+      s.plugpoolOnly = true;
+    } else if (a == "--help" || a == "-h") {
+      usage(stdout);
+      std::exit(0);
+    } else {
+      throw std::invalid_argument("unknown option " + a);
+    }
+  }
+  if (s.reps < 1) throw std::invalid_argument("--reps must be at least 1");
+  if (s.workers == 0) s.workers = std::max(1u, std::thread::hardware_concurrency());
+  if (s.quick) {
+    if (!repsGiven) s.reps = 1;
+    s.params.mapItems = 200'000;
+    s.params.imapItems = 5'000;
+    s.params.applySamples = 300;
+    s.params.cpuItems = 100;
+    s.params.socketpairRoundTrips = 5'000;
+    s.params.pipeBytes = std::size_t{256} << 20;
+    s.params.memcpyBytes = std::size_t{64} << 20;
+  }
+  return s;
+}
+
+int run(int argc, char** argv) {
+  Settings s;
+  try {
+    s = parseArguments(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "plugpool-bench: %s\n", e.what());
+    usage(stderr);
+    return 2;
+  }
+  std::vector<Workload> chosen;
+  for (auto& w : workloads()) {
+    if (s.only.empty() || std::ranges::find(s.only, w.key) != s.only.end()) chosen.push_back(w);
+  }
+  if (chosen.size() != (s.only.empty() ? workloads().size() : s.only.size())) {
+    std::fprintf(stderr, "plugpool-bench: unknown key in --only\n");
+    return 2;
+  }
+  if (s.plugpoolOnly) {
+    for (int rep = 0; rep < s.reps; ++rep) {
+      for (const auto& w : chosen) {
+        Json pp = w.plugpool(s);
+        w.verify(pp, s);
+        std::printf("%s %s %s\n", w.key.c_str(), format(w.figure(pp, s)).c_str(), w.unit.c_str());
+      }
+    }
+    return 0;
+  }
+  if (const char* perturb = std::getenv("MALLOC_PERTURB_"); perturb && std::atoi(perturb) != 0) {
+    std::fprintf(stderr,
+                 "plugpool-bench: warning: MALLOC_PERTURB_ is set; glibc fills every allocation, "
+                 "which distorts the figures (Python's most)\n");
+  }
+  const std::string started = utcNow(), loadBefore = loadAverage();
+  std::string pythonVersion;
+  std::vector<Samples> samples(chosen.size());
+  Machine machine;
+  for (int rep = 0; rep < s.reps; ++rep) {
+    const auto& p = s.params;
+    machine.rttUs.push_back(socketpairRttUs(p.socketpairRoundTrips));
+    machine.pipeGbps.push_back(pipeGbps(p.pipeBytes));
+    machine.memcpyGbps.push_back(memcpyGbps(p.memcpyBytes, 5));
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+      const Workload& w = chosen[i];
+      Json pp, py;
+      auto runPlugpool = [&] { pp = w.plugpool(s); };
+      auto runPython = [&] { py = w.python(s); };
+      if (rep % 2 == 0) {  // alternate which side goes first
+        runPlugpool();
+        runPython();
+      } else {
+        runPython();
+        runPlugpool();
+      }
+      w.verify(pp, s);
+      w.verify(py.at("pool"), s);
+      if (!py.at("executor").is_null()) w.verify(py.at("executor"), s);
+      if (w.key == "cpu_scaling" &&
+          pp.at("check").get<std::uint64_t>() != py.at("pool").at("check").get<std::uint64_t>()) {
+        throw std::runtime_error("cpu_scaling: plugpool's and Python's SHA-256 chains differ");
+      }
+      pythonVersion = py.at("python").get<std::string>();
+      samples[i].plugpool.push_back(pp);
+      samples[i].pool.push_back(py.at("pool"));
+      samples[i].executor.push_back(py.at("executor"));
+      std::fprintf(stderr, "rep %d/%d %-16s plugpool %s, mp.Pool %s %s (load %s)\n", rep + 1,
+                   s.reps, w.key.c_str(), format(w.figure(pp, s)).c_str(),
+                   format(w.figure(py.at("pool"), s)).c_str(), w.unit.c_str(),
+                   loadAverage().c_str());
+    }
+  }
+  Json result = report(chosen, samples, machine, s, started, loadBefore, pythonVersion);
+  printTable(result, chosen);
+  if (!s.jsonPath.empty()) {
+    std::ofstream out(s.jsonPath);
+    out << result.dump(2) << '\n';
+    if (!out) {
+      std::fprintf(stderr, "plugpool-bench: cannot write %s\n", s.jsonPath.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace plugpool::bench
+
+int main(int argc, char** argv) {
+  try {
+    return plugpool::bench::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "plugpool-bench: %s\n", e.what());
+    return 1;
+  }
+}
