@@ -21,7 +21,8 @@ EXTRA = {
     "cpu_scaling": ["per_core"],
     "startup": ["fraction_of_python"],
 }
-MACHINE = ["socketpair_rtt_us", "pipe_gbps", "memcpy_gbps", "cores"]
+MACHINE = ["socketpair_rtt_us", "pipe_gbps", "memcpy_gbps", "cores", "socketpair_rtt_us_one_cpu",
+           "socketpair_rtt_us_any_cpu", "pipe_gbps_one_cpu", "pipe_gbps_any_cpu"]
 
 
 def positive(value):

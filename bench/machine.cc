@@ -1,6 +1,7 @@
 #include "machine.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,6 +74,32 @@ void reap(pid_t pid) {
   }
 }
 
+// With ONE_CPU, pins the calling thread (and so children forked while it lives) to the CPU it
+// runs on; restores the thread's previous affinity when it dies.
+class Pinning {
+ public:
+  explicit Pinning(Placement placement) {
+    if (placement != Placement::ONE_CPU) return;
+    if (::sched_getaffinity(0, sizeof old_, &old_) != 0) fail("sched_getaffinity");
+    int cpu = ::sched_getcpu();
+    if (cpu < 0) fail("sched_getcpu");
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (::sched_setaffinity(0, sizeof one, &one) != 0) fail("sched_setaffinity");
+    pinned_ = true;
+  }
+  ~Pinning() {
+    if (pinned_) ::sched_setaffinity(0, sizeof old_, &old_);
+  }
+  Pinning(const Pinning&) = delete;
+  Pinning& operator=(const Pinning&) = delete;
+
+ private:
+  cpu_set_t old_{};
+  bool pinned_ = false;
+};
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   std::size_t n = v.size();
@@ -81,7 +108,8 @@ double median(std::vector<double> v) {
 
 }  // namespace
 
-double socketpairRttUs(int roundTrips) {
+double socketpairRttUs(int roundTrips, Placement placement) {
+  Pinning pinning(placement);
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) fail("socketpair");
   pid_t child = forkChild([&] {
@@ -106,7 +134,8 @@ double socketpairRttUs(int roundTrips) {
   return median(std::move(us));
 }
 
-double pipeGbps(std::size_t bytes) {
+double pipeGbps(std::size_t bytes, Placement placement) {
+  Pinning pinning(placement);
   constexpr std::size_t BLOCK = std::size_t{1} << 20;
   int data[2], ready[2];
   if (::pipe2(data, O_CLOEXEC) != 0 || ::pipe2(ready, O_CLOEXEC) != 0) fail("pipe2");
