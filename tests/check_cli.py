@@ -309,6 +309,53 @@ class Progress(CliTest):
                                     r"(  ETA \d+:\d\d)?$")
         self.assertRegex(frames[-1], r"^40/40 items \(100%\)  \d+/s  elapsed 0:\d\d  ETA 0:00$")
 
+    def test_results_on_the_same_terminal_stay_clear_of_the_line(self):
+        # stdout and stderr on one terminal: every result gets a line of its own, and the
+        # progress line stays below them.
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write("".join("30\n" for _ in range(40)))
+            f.flush()
+            master, slave = pty.openpty()
+            proc = subprocess.Popen([PLUGPOOL, "map", "examples", "sleep_ms", f.name, "-w", "2"],
+                                    stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+            os.close(slave)
+            screen = b""
+            while True:
+                ready, _, _ = select.select([master], [], [], HANG_GUARD)
+                self.assertTrue(ready, "hung")
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed
+                    break
+                if not data:
+                    break
+                screen += data
+            os.close(master)
+            self.assertEqual(proc.wait(timeout=HANG_GUARD), 0)
+        # What a terminal shows: \r goes back to the start of the line, ESC [K erases to its end.
+        lines, line, col = [], [], 0
+        text = screen.decode()
+        i = 0
+        while i < len(text):
+            if text.startswith("\x1b[K", i):
+                del line[col:]
+                i += 3
+                continue
+            c = text[i]
+            if c == "\r":
+                col = 0
+            elif c == "\n":
+                lines.append("".join(line))
+                line, col = [], 0
+            else:
+                line[col:col + 1] = [c]
+                col += 1
+            i += 1
+        lines.append("".join(line))
+        lines = [l for l in lines if l]
+        self.assertEqual(lines[:-1], ["30"] * 40, text)
+        self.assertRegex(lines[-1], r"^40/40 items \(100%\)  \d+/s  elapsed 0:\d\d  ETA 0:00$")
+
     def test_failures_print_above_the_line_and_the_count_shows(self):
         # Standard input from a pipe: no total is known.
         master, slave = pty.openpty()
