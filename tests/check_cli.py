@@ -268,6 +268,27 @@ class Map(CliTest):
         self.assertEqual(plugpool("map", "examples", "square", input="1\n2\n"), (0, "1\n4\n", ""))
 
 
+def read_pty(master, proc):
+    """Everything written to the pseudo-terminal `master` until its writers close it (or
+    `proc` ends), within HANG_GUARD; closes `master`."""
+    screen = b""
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed
+                break
+            if not data:
+                break
+            screen += data
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return screen
+
+
 class Progress(CliTest):
     def run_on_pty(self, *args, stdin=subprocess.DEVNULL):
         """Runs plugpool with stderr on a pseudo-terminal; returns (status, stdout, pty text)."""
@@ -275,21 +296,7 @@ class Progress(CliTest):
         proc = subprocess.Popen([PLUGPOOL, *args], stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=slave)
         os.close(slave)
-        screen = b""
-        deadline = time.monotonic() + HANG_GUARD
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: every writer closed
-                    break
-                if not data:
-                    break
-                screen += data
-            elif proc.poll() is not None:
-                break
-        os.close(master)
+        screen = read_pty(master, proc)
         out = proc.stdout.read()
         proc.stdout.close()
         status = proc.wait(timeout=HANG_GUARD)
@@ -319,18 +326,7 @@ class Progress(CliTest):
             proc = subprocess.Popen([PLUGPOOL, "map", "examples", "sleep_ms", f.name, "-w", "2"],
                                     stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
             os.close(slave)
-            screen = b""
-            while True:
-                ready, _, _ = select.select([master], [], [], HANG_GUARD)
-                self.assertTrue(ready, "hung")
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: every writer closed
-                    break
-                if not data:
-                    break
-                screen += data
-            os.close(master)
+            screen = read_pty(master, proc)
             self.assertEqual(proc.wait(timeout=HANG_GUARD), 0)
         # What a terminal shows: \r goes back to the start of the line, ESC [K erases to its end.
         lines, line, col = [], [], 0
@@ -364,18 +360,7 @@ class Progress(CliTest):
         os.close(slave)
         proc.stdin.write(b"1\n2\n")
         proc.stdin.close()
-        screen = b""
-        while True:
-            ready, _, _ = select.select([master], [], [], HANG_GUARD)
-            self.assertTrue(ready, "hung")
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            screen += data
-        os.close(master)
+        screen = read_pty(master, proc)
         proc.stdout.close()
         self.assertEqual(proc.wait(timeout=HANG_GUARD), 1)
         text = screen.decode()
