@@ -35,7 +35,6 @@
 #include <numeric>
 #include <random>
 #include <ranges>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -44,6 +43,7 @@
 
 #include <plugpool/local_plugin.h>
 #include <plugpool/pool.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "machine.h"
@@ -535,66 +535,38 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
       run.at("load_average_after").get<std::string>().c_str());
 }
 
-void usage(std::FILE* to) {
-  std::fprintf(
-      to,
-      "usage: plugpool-bench [--quick] [--json PATH] [--reps N] [--workers N]\n"
-      "                      [--only KEY,...] [--python EXE] [--script PATH]\n"
-      "                      [--in-flight N] [--window N] [--plugpool-only]\n"
-      "  --quick       smaller workloads, 1 repetition (under a minute)\n"
-      "  --json PATH   also write the results as one JSON object to PATH\n"
-      "  --reps N      repetitions (default 5; medians are reported)\n"
-      "  --workers N   workers on both sides (default: one per core)\n"
-      "  --only KEYS   only these workloads (comma-separated keys)\n"
-      "  --python EXE  the Python interpreter (default: python3)\n"
-      "  --script PATH the Python side (default: bench/python_pools.py)\n"
-      "  --in-flight N Options::chunksInFlight of plugpool's pools (default: its default)\n"
-      "  --window N    Options::streamWindow of plugpool's pools (default: its default)\n"
-      "  --plugpool-only  run plugpool's side alone and print each figure (to profile)\n");
-}
-
-Settings parseArguments(int argc, char** argv) {
-  Settings s;
-  bool repsGiven = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--quick") {
-      s.quick = true;
-    } else if (a == "--json") {
-      s.jsonPath = value();
-    } else if (a == "--reps") {
-      s.reps = std::stoi(value());
-      repsGiven = true;
-    } else if (a == "--workers") {
-      s.workers = static_cast<unsigned>(std::stoul(value()));
-    } else if (a == "--python") {
-      s.python = value();
-    } else if (a == "--script") {
-      s.script = value();
-    } else if (a == "--only") {
-      std::stringstream keys(value());
-      for (std::string k; std::getline(keys, k, ',');) s.only.push_back(k);
-    } else if (a == "--in-flight") {
-      s.chunksInFlight = static_cast<unsigned>(std::stoul(value()));
-    } else if (a == "--window") {
-      s.streamWindow = std::stoul(value());
-    } else if (a == "--plugpool-only") {
-      s.plugpoolOnly = true;
-    } else if (a == "--help" || a == "-h") {
-      usage(stdout);
-      std::exit(0);
-    } else {
-      throw std::invalid_argument("unknown option " + a);
-    }
+// Defines plugpool-bench's command line on `app`, filling `s`; finish() applies what depends
+// on several options once parsed.
+struct CommandLine {
+  explicit CommandLine(Settings& s) : settings(s) {
+    std::vector<std::string> keys;
+    for (const auto& w : workloads()) keys.push_back(w.key);
+    app.add_flag("--quick", s.quick, "smaller workloads, 1 repetition (a few seconds)");
+    app.add_option("--json", s.jsonPath, "also write the results as one JSON object to PATH")
+        ->type_name("PATH");
+    reps = app.add_option("--reps", s.reps, "repetitions; medians are reported (default 5)")
+               ->check(CLI::PositiveNumber);
+    app.add_option("--workers", s.workers, "workers on both sides (default: one per core)");
+    app.add_option("--only", s.only, "only these workloads (comma-separated keys)")
+        ->delimiter(',')
+        ->check(CLI::IsMember(keys));
+    app.add_option("--python", s.python, "the Python interpreter (default: python3)")
+        ->type_name("EXE");
+    app.add_option("--script", s.script, "the Python side (default: bench/python_pools.py)")
+        ->type_name("PATH");
+    app.add_option("--in-flight", s.chunksInFlight,
+                   "Options::chunksInFlight of plugpool's pools (default: its default)");
+    app.add_option("--window", s.streamWindow,
+                   "Options::streamWindow of plugpool's pools (default: its default)");
+    app.add_flag("--plugpool-only", s.plugpoolOnly,
+                 "run plugpool's side alone and print each figure (to profile it)");
   }
-  if (s.reps < 1) throw std::invalid_argument("--reps must be at least 1");
-  if (s.workers == 0) s.workers = std::max(1u, std::thread::hardware_concurrency());
-  if (s.quick) {
-    if (!repsGiven) s.reps = 1;
+
+  void finish() {
+    Settings& s = settings;
+    if (s.workers == 0) s.workers = std::max(1u, std::thread::hardware_concurrency());
+    if (!s.quick) return;
+    if (reps->count() == 0) s.reps = 1;
     s.params.mapItems = 200'000;
     s.params.imapItems = 5'000;
     s.params.applySamples = 300;
@@ -603,25 +575,26 @@ Settings parseArguments(int argc, char** argv) {
     s.params.pipeBytes = std::size_t{256} << 20;
     s.params.memcpyBytes = std::size_t{64} << 20;
   }
-  return s;
-}
+
+  CLI::App app{
+      "plugpool-bench: plugpool beside Python's multiprocessing.Pool and ProcessPoolExecutor, "
+      "in one run (README, \"Benchmark\")"};
+  Settings& settings;
+  CLI::Option* reps = nullptr;
+};
 
 int run(int argc, char** argv) {
   Settings s;
+  CommandLine line(s);
   try {
-    s = parseArguments(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "plugpool-bench: %s\n", e.what());
-    usage(stderr);
-    return 2;
+    line.app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return line.app.exit(e);  // 0 for --help, else a message and a non-zero status
   }
+  line.finish();
   std::vector<Workload> chosen;
   for (auto& w : workloads()) {
     if (s.only.empty() || std::ranges::find(s.only, w.key) != s.only.end()) chosen.push_back(w);
-  }
-  if (chosen.size() != (s.only.empty() ? workloads().size() : s.only.size())) {
-    std::fprintf(stderr, "plugpool-bench: unknown key in --only\n");
-    return 2;
   }
   if (s.plugpoolOnly) {
     for (int rep = 0; rep < s.reps; ++rep) {

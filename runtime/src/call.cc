@@ -17,6 +17,9 @@ namespace {
 // How long a waiter watches for a change before it sleeps. A result that comes back within
 // it (an apply of a short task takes a few socket round trips) is taken without the cost of
 // being put to sleep and woken, which is about as large as the round trip itself.
+// Only waiters on a call of one chunk (apply, submit) watch: a stream's or a map's reader waits
+// again and again, and its watching takes a core the workers need (plugpool-bench imap_c1 on 2
+// cores: half the items/s; bench/PERFORMANCE.md).
 constexpr auto SPIN = std::chrono::microseconds(50);
 const bool SPIN_PAYS = std::thread::hardware_concurrency() > 1;  // else it only delays others
 
@@ -178,7 +181,7 @@ const ChunkOutcome* Call::wait(std::size_t index, Deadline deadline) {
   std::unique_lock lock(mutex_);
   if (index < base_ || index >= count_) throwUsage("waiting for a chunk that does not exist");
   bool ended = waitUntil(
-      changed_, lock, deadline, [&] { return slots_[index - base_].ended; }, &changes_);
+      changed_, lock, deadline, [&] { return slots_[index - base_].ended; }, spinFor());
   if (!ended) return nullptr;
   Slot& slot = slots_[index - base_];
   if (slot.released) throwUsage("waiting for a chunk already released");
@@ -188,7 +191,7 @@ const ChunkOutcome* Call::wait(std::size_t index, Deadline deadline) {
 std::optional<std::size_t> Call::takeAny(Deadline deadline) {
   std::unique_lock lock(mutex_);
   if (!waitUntil(
-          changed_, lock, deadline, [&] { return !arrived_.empty(); }, &changes_)) {
+          changed_, lock, deadline, [&] { return !arrived_.empty(); }, spinFor())) {
     return std::nullopt;
   }
   std::size_t index = arrived_.front();
@@ -223,7 +226,11 @@ bool Call::finished() const {
 bool Call::waitFinished(Deadline deadline) const {
   std::unique_lock lock(mutex_);
   return waitUntil(
-      changed_, lock, deadline, [&] { return finished_; }, &changes_);
+      changed_, lock, deadline, [&] { return finished_; }, spinFor());
+}
+
+const std::atomic<std::uint64_t>* Call::spinFor() const {
+  return count_ == 1 ? &changes_ : nullptr;
 }
 
 void Call::whenFinished(std::function<void()> fn) {

@@ -164,6 +164,9 @@ class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
     bool released = false;
   };
   void finishIfDone(std::unique_lock<std::mutex>& lock);  // releases the lock
+  // What a waiter watches before it sleeps: changes_ for a call of one chunk, else nothing.
+  // REQUIRES: mutex_ held.
+  const std::atomic<std::uint64_t>* spinFor() const;
 
   TaskRef task_;
   std::weak_ptr<Core> core_;
