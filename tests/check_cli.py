@@ -268,6 +268,27 @@ class Map(CliTest):
         self.assertEqual(plugpool("map", "examples", "square", input="1\n2\n"), (0, "1\n4\n", ""))
 
 
+def read_pty(master, proc):
+    """Everything written to the pseudo-terminal `master` until its writers close it (or
+    `proc` ends), within HANG_GUARD; closes `master`."""
+    screen = b""
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed
+                break
+            if not data:
+                break
+            screen += data
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return screen
+
+
 class Progress(CliTest):
     def run_on_pty(self, *args, stdin=subprocess.DEVNULL):
         """Runs plugpool with stderr on a pseudo-terminal; returns (status, stdout, pty text)."""
@@ -275,21 +296,7 @@ class Progress(CliTest):
         proc = subprocess.Popen([PLUGPOOL, *args], stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=slave)
         os.close(slave)
-        screen = b""
-        deadline = time.monotonic() + HANG_GUARD
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: every writer closed
-                    break
-                if not data:
-                    break
-                screen += data
-            elif proc.poll() is not None:
-                break
-        os.close(master)
+        screen = read_pty(master, proc)
         out = proc.stdout.read()
         proc.stdout.close()
         status = proc.wait(timeout=HANG_GUARD)
@@ -309,6 +316,42 @@ class Progress(CliTest):
                                     r"(  ETA \d+:\d\d)?$")
         self.assertRegex(frames[-1], r"^40/40 items \(100%\)  \d+/s  elapsed 0:\d\d  ETA 0:00$")
 
+    def test_results_on_the_same_terminal_stay_clear_of_the_line(self):
+        # stdout and stderr on one terminal: every result gets a line of its own, and the
+        # progress line stays below them.
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write("".join("30\n" for _ in range(40)))
+            f.flush()
+            master, slave = pty.openpty()
+            proc = subprocess.Popen([PLUGPOOL, "map", "examples", "sleep_ms", f.name, "-w", "2"],
+                                    stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+            os.close(slave)
+            screen = read_pty(master, proc)
+            self.assertEqual(proc.wait(timeout=HANG_GUARD), 0)
+        # What a terminal shows: \r goes back to the start of the line, ESC [K erases to its end.
+        lines, line, col = [], [], 0
+        text = screen.decode()
+        i = 0
+        while i < len(text):
+            if text.startswith("\x1b[K", i):
+                del line[col:]
+                i += 3
+                continue
+            c = text[i]
+            if c == "\r":
+                col = 0
+            elif c == "\n":
+                lines.append("".join(line))
+                line, col = [], 0
+            else:
+                line[col:col + 1] = [c]
+                col += 1
+            i += 1
+        lines.append("".join(line))
+        lines = [l for l in lines if l]
+        self.assertEqual(lines[:-1], ["30"] * 40, text)
+        self.assertRegex(lines[-1], r"^40/40 items \(100%\)  \d+/s  elapsed 0:\d\d  ETA 0:00$")
+
     def test_failures_print_above_the_line_and_the_count_shows(self):
         # Standard input from a pipe: no total is known.
         master, slave = pty.openpty()
@@ -317,18 +360,7 @@ class Progress(CliTest):
         os.close(slave)
         proc.stdin.write(b"1\n2\n")
         proc.stdin.close()
-        screen = b""
-        while True:
-            ready, _, _ = select.select([master], [], [], HANG_GUARD)
-            self.assertTrue(ready, "hung")
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            screen += data
-        os.close(master)
+        screen = read_pty(master, proc)
         proc.stdout.close()
         self.assertEqual(proc.wait(timeout=HANG_GUARD), 1)
         text = screen.decode()

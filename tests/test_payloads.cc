@@ -2,6 +2,7 @@
 // the order of results, and must give back the memory they take (big_buffers.h).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <sstream>
@@ -101,6 +102,24 @@ TEST_CASE("many small chunks in flight keep every result in its place") {
     }
     auto all = pool.map(square, items);
     for (std::size_t i = 0; i < all.size(); ++i) REQUIRE(all[i] == items[i] * items[i]);
+
+    // Streams of one-item chunks of a cheap task: the window widens and each worker holds
+    // dozens of chunks; ordered results still come in input order, unordered ones all once.
+    Int expected = 0;
+    for (Int value : pool.imap(square, items, 1)) {
+      REQUIRE(value == expected * expected);
+      ++expected;
+    }
+    REQUIRE(expected == static_cast<Int>(items.size()));
+    std::vector<bool> seen(items.size());
+    auto unordered = pool.imapUnordered(square, items, 1);
+    while (auto value = unordered.next()) {
+      std::size_t i = unordered.index();
+      REQUIRE(!seen[i]);
+      seen[i] = true;
+      REQUIRE(*value == items[i] * items[i]);
+    }
+    REQUIRE(std::count(seen.begin(), seen.end(), true) == static_cast<long>(items.size()));
   }
   testing::requireCleanShutdown(before);
 }

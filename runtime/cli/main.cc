@@ -65,7 +65,10 @@ void errorLine(const std::string& text) {
 // slow tasks show up promptly; after each line when stdout is a terminal.
 class Output {
  public:
-  Output() : terminal_(::isatty(STDOUT_FILENO) == 1) {}
+  // With `progress` drawing on the terminal stdout also is, lines go out through it.
+  explicit Output(Progress* progress = nullptr)
+      : terminal_(::isatty(STDOUT_FILENO) == 1),
+        progress_(terminal_ && progress != nullptr && progress->enabled() ? progress : nullptr) {}
   ~Output() { flush(); }
   std::string& buffer() { return buffer_; }
   void endLine() {
@@ -77,13 +80,18 @@ class Output {
     }
   }
   void flush() {
-    if (!buffer_.empty()) std::fwrite(buffer_.data(), 1, buffer_.size(), stdout);
+    if (progress_ != nullptr) {
+      if (!buffer_.empty()) progress_->output(buffer_);
+    } else {
+      if (!buffer_.empty()) std::fwrite(buffer_.data(), 1, buffer_.size(), stdout);
+      std::fflush(stdout);
+    }
     buffer_.clear();
-    std::fflush(stdout);
   }
 
  private:
   bool terminal_;
+  Progress* progress_;
   std::string buffer_;
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
@@ -413,7 +421,7 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
   auto stream = opt.unordered ? pool->imapUnordered(task, input, encode, opt.chunksize)
                               : pool->imap(task, input, encode, opt.chunksize);
 
-  Output output;
+  Output output(&progress);
   std::uint64_t failed = 0;
   for (;;) {
     std::optional<DynamicResult> result;

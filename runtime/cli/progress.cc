@@ -87,6 +87,14 @@ void Progress::message(const std::string& line) {
   if (!stopped_) draw();
 }
 
+void Progress::output(const std::string& text) {
+  std::lock_guard lock(mutex_);
+  if (enabled_) writeAll("\r\x1b[K");
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+  if (enabled_ && !stopped_) draw();
+}
+
 void Progress::finish() {
   if (!enabled_) return;
   {

@@ -41,6 +41,9 @@ class Progress {
   void setTotal(std::uint64_t total) { total_.store(static_cast<std::int64_t>(total)); }
   // Writes `line` and a newline to stderr, keeping the progress line below it.
   void message(const std::string& line);
+  // Writes `text` (whole lines) to stdout, keeping the progress line below it: for a stdout
+  // that is the same terminal as stderr, where results would otherwise run into the line.
+  void output(const std::string& text);
   // Draws the final line and stops drawing. Idempotent.
   void finish();
 

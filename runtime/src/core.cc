@@ -22,6 +22,12 @@ namespace plugpool::detail {
 
 namespace {
 
+// Options::chunksInFlight 0 (automatic): AUTO_IN_FLIGHT chunks per worker, raised while its
+// chunks are short so that about QUEUED_WORK waits in it, at most MAX_IN_FLIGHT.
+constexpr std::size_t AUTO_IN_FLIGHT = 2;
+constexpr std::size_t MAX_IN_FLIGHT = 64;
+constexpr auto QUEUED_WORK = std::chrono::milliseconds(1);
+
 template <typename E, typename... Args>
 std::exception_ptr errorPtr(Args&&... args) {
   return std::make_exception_ptr(E(std::forward<Args>(args)...));
@@ -290,7 +296,7 @@ void Core::dispatch() {
     Worker* best = nullptr;
     for (auto& w : slots_) {
       if (w->state != State::READY || !w->channelOpen || w->retiring) continue;
-      if (w->inFlight.size() >= options_.chunksInFlight) continue;
+      if (w->inFlight.size() >= inFlightLimit(*w)) continue;
       if (best == nullptr || w->inFlight.size() < best->inFlight.size()) best = w.get();
     }
     if (best == nullptr) break;
@@ -309,6 +315,14 @@ void Core::dispatch() {
   for (auto& w : slots_) {
     if (!w->writer.empty()) flush(*w);
   }
+}
+
+std::size_t Core::inFlightLimit(const Worker& w) const {
+  if (options_.chunksInFlight != 0) return options_.chunksInFlight;
+  if (w.chunkNs == 0) return AUTO_IN_FLIGHT;
+  const auto queued = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(QUEUED_WORK).count());
+  return std::clamp<std::size_t>(queued / w.chunkNs, AUTO_IN_FLIGHT, MAX_IN_FLIGHT);
 }
 
 void Core::send(Worker& w, Job job) {
@@ -586,6 +600,8 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
   InFlight& front = w.inFlight.front();
   ChunkOutcome outcome = decodeChunkDone(done, front.id, front.job.items);
   outcome.keepAlive = std::move(keep);
+  const std::uint64_t ns = std::max<std::uint64_t>(1, outcome.elapsedNs);
+  w.chunkNs = w.chunkNs == 0 ? ns : (3 * w.chunkNs + ns) / 4;
   outcome.elapsedNs = done.getElapsedNs();
   InFlight f = std::move(front);
   w.inFlight.pop_front();
@@ -599,6 +615,9 @@ void Core::flush(Worker& w) {
     w.writer.flush(w.process.channel.get());
   } catch (const std::system_error&) {
     // EPIPE: the worker closed its end, so it is exiting or dead; the pidfd will say how.
+    // Whatever it answered before that is still in the socket: take it first, or the chunks
+    // it finished would be taken for the one it was running when it died.
+    if (w.violation.empty()) drain(w);
     if (w.state != State::CLOSING) ::kill(w.process.pid, SIGKILL);
     closeChannel(w);
   }

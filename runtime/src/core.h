@@ -117,6 +117,7 @@ class Core {
     bool retiring = false;          // takes no more work; closed once idle
     bool stoppedOnPurpose = false;  // killed by cancel/terminate/timeout: not counted as lost
     Clock::time_point frontSince;   // when the first unanswered chunk started running
+    std::uint64_t chunkNs = 0;      // its chunks' smoothed run time; 0 until one ends
   };
 
   void run(std::promise<void>& started);
@@ -131,7 +132,8 @@ class Core {
   void terminateNow(int signal, const std::string& why);
   void retireIdle();
   void dispatch();
-  void send(Worker& w, Job job);  // queues the chunk on w; dispatch() writes it
+  std::size_t inFlightLimit(const Worker& w) const;  // chunks w may hold (Options::chunksInFlight)
+  void send(Worker& w, Job job);                     // queues the chunk on w; dispatch() writes it
   void sendInitializer(Worker& w);
   void becomeReady(Worker& w);
   // When the chunk `w` is running overruns its timeout, or max() if it has none.

@@ -18,7 +18,6 @@ std::size_t defaultChunksize(std::size_t items, unsigned workers) {
 
 Pool::Pool(Options options) {
   if (options.workers == 0) options.workers = std::max(1u, std::thread::hardware_concurrency());
-  options.chunksInFlight = std::max(1u, options.chunksInFlight);
   std::vector<std::string> paths;
   for (const auto& spec : options.plugins) paths.push_back(detail::findPlugin(spec));
   const bool fork = options.startMethod == StartMethod::FORK;
@@ -68,6 +67,10 @@ detail::TaskRef Pool::bind(std::string_view plugin, std::string_view name,
 std::shared_ptr<detail::Call> Pool::newCall(const detail::TaskRef& task) const {
   if (core_->closed()) throw PoolClosed("the pool is closed; it takes no new work");
   return std::make_shared<detail::Call>(task, core_, callbacks_);
+}
+
+bool Pool::streamWindowGrows(std::size_t asked) const {
+  return asked == 0 && core_->options().streamWindow == 0;
 }
 
 std::size_t Pool::streamWindow(std::size_t asked) const {

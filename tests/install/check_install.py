@@ -16,7 +16,12 @@ usage: check_install.py MESON BUILD_DIR PREFIX SOURCE_DIR
    load the staged libplugpool, which must start the staged plugpool-worker (found relative
    to the library, since nothing is installed at PREFIX itself) and find both plugins by
    bare name in the staged plugin folder.
-6. No process may still run from the stage. The temporary folder is removed whatever
+6. The staged command line, STAGE/PREFIX/bin/plugpool, runs the same way (no
+   LD_LIBRARY_PATH, no PLUGPOOL_* variables): it must load the staged libplugpool (through
+   its $ORIGIN-relative RUNPATH, as ldd reports), `plugpool tasks examples` must list the
+   staged examples plugin, `plugpool run examples square 7` must print 49, and
+   `plugpool run mytasks worker_executable` must name the staged worker.
+7. No process may still run from the stage. The temporary folder is removed whatever
    happens; nothing is written outside it but meson's own install log in BUILD_DIR.
 """
 import glob
@@ -75,7 +80,9 @@ with tempfile.TemporaryDirectory(prefix="plugpool-install-") as tmp:
     worker = pkg_config("--variable=worker", "plugpool")[0]
     includedir = pkg_config("--variable=includedir", "plugpool")[0]
     schemadir = pkg_config("--variable=schemadir", "plugpool")[0]
+    cli = os.path.join(root, "bin", "plugpool")
     expected = [
+        cli,
         os.path.join(libdir, "libplugpool.so"),
         worker,
         os.path.join(plugindir, "libexamples.so"),
@@ -113,6 +120,29 @@ with tempfile.TemporaryDirectory(prefix="plugpool-install-") as tmp:
         sys.exit(f"host loaded {match['library']}, not the installed library in {libdir}")
     if real(match["worker"]) != real(worker):
         sys.exit(f"the pool ran {match['worker']}, not the installed worker {worker}")
+
+    # The command line, from the staged tree with the same environment as the host.
+    lib_lines = [line for line in run("ldd", cli).splitlines() if "libplugpool.so" in line]
+    lib_match = re.fullmatch(r"\s*libplugpool\.so\S* => (\S+) \(0x[0-9a-f]+\)",
+                             lib_lines[0]) if len(lib_lines) == 1 else None
+    if not lib_match or os.path.dirname(real(lib_match[1])) != real(libdir):
+        sys.exit(f"{cli} does not load the installed library in {libdir}: {lib_lines}")
+    tasks = run(cli, "tasks", "examples", cwd=tmp).splitlines()
+    staged_examples = os.path.join(plugindir, "libexamples.so")
+    if not tasks or not re.fullmatch(rf"examples \({re.escape(staged_examples)}\): \d+ tasks",
+                                     tasks[0]):
+        sys.exit(f"plugpool tasks examples: expected the first line to name {staged_examples}")
+    for name, signature in (("square", "(int64) -> int64"),
+                            ("polygon_stats", "(struct Polygon@")):
+        if not any(re.match(rf"  {name}\s+{re.escape(signature)}", t) for t in tasks):
+            sys.exit(f"plugpool tasks examples: no line for {name} {signature}")
+    square = run(cli, "run", "examples", "square", "7", cwd=tmp)
+    if square != "49":
+        sys.exit(f"plugpool run examples square 7: printed {square!r}, expected '49'")
+    cli_worker = run(cli, "run", "mytasks", "worker_executable", cwd=tmp)
+    if real(cli_worker) != real(worker):
+        sys.exit(f"plugpool ran the worker {cli_worker}, not the installed worker {worker}")
+
     left = processes_running_from(tmp)
     if left:
         sys.exit(f"processes still running from the installed tree: {left}")

@@ -150,8 +150,11 @@ struct Options {
   std::string workerExecutable;
 
   // Chunks sent to one worker ahead of its replies, so it never waits for the host between
-  // chunks. 2 hides one round trip; more only helps when chunks are tiny.
-  unsigned chunksInFlight = 2;
+  // chunks. 0: automatic — 2, which hides one round trip, raised while the worker's chunks
+  // are short to keep about 1 ms of work queued in it (at most 64): a tiny chunk is otherwise
+  // mostly waiting for the host. Long chunks stay at 2, so no worker is promised more than
+  // its share of slow work. A fixed number (1: strictly one chunk at a time) is kept as is.
+  unsigned chunksInFlight = 0;
 
   // The largest message either side may send, in bytes. Checked before allocating, so a
   // misbehaving worker cannot make the host allocate more. A chunk whose encoded arguments
@@ -169,8 +172,9 @@ struct Options {
   std::uint64_t maxTasksPerChild = 0;
 
   // Chunks a stream (imap, imapUnordered) keeps outstanding when its call gives no window.
-  // 0: 4 per worker — enough to keep every worker busy while the reader waits for the
-  // slowest chunk, small enough that memory stays a few chunks.
+  // 0: automatic — 4 per worker, enough to keep every worker busy while the reader waits for
+  // the slowest chunk, small enough that memory stays a few chunks; up to 16 times that while
+  // chunks take under 1 ms of worker time (stream.h, WINDOW_GROWTH).
   std::size_t streamWindow = 0;
 
   // The longest an item may run (0: no limit). Per call: Task::withTimeout. When an item runs
@@ -380,6 +384,7 @@ class PLUGPOOL_API Pool {
                        const std::string& resultType) const;
   std::shared_ptr<detail::Call> newCall(const detail::TaskRef& task) const;
   std::size_t streamWindow(std::size_t asked) const;
+  bool streamWindowGrows(std::size_t asked) const;  // automatic: neither call nor Options set it
 
   // Sends the elements of sized range `items` in chunks of argument tuples of types A...,
   // encoding each with encode(tuple builder, element), and seals the call.
@@ -640,7 +645,7 @@ Stream<Value> Pool::streamOf(const detail::TaskRef& task, Range&& items, bool or
   };
   if (chunksize == 0 && task.timeout.count() != 0) chunksize = 1;  // a timeout is per item
   return Stream<Value>(newCall(task), std::move(feed), std::move(decode), ordered, chunksize,
-                       streamWindow(window));
+                       streamWindow(window), streamWindowGrows(window));
 }
 
 namespace detail {

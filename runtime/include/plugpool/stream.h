@@ -51,6 +51,13 @@ class Stream {
   // under 1%, short enough to balance load and keep the first results prompt.
   static constexpr std::chrono::nanoseconds TARGET_CHUNK = std::chrono::milliseconds(10);
   static constexpr std::size_t MAX_ADAPTIVE_CHUNK = 4096;
+  // An automatic window (no window given, none set in Options) over chunks of a fixed size
+  // grows up to WINDOW_GROWTH times while chunks take under SHORT_CHUNK of worker time: such
+  // chunks (a small chunksize over a cheap task) are mostly messaging, and only many of them
+  // in flight keep the workers busy. Memory stays bounded: at most WINDOW_GROWTH times the
+  // window. Adaptive chunks need no more: they grow instead.
+  static constexpr std::chrono::nanoseconds SHORT_CHUNK = std::chrono::milliseconds(1);
+  static constexpr std::size_t WINDOW_GROWTH = 16;
 
   Stream(Stream&&) noexcept = default;
   Stream& operator=(Stream&&) noexcept = default;
@@ -130,17 +137,27 @@ class Stream {
   using Decode = std::function<void(const detail::ChunkOutcome&, unsigned, std::vector<Item>&)>;
 
   Stream(std::shared_ptr<detail::Call> call, Feed feed, Decode decode, bool ordered,
-         std::size_t chunksize, std::size_t window)
+         std::size_t chunksize, std::size_t window, bool growWindow)
       : call_(std::move(call)),
         feed_(std::move(feed)),
         decode_(std::move(decode)),
         ordered_(ordered),
         fixedChunk_(chunksize),
-        window_(std::max<std::size_t>(1, window)) {}
+        window_(std::max<std::size_t>(1, window)),
+        growWindow_(growWindow) {}
 
-  // Sends chunks until `window_` are outstanding or the input ends.
+  // The window now: window_, or for an automatic window, wider while chunks are short.
+  std::size_t currentWindow() const {
+    if (!growWindow_ || fixedChunk_ == 0 || perItemNs_ == 0) return window_;
+    const std::uint64_t chunkNs = std::max<std::uint64_t>(1, perItemNs_ * nextChunkSize());
+    const auto growth = std::clamp<std::uint64_t>(
+        static_cast<std::uint64_t>(SHORT_CHUNK.count()) / chunkNs, 1, WINDOW_GROWTH);
+    return window_ * growth;
+  }
+
+  // Sends chunks until the window is full or the input ends.
   void topUp() {
-    while (!inputDone_ && outstanding_ < window_) {
+    while (!inputDone_ && outstanding_ < currentWindow()) {
       std::size_t n = nextChunkSize();
       auto chunk = feed_(n);
       if (!chunk) {
@@ -174,6 +191,7 @@ class Stream {
   bool ordered_;
   std::size_t fixedChunk_;  // 0: adaptive
   std::size_t window_;
+  bool growWindow_;
   std::size_t rampChunk_ = 1;
   std::uint64_t perItemNs_ = 0;  // smoothed measure; 0 until the first chunk ends
   bool inputDone_ = false;
