@@ -123,6 +123,7 @@ class Core {
   void run(std::promise<void>& started);
   bool startUp();  // the startup phase; false if the pool could not start
   void loop();
+  bool loneChunk() const;  // exactly one chunk is out and none waits
   void pollOnce();
   void takeIncoming();
   void takeControls();
