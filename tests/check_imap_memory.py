@@ -4,7 +4,7 @@
 usage: check_imap_memory.py IMAP_STREAM
 Runs IMAP_STREAM with N = 1 000 000 and N = 10 000 000 items. Each run must succeed and print
 one line `items=N sum=S peak_rss_mib=M` with the right sum; the two peaks must differ by less
-than 10% of the smaller one. Prints both lines.
+than 10% of the smaller one (a pair that does not is measured once more). Prints the lines.
 
 IMAP_STREAM is started through `sh -c`, which forks it: Linux carries ru_maxrss across execve,
 so a program exec'd straight from this (larger) Python process would report Python's peak
@@ -43,8 +43,16 @@ def peak_mib(program, n):
 
 
 program = sys.argv[1]
-small = peak_mib(program, 1_000_000)
-large = peak_mib(program, 10_000_000)
-lo, hi = min(small, large), max(small, large)
-if hi - lo >= TOLERANCE * lo:
-    sys.exit(f"peak memory is not flat: {small} MiB for 1e6 items, {large} MiB for 1e7")
+# Adaptive chunks are sized from measured task time, so on a loaded machine a run's peak can
+# move by a few hundred KiB either way (seen once: 5.3 against 5.9 MiB). Memory that grows
+# with the input fails every attempt; the pair is measured again once before failing.
+for attempt in (1, 2):
+    small = peak_mib(program, 1_000_000)
+    large = peak_mib(program, 10_000_000)
+    lo, hi = min(small, large), max(small, large)
+    if hi - lo < TOLERANCE * lo:
+        break
+    message = f"peak memory is not flat: {small} MiB for 1e6 items, {large} MiB for 1e7"
+    if attempt == 2:
+        sys.exit(message)
+    print(message + "; measuring again")
