@@ -428,10 +428,10 @@ void readList(capnp::AnyPointer::Reader in, Sink&& sink) {
   if constexpr (Codec<E>::slot == Slot::DATA) {
     using W = typename Codec<E>::ListElement;
     constexpr auto size = std::is_same_v<W, bool> ? capnp::ElementSize::BIT
-                          : sizeof(W) == 1       ? capnp::ElementSize::BYTE
-                          : sizeof(W) == 2       ? capnp::ElementSize::TWO_BYTES
-                          : sizeof(W) == 4       ? capnp::ElementSize::FOUR_BYTES
-                                                 : capnp::ElementSize::EIGHT_BYTES;
+                          : sizeof(W) == 1        ? capnp::ElementSize::BYTE
+                          : sizeof(W) == 2        ? capnp::ElementSize::TWO_BYTES
+                          : sizeof(W) == 4        ? capnp::ElementSize::FOUR_BYTES
+                                                  : capnp::ElementSize::EIGHT_BYTES;
     expectList(in, size, "a list of scalars of that size");
     for (auto v : in.getAs<capnp::List<W>>()) {
       sink(static_cast<E>(v));
