@@ -2,40 +2,29 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <thread>
 
 #include "big_buffers.h"
 #include "core.h"
 #include "plugpool/errors.h"
+#include "spin.h"
 #include "wire.capnp.h"
 
 namespace plugpool::detail {
 
 namespace {
 
-// How long a waiter watches for a change before it sleeps. A result that comes back within
-// it (an apply of a short task takes a few socket round trips) is taken without the cost of
-// being put to sleep and woken, which is about as large as the round trip itself.
-// Only waiters on a call of one chunk (apply, submit) watch: a stream's or a map's reader waits
-// again and again, and its watching takes a core the workers need (plugpool-bench imap_c1 on 2
-// cores: half the items/s; bench/PERFORMANCE.md).
-constexpr auto SPIN = std::chrono::microseconds(50);
-const bool SPIN_PAYS = std::thread::hardware_concurrency() > 1;  // else it only delays others
-
 // Waits on `cv` until `done()` or the deadline; true if done. `changes`, if given, is bumped
-// with every notification of `cv`: the waiter watches it for SPIN before it sleeps.
+// with every notification of `cv`: the waiter watches it briefly before it sleeps (spin.h).
+// Only waiters on a call of one chunk (apply, submit) pass it: a stream's or a map's reader
+// waits again and again, and its watching takes a core the workers need (plugpool-bench
+// imap_c1 on 2 cores: half the items/s; bench/PERFORMANCE.md).
 template <typename Pred>
 bool waitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, Deadline deadline,
                Pred done, const std::atomic<std::uint64_t>* changes = nullptr) {
-  if (changes != nullptr && SPIN_PAYS && !done()) {
+  if (changes != nullptr && !done()) {
     const std::uint64_t seen = changes->load(std::memory_order_acquire);
     lock.unlock();
-    const auto until = std::chrono::steady_clock::now() + SPIN;
-    while (changes->load(std::memory_order_acquire) == seen &&
-           std::chrono::steady_clock::now() < until) {
-      std::this_thread::yield();
-    }
+    watchBriefly([&] { return changes->load(std::memory_order_acquire) != seen; });
     lock.lock();
   }
   if (!deadline) {

@@ -9,7 +9,6 @@
 #include <cerrno>
 #include <cstring>
 #include <system_error>
-#include <thread>
 
 #include <capnp/serialize.h>
 #include <kj/exception.h>
@@ -17,6 +16,7 @@
 #include "decode.h"
 #include "paths.h"
 #include "plugpool/errors.h"
+#include "spin.h"
 #include "termination.h"
 
 namespace plugpool::detail {
@@ -28,10 +28,6 @@ namespace {
 constexpr std::size_t AUTO_IN_FLIGHT = 2;
 constexpr std::size_t MAX_IN_FLIGHT = 64;
 constexpr auto QUEUED_WORK = std::chrono::milliseconds(1);
-
-// How long the dispatcher watches for the reply to a lone chunk before it sleeps (loneChunk).
-constexpr auto DISPATCH_SPIN = std::chrono::microseconds(50);
-const bool SPIN_PAYS = std::thread::hardware_concurrency() > 1;  // else it only delays others
 
 template <typename E, typename... Args>
 std::exception_ptr errorPtr(Args&&... args) {
@@ -445,7 +441,7 @@ void Core::spawnWorker() {
 }
 
 bool Core::loneChunk() const {
-  if (!SPIN_PAYS || !pending_.empty()) return false;
+  if (!pending_.empty()) return false;
   std::size_t out = 0;
   for (const auto& w : slots_) out += w->inFlight.size();
   return out == 1;
@@ -471,13 +467,9 @@ void Core::pollOnce() {
   }
   int n = 0;
   if (timeout != 0 && loneChunk()) {
-    // One chunk out and nothing else to do (an apply): watch for its reply a little while
-    // before sleeping, as its caller does (call.cc, SPIN), so the reply is not delayed by
-    // this thread's own wake-up.
-    const auto until = Clock::now() + DISPATCH_SPIN;
-    while ((n = ::poll(fds.data(), fds.size(), 0)) == 0 && Clock::now() < until) {
-      std::this_thread::yield();
-    }
+    // One chunk out and nothing else to do (an apply): watch for its reply before sleeping,
+    // as its caller does, so the reply is not delayed by this thread's own wake-up.
+    watchBriefly([&] { return (n = ::poll(fds.data(), fds.size(), 0)) != 0; });
   }
   if (n == 0) n = ::poll(fds.data(), fds.size(), timeout);
   if (n < 0 && errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
@@ -624,7 +616,6 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
   outcome.keepAlive = std::move(keep);
   const std::uint64_t ns = std::max<std::uint64_t>(1, outcome.elapsedNs);
   w.chunkNs = w.chunkNs == 0 ? ns : (3 * w.chunkNs + ns) / 4;
-  outcome.elapsedNs = done.getElapsedNs();
   InFlight f = std::move(front);
   w.inFlight.pop_front();
   w.frontSince = Clock::now();  // the next chunk starts now

@@ -1,7 +1,5 @@
 #include "framing.h"
 
-#include "big_buffers.h"
-
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,6 +9,8 @@
 #include <cstring>
 #include <string>
 #include <system_error>
+
+#include "big_buffers.h"
 
 namespace plugpool::detail {
 
@@ -45,25 +45,42 @@ void framePieces(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
   }
 }
 
-// Writes pieces[next…] with sendmsg; advances `next` and trims partially written pieces.
-// Returns true when all are written, false if the descriptor would block.
+// One sendmsg of `count` pieces: the bytes written, or 0 if the descriptor would block.
+// EINTR is retried; other errors throw std::system_error.
+std::size_t sendOnce(int fd, iovec* pieces, std::size_t count) {
+  msghdr msg{};
+  msg.msg_iov = pieces;
+  msg.msg_iovlen = std::min<std::size_t>(count, IOV_MAX);
+  for (;;) {
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n >= 0) return static_cast<std::size_t>(n);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    throw std::system_error(errno, std::generic_category(), "sendmsg");
+  }
+}
+
+// Takes `written` bytes off pieces[next…]: advances `next` past whole pieces and trims a
+// partially written one. Returns the bytes left over once every piece is taken.
+std::size_t consume(std::vector<iovec>& pieces, std::size_t& next, std::size_t written) {
+  while (next < pieces.size() && written >= pieces[next].iov_len) {
+    written -= pieces[next++].iov_len;
+  }
+  if (next < pieces.size() && written > 0) {
+    pieces[next].iov_base = static_cast<char*>(pieces[next].iov_base) + written;
+    pieces[next].iov_len -= written;
+    written = 0;
+  }
+  return written;
+}
+
+// Writes pieces[next…]; advances `next`. Returns true when all are written, false if the
+// descriptor would block.
 bool sendPieces(int fd, std::vector<iovec>& pieces, std::size_t& next) {
   while (next < pieces.size()) {
-    msghdr msg{};
-    msg.msg_iov = pieces.data() + next;
-    msg.msg_iovlen = std::min<std::size_t>(pieces.size() - next, IOV_MAX);
-    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
-      throw std::system_error(errno, std::generic_category(), "sendmsg");
-    }
-    auto left = static_cast<std::size_t>(n);
-    while (next < pieces.size() && left >= pieces[next].iov_len) left -= pieces[next++].iov_len;
-    if (left > 0) {
-      pieces[next].iov_base = static_cast<char*>(pieces[next].iov_base) + left;
-      pieces[next].iov_len -= left;
-    }
+    std::size_t n = sendOnce(fd, pieces.data() + next, pieces.size() - next);
+    if (n == 0) return false;
+    consume(pieces, next, n);
   }
   return true;
 }
@@ -160,11 +177,7 @@ void FrameWriter::push(std::shared_ptr<capnp::MessageBuilder> message) {
 }
 
 bool FrameWriter::flush(int fd) {
-  for (;;) {
-    while (!queue_.empty() && queue_.front().next == queue_.front().pieces.size()) {
-      queue_.pop_front();
-    }
-    if (queue_.empty()) return true;
+  while (!queue_.empty()) {
     gather_.clear();
     for (const Outgoing& out : queue_) {
       for (std::size_t i = out.next; i < out.pieces.size() && gather_.size() < IOV_MAX; ++i) {
@@ -172,33 +185,16 @@ bool FrameWriter::flush(int fd) {
       }
       if (gather_.size() == IOV_MAX) break;
     }
-    msghdr msg{};
-    msg.msg_iov = gather_.data();
-    msg.msg_iovlen = gather_.size();
-    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
-      throw std::system_error(errno, std::generic_category(), "sendmsg");
-    }
-    // Take the written bytes off the queued pieces, in order.
-    for (auto left = static_cast<std::size_t>(n); left > 0;) {
+    std::size_t left = sendOnce(fd, gather_.data(), gather_.size());
+    if (left == 0) return false;
+    // Take the written bytes off the queued messages' pieces, in order.
+    while (left > 0) {
       Outgoing& front = queue_.front();
-      if (front.next == front.pieces.size()) {
-        queue_.pop_front();
-        continue;
-      }
-      iovec& piece = front.pieces[front.next];
-      if (left >= piece.iov_len) {
-        left -= piece.iov_len;
-        ++front.next;
-      } else {
-        piece.iov_base = static_cast<char*>(piece.iov_base) + left;
-        piece.iov_len -= left;
-        left = 0;
-      }
+      left = consume(front.pieces, front.next, left);
+      if (front.next == front.pieces.size()) queue_.pop_front();
     }
   }
+  return true;
 }
 
 void writeMessage(int fd, capnp::MessageBuilder& message) {
