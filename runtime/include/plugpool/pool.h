@@ -401,6 +401,10 @@ class PLUGPOOL_API Pool {
   template <typename W, typename... A, typename Range, typename Encode>
   Stream<typename Codec<W>::Value> stream(const detail::TaskRef& task, Range&& items, bool ordered,
                                           std::size_t chunksize, std::size_t window, Encode encode);
+  // The stream of a dynamic task: arguments written by encode(tuple, element).
+  template <typename Range, typename Encode>
+  Stream<DynamicResult> dynamicStream(const DynamicTask& task, Range&& items, bool ordered,
+                                      std::size_t chunksize, std::size_t window, Encode encode);
   // The stream of any value type: argument tuples of shape `shape` filled by encode(tuple,
   // element); result i of a chunk made by decodeOne(task, outcome, i).
   template <typename Value, typename Range, typename Encode, typename DecodeOne>
@@ -666,11 +670,12 @@ inline DynamicResult decodeDynamic(const TaskRef& task, TupleShape shape,
 }  // namespace detail
 
 template <typename Range, typename Encode>
-Stream<DynamicResult> Pool::imap(const DynamicTask& task, Range&& items, Encode encode,
-                                 std::size_t chunksize, std::size_t window) {
+Stream<DynamicResult> Pool::dynamicStream(const DynamicTask& task, Range&& items, bool ordered,
+                                          std::size_t chunksize, std::size_t window,
+                                          Encode encode) {
   const TupleShape result = task.resultShape();
   return streamOf<DynamicResult>(
-      task.ref_, std::forward<Range>(items), true, chunksize, window, task.argumentShape(),
+      task.ref_, std::forward<Range>(items), ordered, chunksize, window, task.argumentShape(),
       std::move(encode),
       [result](const detail::TaskRef& t, const detail::ChunkOutcome& outcome, unsigned i) {
         return detail::decodeDynamic(t, result, outcome, i);
@@ -678,15 +683,17 @@ Stream<DynamicResult> Pool::imap(const DynamicTask& task, Range&& items, Encode 
 }
 
 template <typename Range, typename Encode>
+Stream<DynamicResult> Pool::imap(const DynamicTask& task, Range&& items, Encode encode,
+                                 std::size_t chunksize, std::size_t window) {
+  return dynamicStream(task, std::forward<Range>(items), true, chunksize, window,
+                       std::move(encode));
+}
+
+template <typename Range, typename Encode>
 Stream<DynamicResult> Pool::imapUnordered(const DynamicTask& task, Range&& items, Encode encode,
                                           std::size_t chunksize, std::size_t window) {
-  const TupleShape result = task.resultShape();
-  return streamOf<DynamicResult>(
-      task.ref_, std::forward<Range>(items), false, chunksize, window, task.argumentShape(),
-      std::move(encode),
-      [result](const detail::TaskRef& t, const detail::ChunkOutcome& outcome, unsigned i) {
-        return detail::decodeDynamic(t, result, outcome, i);
-      });
+  return dynamicStream(task, std::forward<Range>(items), false, chunksize, window,
+                       std::move(encode));
 }
 
 template <typename R, typename A, typename Range>
