@@ -183,68 +183,41 @@ void appendScalar(const Type& t, std::uint64_t word, std::string& out, bool json
   }
 }
 
-// Reads element i of a list of scalars `t` as a word.
-std::uint64_t listWord(const Type& t, capnp::AnyList::Reader list, unsigned i) {
-  auto get = [&]<typename W>() {
-    return Codec<W>::toWord(static_cast<W>(list.as<capnp::List<W>>()[i]));
-  };
-  if (t.kind == Type::BOOL) return get.template operator()<bool>();
+// Calls f.template operator()<W>() with W the C++ type of scalar type `t`.
+template <typename F>
+decltype(auto) withScalarType(const Type& t, F&& f) {
+  if (t.kind == Type::BOOL) return f.template operator()<bool>();
   if (t.kind == Type::FLOAT) {
-    return t.bits == 32 ? get.template operator()<float>() : get.template operator()<double>();
+    return t.bits == 32 ? f.template operator()<float>() : f.template operator()<double>();
   }
-  if (t.kind == Type::INT) {
-    switch (t.bits) {
-      case 8:
-        return get.template operator()<std::int8_t>();
-      case 16:
-        return get.template operator()<std::int16_t>();
-      case 32:
-        return get.template operator()<std::int32_t>();
-      default:
-        return get.template operator()<std::int64_t>();
-    }
-  }
+  const bool signedInt = t.kind == Type::INT;
   switch (t.bits) {
     case 8:
-      return get.template operator()<std::uint8_t>();
+      return signedInt ? f.template operator()<std::int8_t>()
+                       : f.template operator()<std::uint8_t>();
     case 16:
-      return get.template operator()<std::uint16_t>();
+      return signedInt ? f.template operator()<std::int16_t>()
+                       : f.template operator()<std::uint16_t>();
     case 32:
-      return get.template operator()<std::uint32_t>();
+      return signedInt ? f.template operator()<std::int32_t>()
+                       : f.template operator()<std::uint32_t>();
     default:
-      return get.template operator()<std::uint64_t>();
+      return signedInt ? f.template operator()<std::int64_t>()
+                       : f.template operator()<std::uint64_t>();
   }
+}
+
+// Reads element i of a list of scalars `t` as a word.
+std::uint64_t listWord(const Type& t, capnp::AnyList::Reader list, unsigned i) {
+  return withScalarType(t, [&]<typename W>() {
+    return Codec<W>::toWord(static_cast<W>(list.as<capnp::List<W>>()[i]));
+  });
 }
 
 // Writes word `word` of scalar type `t` as element i of a list.
 void setListWord(const Type& t, capnp::AnyList::Builder list, unsigned i, std::uint64_t word) {
-  auto set = [&]<typename W>() { list.as<capnp::List<W>>().set(i, Codec<W>::fromWord(word)); };
-  if (t.kind == Type::BOOL) return set.template operator()<bool>();
-  if (t.kind == Type::FLOAT) {
-    return t.bits == 32 ? set.template operator()<float>() : set.template operator()<double>();
-  }
-  if (t.kind == Type::INT) {
-    switch (t.bits) {
-      case 8:
-        return set.template operator()<std::int8_t>();
-      case 16:
-        return set.template operator()<std::int16_t>();
-      case 32:
-        return set.template operator()<std::int32_t>();
-      default:
-        return set.template operator()<std::int64_t>();
-    }
-  }
-  switch (t.bits) {
-    case 8:
-      return set.template operator()<std::uint8_t>();
-    case 16:
-      return set.template operator()<std::uint16_t>();
-    case 32:
-      return set.template operator()<std::uint32_t>();
-    default:
-      return set.template operator()<std::uint64_t>();
-  }
+  withScalarType(t,
+                 [&]<typename W>() { list.as<capnp::List<W>>().set(i, Codec<W>::fromWord(word)); });
 }
 
 const char* jsonKind(capnp::JsonValue::Which which) {
