@@ -37,6 +37,7 @@ const std::set<std::string> NOT_RUN = {"slow_task", "sleep_ms", "load_table"};
 
 WorkerSession* session = nullptr;  // set up once; lives for the whole run
 std::vector<PluginInfo> plugins;
+std::vector<unsigned> taskCounts;  // of each plugin, for decodeRun
 
 void checkSetup(capnp::MessageReader& message) {
   try {
@@ -52,8 +53,6 @@ void runMessage(kj::Array<capnp::word> words, bool first) {
   capnp::FlatArrayMessageReader message(words, readerOptions(words.size()));
   if (first) checkSetup(message);
   try {
-    std::vector<unsigned> taskCounts;
-    for (const PluginInfo& p : plugins) taskCounts.push_back(static_cast<unsigned>(p.tasks.size()));
     RunRequest run = decodeRun(message.getRoot<wire::HostMessage>(), taskCounts);
     if (NOT_RUN.count(plugins[run.plugin].tasks[run.task].name) != 0) return;
     auto reply = session->run(message);
@@ -91,6 +90,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     std::abort();
   }
   plugins = session->plugins();
+  for (const PluginInfo& p : plugins) taskCounts.push_back(static_cast<unsigned>(p.tasks.size()));
   return 0;
 }
 
