@@ -38,9 +38,24 @@ kj::Array<capnp::word> allocateWords(std::size_t words) {
   return kj::Array<capnp::word>(static_cast<capnp::word*>(p), words, MAPPING_DISPOSER);
 }
 
+BigSegmentBuilder::~BigSegmentBuilder() {
+  if (claimed_) region_->release();
+}
+
 kj::ArrayPtr<capnp::word> BigSegmentBuilder::allocateSegment(unsigned minimumSize) {
   if (std::size_t{minimumSize} * sizeof(capnp::word) < BIG_BUFFER_BYTES) {
     return MallocMessageBuilder::allocateSegment(minimumSize);
+  }
+  if (region_ != nullptr && !claimed_ && minimumSize <= region_->capacityWords() &&
+      region_->claim()) {
+    claimed_ = true;
+    try {
+      // What is asked, at offset 0: one message at a time uses the region.
+      return region_->words(0, minimumSize);
+    } catch (const std::bad_alloc&) {
+      region_->release();  // cannot map that much here: an ordinary segment instead
+      claimed_ = false;
+    }
   }
   // Take the whole mapping: the builder fills the rest before asking again.
   const std::size_t words =

@@ -16,6 +16,8 @@
 #include <capnp/message.h>
 #include <kj/array.h>
 
+#include "shared_memory.h"
+
 namespace plugpool::detail {
 
 inline constexpr std::size_t BIG_BUFFER_BYTES = std::size_t{1} << 20;
@@ -24,8 +26,10 @@ inline constexpr std::size_t BIG_BUFFER_BYTES = std::size_t{1} << 20;
 // heap memory below. Throws std::bad_alloc if the memory cannot be had.
 kj::Array<capnp::word> allocateWords(std::size_t words);
 
-// A MallocMessageBuilder whose large segments come from allocateWords. It is a
-// MallocMessageBuilder in every other respect (first segment size, growth, output).
+// A MallocMessageBuilder whose large segments come from allocateWords, or, after placeIn(),
+// the first of them from a SharedRegion (shared_memory.h) the builder claims, so that the
+// message is built where its receiver reads it. It is a MallocMessageBuilder in every other
+// respect (first segment size, growth, output).
 namespace big_buffers {
 struct Segments {
   std::vector<kj::Array<capnp::word>> big;  // outlives the builder's base (declared first)
@@ -35,7 +39,19 @@ struct Segments {
 class BigSegmentBuilder : private big_buffers::Segments, public capnp::MallocMessageBuilder {
  public:
   using capnp::MallocMessageBuilder::MallocMessageBuilder;
+  // Releases a claimed region unless handOver() was called.
+  ~BigSegmentBuilder() override;
   kj::ArrayPtr<capnp::word> allocateSegment(unsigned minimumSize) override;
+
+  // Builds the first large segment in `region` if it can be claimed then. Call before
+  // building; `region` must outlive the builder.
+  void placeIn(SharedRegion* region) { region_ = region; }
+  // The message was sent with its segment in the region: the receiver releases it now.
+  void handOver() { claimed_ = false; }
+
+ private:
+  SharedRegion* region_ = nullptr;
+  bool claimed_ = false;
 };
 
 }  // namespace plugpool::detail

@@ -29,6 +29,12 @@ constexpr std::size_t AUTO_IN_FLIGHT = 2;
 constexpr std::size_t MAX_IN_FLIGHT = 64;
 constexpr auto QUEUED_WORK = std::chrono::milliseconds(1);
 
+// A worker's shared regions hold at most this much each (or maxMessageBytes if less); larger
+// segments go through the channel. They keep their pages for the next large message, and give
+// them back once they have carried none for SHARED_IDLE.
+constexpr std::size_t SHARED_REGION_BYTES = std::size_t{1} << 30;
+constexpr auto SHARED_IDLE = std::chrono::seconds(1);
+
 template <typename E, typename... Args>
 std::exception_ptr errorPtr(Args&&... args) {
   return std::make_exception_ptr(E(std::forward<Args>(args)...));
@@ -329,7 +335,7 @@ std::size_t Core::inFlightLimit(const Worker& w) const {
 void Core::send(Worker& w, Job job) {
   std::uint64_t id = nextId_++;
   job.message->getRoot<wire::HostMessage>().getRun().setId(id);
-  w.writer.push(job.message);
+  if (w.writer.push(job.message, w.shared ? w.toWorker.get() : nullptr)) noteShared(w);
   countStats(job);
   w.itemsSent += job.items;
   if (w.inFlight.empty()) w.frontSince = Clock::now();
@@ -431,13 +437,42 @@ void Core::spawnWorker() {
   limits.setOpenFiles(options_.limits.openFiles);
   auto paths = s.initPlugins(static_cast<unsigned>(pluginPaths_.size()));
   for (unsigned i = 0; i < pluginPaths_.size(); ++i) paths.set(i, pluginPaths_[i]);
-  w->writer.push(std::move(setup));
+  std::vector<int> regions;
+  try {
+    const std::size_t bytes = std::min(SHARED_REGION_BYTES, options_.maxMessageBytes);
+    w->toWorker = SharedRegion::create(bytes, true);
+    w->toHost = SharedRegion::create(bytes, false);
+    regions = {w->toWorker->fd(), w->toHost->fd()};
+    s.setSharedMemory(true);
+  } catch (const std::system_error&) {
+    // No memfd here (or no room to map it): everything goes through the channel.
+    w->toWorker.reset();
+    w->toHost.reset();
+  }
+  w->writer.push(std::move(setup), nullptr, std::move(regions));
   flush(*w);
   {
     std::lock_guard lock(mutex_);
     ++stats_.workersStarted;
   }
   slots_.push_back(std::move(w));
+}
+
+void Core::noteShared(Worker& w) {
+  w.sharedSince = Clock::now();
+  std::lock_guard lock(mutex_);
+  ++stats_.sharedMessages;
+}
+
+void Core::trimShared() {
+  const auto now = Clock::now();
+  for (auto& w : slots_) {
+    if (!w->sharedSince || now < *w->sharedSince + SHARED_IDLE) continue;
+    // A region still held (a result not yet decoded, a Run not yet run) is tried again later.
+    const bool ours = w->toWorker->trim();
+    const bool theirs = w->toHost->trim();
+    w->sharedSince = ours && theirs ? std::nullopt : std::optional(now);
+  }
 }
 
 bool Core::loneChunk() const {
@@ -458,6 +493,7 @@ void Core::pollOnce() {
     fds.push_back({w->channelOpen ? w->process.channel.get() : -1, events, 0});
     fds.push_back({w->process.pidfd.get(), POLLIN, 0});
     next = std::min(next, w->state == State::READY ? timeoutAt(*w) : w->deadline);
+    if (w->sharedSince) next = std::min(next, *w->sharedSince + SHARED_IDLE);
   }
   if (closeDeadline_ && !closing_) next = std::min(next, *closeDeadline_);
   int timeout = -1;
@@ -496,6 +532,7 @@ void Core::pollOnce() {
     reap(static_cast<std::size_t>(it - slots_.begin()));
   }
 
+  trimShared();
   now = Clock::now();
   for (std::size_t i = 0; i < slots_.size(); ++i) {  // timeOut() may add a slot
     if (slots_[i]->state == State::READY && timeoutAt(*slots_[i]) <= now) timeOut(*slots_[i]);
@@ -533,8 +570,9 @@ bool Core::drain(Worker& w) {
 
 void Core::handleMessage(Worker& w, kj::Array<capnp::word> words) {
   try {
-    auto received = std::make_shared<Received>(std::move(words));
-    auto root = received->reader.getRoot<wire::WorkerMessage>();
+    auto received = std::make_shared<Received>(std::move(words), w.reader.peerRegion());
+    if (received->shared()) noteShared(w);
+    auto root = received->reader().getRoot<wire::WorkerMessage>();
     switch (root.which()) {
       case wire::WorkerMessage::HELLO:
         if (w.state != State::STARTING) return violate(w, "sent Hello twice");
@@ -556,6 +594,13 @@ void Core::handleMessage(Worker& w, kj::Array<capnp::word> words) {
 void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
   HelloContent content = decodeHello(hello, pluginPaths_.size());
   w.reader.setMaxWords(maxWords_);
+  if (hello.getSharedMemory() && w.toWorker != nullptr) {
+    w.shared = true;
+    w.reader.acceptShared(w.toHost);
+  } else {
+    w.toWorker.reset();  // the worker could not map them
+    w.toHost.reset();
+  }
   if (!content.loadError.empty()) {
     // The worker exits by itself after this; its exit is then expected.
     auto error = errorPtr<PluginError>(content.loadError);

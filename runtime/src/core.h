@@ -42,6 +42,7 @@
 #include "plugpool/detail/call.h"
 #include "plugpool/manifest.h"
 #include "plugpool/pool.h"
+#include "shared_memory.h"
 #include "wire.capnp.h"
 
 namespace plugpool::detail {
@@ -118,6 +119,12 @@ class Core {
     bool stoppedOnPurpose = false;  // killed by cancel/terminate/timeout: not counted as lost
     Clock::time_point frontSince;   // when the first unanswered chunk started running
     std::uint64_t chunkNs = 0;      // its chunks' smoothed run time; 0 until one ends
+    // Shared segments (shared_memory.h): our region and the worker's, passed with Setup; used
+    // once its Hello agrees. `sharedSince` is when they last carried a message, while they
+    // may hold pages worth giving back (see trimShared).
+    std::shared_ptr<SharedRegion> toWorker, toHost;
+    bool shared = false;
+    std::optional<Clock::time_point> sharedSince;
   };
 
   void run(std::promise<void>& started);
@@ -142,6 +149,8 @@ class Core {
   void timeOut(Worker& w);  // stops `w`, fails its running chunk, resends the others
   void beginClosing();
   void spawnWorker();
+  void noteShared(Worker& w);  // a message went through w's shared regions
+  void trimShared();           // gives back the pages of regions idle for SHARED_IDLE
 
   // Reads everything available; handles messages. False if the channel ended or broke.
   bool drain(Worker& w);

@@ -31,15 +31,6 @@
 
 namespace plugpool::detail {
 
-// A message received from a peer with the reader limits of readerOptions(). The reader reads
-// `words` in place; both live as long as this object, and so does anything read from it.
-struct Received {
-  explicit Received(kj::Array<capnp::word> w)
-      : words(std::move(w)), reader(words.asPtr(), readerOptions(words.size())) {}
-  kj::Array<capnp::word> words;
-  capnp::FlatArrayMessageReader reader;
-};
-
 // The first message each way (Setup, Hello) carries names and manifests, never task data:
 // until it has arrived, a peer may send no more than this (8 MiB), whatever maxMessageBytes
 // allows later.

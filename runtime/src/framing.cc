@@ -24,33 +24,131 @@ std::uint32_t readLe32(const std::byte* p) {
   return v;  // little-endian host (codec.h asserts it)
 }
 
-// Fills `table` with the segment table for `segments` and `pieces` with the table and the
-// segments themselves, ready for sendmsg.
-void framePieces(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+std::uint64_t readLe64(const std::byte* p) {
+  std::uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+// The shared-segments extension (wire.capnp): bit 31 of the segment count marks a frame whose
+// segment table is followed by one location per segment, INLINE or a word offset into the
+// sender's region.
+constexpr std::uint32_t SHARED_FLAG = std::uint32_t{1} << 31;
+constexpr std::uint64_t INLINE = ~std::uint64_t{0};
+
+// What a frame's table says, once all of the table has arrived.
+struct TableInfo {
+  std::size_t tableBytes;  // the table, with locations if extended
+  std::uint64_t segments;
+  bool extended;
+  std::uint64_t inlineWords;  // on the stream after the table
+  std::uint64_t sharedWords;  // in the sender's region
+};
+
+// Reads the table at `p`, of which `available` bytes are at hand. Returns false if more are
+// needed. `peer` is the sender's region, if shared segments were agreed. Throws
+// ProtocolViolation.
+bool scanTable(const std::byte* p, std::size_t available, const SharedRegion* peer,
+               TableInfo& info) {
+  if (available < 4) return false;
+  const std::uint32_t first = readLe32(p);
+  info.extended = (first & SHARED_FLAG) != 0;
+  info.segments = std::uint64_t{first & ~SHARED_FLAG} + 1;
+  if (info.segments > MAX_SEGMENTS) {
+    throw ProtocolViolation("message declares " + std::to_string(info.segments) +
+                            " segments; at most " + std::to_string(MAX_SEGMENTS) + " allowed");
+  }
+  if (info.extended && peer == nullptr) {
+    throw ProtocolViolation("message has shared segments, but no shared memory was agreed");
+  }
+  const std::size_t sizesBytes = ((4 + 4 * info.segments) + 7) & ~std::size_t{7};
+  info.tableBytes = sizesBytes + (info.extended ? 8 * info.segments : 0);
+  if (available < info.tableBytes) return false;
+  info.inlineWords = info.sharedWords = 0;
+  for (std::uint64_t i = 0; i < info.segments; ++i) {
+    const std::uint64_t words = readLe32(p + 4 + 4 * i);
+    const std::uint64_t at = info.extended ? readLe64(p + sizesBytes + 8 * i) : INLINE;
+    if (at == INLINE) {
+      info.inlineWords += words;
+    } else if (at > peer->capacityWords() || words > peer->capacityWords() - at) {
+      throw ProtocolViolation("message places a segment outside the shared region");
+    } else {
+      info.sharedWords += words;
+    }
+  }
+  return true;
+}
+
+// Fills `table` with the frame's table for `segments` and `pieces` with the table and the
+// segments that go on the stream, ready for sendmsg. With `region`, segments of
+// SHARED_SEGMENT_BYTES or more go there instead when they can (FrameWriter::push). Returns
+// whether any did.
+bool framePieces(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, SharedRegion* region,
                  kj::Array<capnp::word>& table, std::vector<iovec>& pieces) {
-  std::size_t entries = segments.size() + 1;  // count, then one size per segment
-  table = kj::heapArray<capnp::word>((entries + 1) / 2);
+  std::vector<std::uint64_t> at;
+  if (region != nullptr) {
+    at.assign(segments.size(), INLINE);
+    bool claimed = false, refused = false;
+    std::size_t cursor = 0;
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+      auto s = segments[i];
+      if (s.size() * sizeof(capnp::word) < SHARED_SEGMENT_BYTES) continue;
+      if (auto offset = region->offsetOf(s)) {  // built in place
+        at[i] = *offset;
+        continue;
+      }
+      if (!claimed && !refused) (region->claim() ? claimed : refused) = true;
+      if (!claimed || s.size() > region->capacityWords() - cursor) continue;
+      auto into = region->words(cursor, s.size());
+      std::memcpy(into.begin(), s.begin(), s.size() * sizeof(capnp::word));
+      at[i] = cursor;
+      cursor += s.size();
+    }
+    if (std::all_of(at.begin(), at.end(), [](auto a) { return a == INLINE; })) {
+      if (claimed) region->release();
+      at.clear();
+    }
+  }
+  const bool extended = !at.empty();
+  const std::size_t sizesWords = (segments.size() + 2) / 2;  // count, then one size each
+  table = kj::heapArray<capnp::word>(sizesWords + (extended ? segments.size() : 0));
   std::memset(table.begin(), 0, table.size() * sizeof(capnp::word));
   auto* t = reinterpret_cast<std::uint32_t*>(table.begin());
-  t[0] = static_cast<std::uint32_t>(segments.size() - 1);
+  t[0] = static_cast<std::uint32_t>(segments.size() - 1) | (extended ? SHARED_FLAG : 0);
   for (std::size_t i = 0; i < segments.size(); ++i) {
     t[i + 1] = static_cast<std::uint32_t>(segments[i].size());
   }
+  if (extended)
+    std::memcpy(reinterpret_cast<std::byte*>(table.begin() + sizesWords), at.data(), at.size() * 8);
   pieces.clear();
   pieces.push_back({table.begin(), table.size() * sizeof(capnp::word)});
-  for (auto s : segments) {
-    if (s.size() > 0) {
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    auto s = segments[i];
+    if (s.size() > 0 && (!extended || at[i] == INLINE)) {
       pieces.push_back({const_cast<capnp::word*>(s.begin()), s.size() * sizeof(capnp::word)});
     }
   }
+  return extended;
 }
 
 // One sendmsg of `count` pieces: the bytes written, or 0 if the descriptor would block.
 // EINTR is retried; other errors throw std::system_error.
-std::size_t sendOnce(int fd, iovec* pieces, std::size_t count) {
+std::size_t sendOnce(int fd, iovec* pieces, std::size_t count,
+                     const std::vector<int>* fds = nullptr) {
   msghdr msg{};
   msg.msg_iov = pieces;
   msg.msg_iovlen = std::min<std::size_t>(count, IOV_MAX);
+  std::vector<char> control;
+  if (fds != nullptr && !fds->empty()) {
+    control.assign(CMSG_SPACE(sizeof(int) * fds->size()), 0);
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds->size());
+    std::memcpy(CMSG_DATA(c), fds->data(), sizeof(int) * fds->size());
+  }
   for (;;) {
     ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (n >= 0) return static_cast<std::size_t>(n);
@@ -97,25 +195,40 @@ capnp::ReaderOptions readerOptions(std::uint64_t words) {
 FrameReader::FrameReader(std::uint64_t maxWords) : maxWords_(maxWords), staging_(STAGING_BYTES) {}
 
 bool FrameReader::startMessage() {
-  if (buffered() < 4) return false;
-  const std::byte* p = staging_.data() + begin_;
-  std::uint64_t segments = std::uint64_t{readLe32(p)} + 1;
-  if (segments > MAX_SEGMENTS) {
-    throw ProtocolViolation("message declares " + std::to_string(segments) + " segments; at most " +
-                            std::to_string(MAX_SEGMENTS) + " allowed");
-  }
-  std::size_t tableBytes = ((4 + 4 * segments) + 7) & ~std::size_t{7};
-  if (buffered() < tableBytes) return false;
-  std::uint64_t words = tableBytes / 8;
-  for (std::uint64_t i = 0; i < segments; ++i) words += readLe32(p + 4 + 4 * i);
-  if (words > maxWords_) {
-    throw ProtocolViolation("message of " + std::to_string(words * 8) +
+  TableInfo info;
+  if (!scanTable(staging_.data() + begin_, buffered(), peer_.get(), info)) return false;
+  const std::uint64_t words = info.tableBytes / 8 + info.inlineWords;
+  if (words + info.sharedWords > maxWords_) {
+    throw ProtocolViolation("message of " + std::to_string((words + info.sharedWords) * 8) +
                             " bytes exceeds the limit of " + std::to_string(maxWords_ * 8) +
                             " bytes");
   }
   message_ = allocateWords(words);
   filled_ = 0;
   return true;
+}
+
+ssize_t FrameReader::receive(int fd, std::byte* into, std::size_t size) {
+  if (descriptors_ == nullptr) return ::read(fd, into, size);
+  iovec piece{into, size};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+  msghdr msg{};
+  msg.msg_iov = &piece;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) return n;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received;
+      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      descriptors_->emplace_back(received);
+    }
+  }
+  return n;
 }
 
 FrameReader::Status FrameReader::read(int fd, kj::Array<capnp::word>& out) {
@@ -136,7 +249,7 @@ FrameReader::Status FrameReader::read(int fd, kj::Array<capnp::word>& out) {
       }
       // The staging buffer is empty now. Large remainders go straight into the message.
       if (total - filled_ >= staging_.size() / 2) {
-        ssize_t n = ::read(fd, dest + filled_, total - filled_);
+        ssize_t n = receive(fd, dest + filled_, total - filled_);
         if (n > 0) {
           filled_ += static_cast<std::size_t>(n);
           continue;
@@ -154,7 +267,7 @@ FrameReader::Status FrameReader::read(int fd, kj::Array<capnp::word>& out) {
       end_ -= begin_;
       begin_ = 0;
     }
-    ssize_t n = ::read(fd, staging_.data() + end_, staging_.size() - end_);
+    ssize_t n = receive(fd, staging_.data() + end_, staging_.size() - end_);
     if (n > 0) {
       end_ += static_cast<std::size_t>(n);
       continue;
@@ -169,24 +282,31 @@ FrameReader::Status FrameReader::read(int fd, kj::Array<capnp::word>& out) {
   }
 }
 
-void FrameWriter::push(std::shared_ptr<capnp::MessageBuilder> message) {
+bool FrameWriter::push(std::shared_ptr<capnp::MessageBuilder> message, SharedRegion* region,
+                       std::vector<int> fds) {
   Outgoing out;
-  framePieces(message->getSegmentsForOutput(), out.table, out.pieces);
+  const bool shared = framePieces(message->getSegmentsForOutput(), region, out.table, out.pieces);
   out.message = std::move(message);
+  out.fds = std::move(fds);
   queue_.push_back(std::move(out));
+  return shared;
 }
 
 bool FrameWriter::flush(int fd) {
   while (!queue_.empty()) {
     gather_.clear();
-    for (const Outgoing& out : queue_) {
+    Outgoing* passing = nullptr;  // whose descriptors go with this write: it ends the gather
+    for (Outgoing& out : queue_) {
       for (std::size_t i = out.next; i < out.pieces.size() && gather_.size() < IOV_MAX; ++i) {
         gather_.push_back(out.pieces[i]);
       }
-      if (gather_.size() == IOV_MAX) break;
+      if (!out.fds.empty()) passing = &out;
+      if (gather_.size() == IOV_MAX || passing != nullptr) break;
     }
-    std::size_t left = sendOnce(fd, gather_.data(), gather_.size());
+    std::size_t left =
+        sendOnce(fd, gather_.data(), gather_.size(), passing ? &passing->fds : nullptr);
     if (left == 0) return false;
+    if (passing != nullptr) passing->fds.clear();  // they went with the first byte written
     // Take the written bytes off the queued messages' pieces, in order.
     while (left > 0) {
       Outgoing& front = queue_.front();
@@ -197,14 +317,53 @@ bool FrameWriter::flush(int fd) {
   return true;
 }
 
-void writeMessage(int fd, capnp::MessageBuilder& message) {
+bool writeMessage(int fd, capnp::MessageBuilder& message, SharedRegion* region) {
   kj::Array<capnp::word> table;
   std::vector<iovec> pieces;
-  framePieces(message.getSegmentsForOutput(), table, pieces);
+  const bool shared = framePieces(message.getSegmentsForOutput(), region, table, pieces);
   std::size_t next = 0;
   while (!sendPieces(fd, pieces, next)) {
     // A blocking descriptor only returns EAGAIN with a send timeout set; keep going.
   }
+  return shared;
+}
+
+Received::Received(kj::Array<capnp::word> frame, std::shared_ptr<SharedRegion> region)
+    : words_(std::move(frame)) {
+  const auto* bytes = reinterpret_cast<const std::byte*>(words_.begin());
+  const std::size_t size = words_.size() * sizeof(capnp::word);
+  TableInfo info;
+  if (!scanTable(bytes, size, region.get(), info) ||
+      words_.size() != info.tableBytes / 8 + info.inlineWords) {
+    throw ProtocolViolation("a frame whose segment table does not match its size");
+  }
+  if (!info.extended) {
+    reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words_.asPtr(),
+                                                              readerOptions(words_.size()));
+    return;
+  }
+  // A held region is released when this object goes, even if reading it fails below.
+  region_ = std::move(region);
+  const std::size_t sizesBytes = ((4 + 4 * info.segments) + 7) & ~std::size_t{7};
+  const capnp::word* next = words_.begin() + info.tableBytes / 8;
+  for (std::uint64_t i = 0; i < info.segments; ++i) {
+    const std::uint64_t words = readLe32(bytes + 4 + 4 * i);
+    const std::uint64_t at = readLe64(bytes + sizesBytes + 8 * i);
+    if (at == INLINE) {
+      segments_.emplace_back(next, words);
+      next += words;
+    } else {
+      segments_.push_back(region_->words(at, words));
+    }
+  }
+  reader_ = std::make_unique<capnp::SegmentArrayMessageReader>(
+      kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>(segments_.data(), segments_.size()),
+      readerOptions(info.inlineWords + info.sharedWords));
+}
+
+Received::~Received() {
+  reader_.reset();
+  if (region_ != nullptr) region_->release();
 }
 
 }  // namespace plugpool::detail

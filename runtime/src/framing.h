@@ -9,9 +9,14 @@
 // FrameWriter queues built messages and writes them with sendmsg(MSG_NOSIGNAL): a closed peer
 // is an error return (EPIPE), never SIGPIPE. It writes the builder's segments in place.
 //
+// Both also speak the extension for shared segments (wire.capnp, "Shared segments"): given
+// its own SharedRegion, a writer puts a message's large segments there instead of on the
+// stream; given the peer's, a reader accepts such frames and Received reads them in place.
+//
 // Neither is thread-safe; each belongs to one thread at a time.
 #pragma once
 
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include <cstddef>
@@ -24,6 +29,9 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <kj/array.h>
+
+#include "fd.h"
+#include "shared_memory.h"
 
 namespace plugpool::detail {
 
@@ -43,6 +51,30 @@ capnp::ReaderOptions readerOptions(std::uint64_t words);
 // limit capnp's own stream reader applies.
 inline constexpr std::uint32_t MAX_SEGMENTS = 512;
 
+// A received frame, read in place: a whole message in the standard framing, or a frame of the
+// shared-segments extension whose large segments lie in the sender's region. Decodes with
+// readerOptions() for the message's whole size. The region, if any, is released (the sender
+// may reuse it) when this object is destroyed; the words and the region stay valid until
+// then, and so does everything read from reader().
+class Received {
+ public:
+  // Throws ProtocolViolation if `frame` is not one whole frame, or uses shared segments
+  // without `region` or outside it.
+  explicit Received(kj::Array<capnp::word> frame, std::shared_ptr<SharedRegion> region = nullptr);
+  ~Received();
+  Received(const Received&) = delete;
+  Received& operator=(const Received&) = delete;
+
+  capnp::MessageReader& reader() { return *reader_; }
+  bool shared() const { return region_ != nullptr; }
+
+ private:
+  kj::Array<capnp::word> words_;
+  std::shared_ptr<SharedRegion> region_;  // set only if the frame has segments in it
+  std::vector<kj::ArrayPtr<const capnp::word>> segments_;
+  std::unique_ptr<capnp::MessageReader> reader_;
+};
+
 class FrameReader {
  public:
   explicit FrameReader(std::uint64_t maxWords);
@@ -55,16 +87,26 @@ class FrameReader {
 
   // Reads until one message is complete, the descriptor would block, or the stream ends.
   // Throws ProtocolViolation for a bad segment table, an oversized message or end of stream
-  // inside a message; std::system_error for other read errors. EINTR is retried.
+  // inside a message; std::system_error for other read errors. EINTR is retried. `out` is
+  // the whole frame, for Received (shared segments counted against the size cap too).
   Status read(int fd, kj::Array<capnp::word>& out);
 
   void setMaxWords(std::uint64_t maxWords) { maxWords_ = maxWords; }
+  // From now on, frames may place segments in `peer`, the sender's region.
+  void acceptShared(std::shared_ptr<SharedRegion> peer) { peer_ = std::move(peer); }
+  const std::shared_ptr<SharedRegion>& peerRegion() const { return peer_; }
+  // While `into` is set, descriptors the peer passes (SCM_RIGHTS) are appended to it; otherwise
+  // the kernel closes them.
+  void acceptDescriptors(std::vector<UniqueFd>* into) { descriptors_ = into; }
 
  private:
   bool startMessage();  // parses a segment table from the staging buffer if it is all there
   std::size_t buffered() const { return end_ - begin_; }
+  ssize_t receive(int fd, std::byte* into, std::size_t size);
 
   std::uint64_t maxWords_;
+  std::shared_ptr<SharedRegion> peer_;
+  std::vector<UniqueFd>* descriptors_ = nullptr;
   std::vector<std::byte> staging_;
   std::size_t begin_ = 0, end_ = 0;
   kj::Array<capnp::word> message_;  // being filled; empty when between messages
@@ -73,7 +115,11 @@ class FrameReader {
 
 class FrameWriter {
  public:
-  void push(std::shared_ptr<capnp::MessageBuilder> message);
+  // Queues `message`. With `region`, its large segments go there if the region can be claimed
+  // (or already lie in it, claimed by whoever built them); returns whether any did. `fds` are
+  // passed along with the message's bytes (SCM_RIGHTS); they must stay open until written.
+  bool push(std::shared_ptr<capnp::MessageBuilder> message, SharedRegion* region = nullptr,
+            std::vector<int> fds = {});
   // Writes as much as the descriptor takes, several queued messages per system call. Returns
   // true once everything queued is written. Throws std::system_error (EPIPE when the peer is
   // gone). EINTR is retried.
@@ -87,12 +133,14 @@ class FrameWriter {
     kj::Array<capnp::word> table;
     std::vector<iovec> pieces;
     std::size_t next = 0;  // first piece not completely written
+    std::vector<int> fds;  // to pass with the first bytes written; cleared once passed
   };
   std::deque<Outgoing> queue_;
   std::vector<iovec> gather_;  // the pieces of one sendmsg, reused
 };
 
-// Blocking convenience for a worker: writes one message completely.
-void writeMessage(int fd, capnp::MessageBuilder& message);
+// Blocking convenience for a worker: writes one message completely, its large segments in
+// `region` as FrameWriter::push says. Returns whether any went there.
+bool writeMessage(int fd, capnp::MessageBuilder& message, SharedRegion* region = nullptr);
 
 }  // namespace plugpool::detail

@@ -75,14 +75,25 @@ void fillManifest(wire::PluginManifest::Builder out, const PluginInfo& info) {
 
 }  // namespace
 
-std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::setUp(capnp::MessageReader& message) {
+std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::setUp(
+    capnp::MessageReader& message, std::vector<UniqueFd> descriptors) {
   auto setup = decodeSetup(message.getRoot<wire::HostMessage>());
   maxWords_ = setup.getMaxMessageWords();
+  if (setup.getSharedMemory() && descriptors.size() == 2) {
+    try {
+      inbound_ = SharedRegion::adopt(std::move(descriptors[0]), false);
+      outbound_ = SharedRegion::adopt(std::move(descriptors[1]), true);
+    } catch (const std::system_error&) {
+      inbound_.reset();  // not regions after all: everything goes through the channel
+      outbound_.reset();
+    }
+  }
 
   auto reply = std::make_unique<capnp::MallocMessageBuilder>();
   auto hello = reply->initRoot<wire::WorkerMessage>().initHello();
   hello.setProtocolVersion(wire::PROTOCOL_VERSION);
   hello.setPid(::getpid());
+  hello.setSharedMemory(outbound_ != nullptr);
   std::set<std::string> names;
   std::string failedPath;
   try {
@@ -116,7 +127,7 @@ std::vector<PluginInfo> WorkerSession::plugins() const {
   return infos;
 }
 
-std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::run(capnp::MessageReader& message) {
+std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& message) {
   RunRequest run = decodeRun(message.getRoot<wire::HostMessage>(), taskCounts_);
   const abi::TaskDescriptor& task = plugins_[run.plugin].loaded.descriptor->tasks[run.task];
   const auto& args = run.items;
@@ -125,6 +136,7 @@ std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::run(capnp::MessageRe
   // need more): small chunks cost a small allocation.
   auto reply = std::make_unique<BigSegmentBuilder>(std::max<unsigned>(
       128, 32 + args.size() * (task.resultDataWords + task.resultPointers * 3u)));
+  reply->placeIn(outbound_.get());
   auto done = reply->initRoot<wire::WorkerMessage>().initChunkDone();
   done.setId(run.id);
   auto results = done.initResults().initAsListOfAnyStruct(task.resultDataWords, task.resultPointers,
@@ -183,19 +195,27 @@ int converse(int fd) {
   WorkerSession session;
   FrameReader reader(FIRST_MESSAGE_MAX_WORDS);
   kj::Array<capnp::word> words;
+  std::vector<UniqueFd> passed;  // Setup's shared regions come with it
+  reader.acceptDescriptors(&passed);
   if (reader.read(fd, words) != FrameReader::Status::MESSAGE) return 0;  // host went away
+  reader.acceptDescriptors(nullptr);
   {
-    capnp::FlatArrayMessageReader message(words, readerOptions(words.size()));
-    writeMessage(fd, *session.setUp(message));
+    Received message(std::move(words));
+    writeMessage(fd, *session.setUp(message.reader(), std::move(passed)));
   }
   if (!session.loaded()) return EXIT_LOAD_FAILED;
   reader.setMaxWords(session.maxWords());
+  reader.acceptShared(session.inbound());
   // Each reply leaves as soon as it is made, before the next chunk runs: if that chunk
   // crashes the worker, the host knows exactly which chunk was running.
   for (;;) {
     if (reader.read(fd, words) == FrameReader::Status::END) return 0;
-    capnp::FlatArrayMessageReader message(words, readerOptions(words.size()));
-    writeMessage(fd, *session.run(message));
+    std::unique_ptr<BigSegmentBuilder> reply;
+    {
+      Received message(std::move(words), reader.peerRegion());
+      reply = session.run(message.reader());
+    }  // the host's region is free again before the host hears of this chunk
+    if (writeMessage(fd, *reply, session.outbound())) reply->handOver();
   }
 }
 

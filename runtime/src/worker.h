@@ -13,8 +13,11 @@
 
 #include <capnp/message.h>
 
+#include "big_buffers.h"
+#include "fd.h"
 #include "plugin_loader.h"
 #include "plugpool/manifest.h"
+#include "shared_memory.h"
 
 namespace plugpool::detail {
 
@@ -30,17 +33,25 @@ class WorkerSession {
  public:
   // Handles Setup (decode.h's decodeSetup): applies the resource limits, loads every plugin
   // and returns Hello. After a load error Hello carries it and loaded() is false. Throws
-  // ProtocolViolation for anything but a valid Setup.
-  std::unique_ptr<capnp::MallocMessageBuilder> setUp(capnp::MessageReader& message);
+  // ProtocolViolation for anything but a valid Setup. `descriptors` came with Setup: if it
+  // asks for shared memory and they are its two regions, Hello says the worker uses them.
+  std::unique_ptr<capnp::MallocMessageBuilder> setUp(capnp::MessageReader& message,
+                                                     std::vector<UniqueFd> descriptors = {});
   bool loaded() const { return loaded_; }
+
+  // The shared regions (shared_memory.h) agreed at setUp: the host's, which Runs may place
+  // segments in, and this worker's own, which replies are built in. Null without.
+  const std::shared_ptr<SharedRegion>& inbound() const { return inbound_; }
+  SharedRegion* outbound() const { return outbound_.get(); }
 
   // The largest message the host accepts and sends, in words, as Setup said.
   std::uint64_t maxWords() const { return maxWords_; }
 
   // Handles one Run (decode.h's decodeRun): calls the task on every item and returns the
-  // ChunkDone. Tasks report their failures per item; throws ProtocolViolation (or
-  // kj::Exception from a lazily checked pointer) for a malformed message.
-  std::unique_ptr<capnp::MallocMessageBuilder> run(capnp::MessageReader& message);
+  // ChunkDone, its large segment built in outbound() when that is free. Tasks report their
+  // failures per item; throws ProtocolViolation (or kj::Exception from a lazily checked
+  // pointer) for a malformed message.
+  std::unique_ptr<BigSegmentBuilder> run(capnp::MessageReader& message);
 
   // The loaded plugins' manifests, in Setup's order.
   std::vector<PluginInfo> plugins() const;
@@ -55,6 +66,7 @@ class WorkerSession {
 
   std::uint64_t maxWords_ = 0;
   bool loaded_ = false;
+  std::shared_ptr<SharedRegion> inbound_, outbound_;
   std::vector<Plugin> plugins_;
   std::vector<unsigned> taskCounts_;
   std::vector<ItemFailureRecord> failures_;

@@ -21,6 +21,31 @@
 #     as a protocol error. A worker that sees a protocol error writes a line to stderr and
 #     exits with status 70; a host that sees one kills that worker and fails its chunks.
 #
+# ## Shared segments
+#
+# Large segments need not travel on the stream. With Setup the host may pass two descriptors
+# (SCM_RIGHTS, on the same write as Setup's first bytes) and set Setup.sharedMemory: two
+# memfds sealed against shrinking and growing, each a "region" of one 4096-byte header page
+# followed by data. The first is the host's region (the host writes, the worker reads), the
+# second the worker's (the other way). A worker that maps both says so in
+# Hello.sharedMemory; only then may either side use them, and a side that did not agree
+# treats the frames below as malformed.
+#
+# A frame with shared segments sets bit 31 of its first word (the segment count minus one).
+# The segment table is followed by one little-endian UInt64 per segment: 2^64-1 for a
+# segment whose words follow on the stream as usual (in order, after the locations), or the
+# word offset, from the start of the sender's region's data, of a segment that is there
+# instead. Shared segments count against maxMessageWords like the others; one outside the
+# region is a protocol error.
+#
+# The header's first 32-bit word, used with atomic operations only, is the region's state:
+# 0 free, 1 held by a message, 2 being trimmed (the host returns its pages to the system).
+# The sender changes 0 to 1 (compare-and-swap) before it writes a message's segments, so a
+# region holds one message at a time; the receiver stores 0 once it no longer reads that
+# message: the worker after the chunk's tasks have run (before it sends ChunkDone), the host
+# once the caller has decoded the results. A sender that finds its region held sends on the
+# stream instead; nobody ever waits for a region.
+#
 # ## Conversation
 #
 #   host → worker   Setup                 exactly once, first
@@ -75,6 +100,9 @@ struct Setup {
 
   limits @3 :Limits;
   # Resource limits the worker applies to itself (setrlimit) before loading any plugin.
+
+  sharedMemory @4 :Bool;
+  # The two regions of "Shared segments" came with this message.
 }
 
 struct Limits {
@@ -104,6 +132,10 @@ struct Hello {
     loadError @3 :LoadError;
     # A plugin could not be used. The worker exits right after sending this.
   }
+
+  sharedMemory @4 :Bool;
+  # The worker mapped both regions Setup passed: from now on frames may use shared segments
+  # both ways.
 }
 
 struct LoadError {

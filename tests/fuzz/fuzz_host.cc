@@ -70,7 +70,7 @@ void decodeResults(const ChunkOutcome& outcome) {
 void handleMessage(kj::Array<capnp::word> words, std::size_t items) {
   try {
     Received received(std::move(words));
-    auto root = received.reader.getRoot<wire::WorkerMessage>();
+    auto root = received.reader().getRoot<wire::WorkerMessage>();
     switch (root.which()) {
       case wire::WorkerMessage::HELLO: {
         HelloContent hello = decodeHello(root.getHello(), 1);

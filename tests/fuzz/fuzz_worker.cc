@@ -59,7 +59,7 @@ void runMessage(kj::Array<capnp::word> words, bool first) {
     // What the worker would write, read back as the host reads it.
     auto flat = capnp::messageToFlatArray(*reply);
     Received received(std::move(flat));
-    auto root = received.reader.getRoot<wire::WorkerMessage>();
+    auto root = received.reader().getRoot<wire::WorkerMessage>();
     try {
       decodeChunkDone(root.getChunkDone(), run.id, run.items.size());
     } catch (const ProtocolViolation& e) {

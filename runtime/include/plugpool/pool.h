@@ -219,6 +219,8 @@ struct Stats {
   std::uint64_t workersRetired = 0;  // replaced after maxTasksPerChild items
   std::uint64_t chunksTimedOut = 0;  // stopped by a task timeout
   std::uint64_t chunksRetried = 0;   // resent after a crash (Options::crashRetries)
+  std::uint64_t sharedMessages = 0;  // messages (either way) whose large segments (1 MiB or
+                                     // more) went through shared memory, not the socket
 };
 
 // Python's multiprocessing.Pool rule for map without a chunksize: ceil(n / (4 * workers)),
