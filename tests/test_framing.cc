@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -457,6 +458,113 @@ TEST_CASE(
     sendWords(pair.second.get(), {0, 16});
     CHECK_THAT(violationOf(reader, pair.first.get()), Catch::Matchers::Contains("exceeds"));
   }
+}
+
+// A ChunkDone whose results are `bytes` bytes of Data, each byte (i * 7 + seed) mod 256: with
+// a default first segment, anything over a few KiB lands in a second segment of its own.
+std::shared_ptr<capnp::MallocMessageBuilder> blobMessage(std::size_t bytes, unsigned seed) {
+  auto message = std::make_shared<capnp::MallocMessageBuilder>();
+  auto done = message->initRoot<wire::WorkerMessage>().initChunkDone();
+  done.setId(seed);
+  auto data = done.initResults().initAs<capnp::Data>(static_cast<unsigned>(bytes));
+  for (std::size_t i = 0; i < bytes; ++i) data[i] = static_cast<capnp::byte>(i * 7 + seed);
+  return message;
+}
+
+bool blobIntact(capnp::MessageReader& reader, std::size_t bytes, unsigned seed) {
+  auto done = reader.getRoot<wire::WorkerMessage>().getChunkDone();
+  auto data = done.getResults().getAs<capnp::Data>();
+  if (done.getId() != seed || data.size() != bytes) return false;
+  for (std::size_t i = 0; i < bytes; ++i) {
+    if (data[i] != static_cast<capnp::byte>(i * 7 + seed)) return false;
+  }
+  return true;
+}
+
+TEST_CASE(
+    "Descriptors pass with a message; a large segment then travels through the sender's region, "
+    "is read in place, and frees the region when the reader is done with it") {
+  using plugpool::detail::Received;
+  using plugpool::detail::SharedRegion;
+  constexpr std::uint64_t cap = std::uint64_t{1} << 22;
+  SocketPair pair = socketPair();
+  setNonBlocking(pair.first.get());
+  setNonBlocking(pair.second.get());
+  const int in = pair.first.get(), out = pair.second.get();
+
+  // The sender's region reaches the reader as the host's reach a worker: with a message.
+  auto region = SharedRegion::create(std::size_t{8} << 20, true);
+  FrameWriter writer;
+  FrameReader reader(cap);
+  kj::Array<capnp::word> words;
+  std::vector<UniqueFd> passed;
+  writer.push(blobMessage(10, 1), nullptr, {region->fd()});
+  flushAll(writer, out);
+  reader.acceptDescriptors(&passed);
+  REQUIRE(readMessage(reader, in, words) == Status::MESSAGE);
+  reader.acceptDescriptors(nullptr);
+  REQUIRE(passed.size() == 1);
+  reader.acceptShared(SharedRegion::adopt(std::move(passed[0]), false));
+
+  // Writes what is queued while reading, until `reader` has a message (this test has one
+  // thread, and a message on the stream may not fit the socket's buffer).
+  auto transfer = [&](FrameReader& from) {
+    for (;;) {
+      writer.flush(out);
+      if (from.read(in, words) == Status::MESSAGE) return;
+      pollfd ready[2] = {{in, POLLIN, 0},
+                         {out, static_cast<short>(writer.empty() ? 0 : POLLOUT), 0}};
+      REQUIRE(::poll(ready, 2, TIMEOUT_MS) > 0);
+    }
+  };
+  const std::size_t big = 3 << 20;
+  REQUIRE(writer.push(blobMessage(big, 2), region.get()));
+  REQUIRE(region->held());
+  transfer(reader);
+  REQUIRE(words.size() < 4096);  // the stream carried the table and the small first segment
+  {
+    Received received(std::move(words), reader.peerRegion());
+    REQUIRE(received.shared());
+    REQUIRE(blobIntact(received.reader(), big, 2));
+
+    // While it is read, the region is held: the next large message takes the stream, intact.
+    REQUIRE_FALSE(writer.push(blobMessage(big, 3), region.get()));
+    transfer(reader);
+    REQUIRE(words.size() > big / 8);
+    Received inline_(std::move(words), reader.peerRegion());
+    REQUIRE_FALSE(inline_.shared());
+    REQUIRE(blobIntact(inline_.reader(), big, 3));
+  }
+  REQUIRE_FALSE(region->held());  // released with the reader of the shared one
+
+  // A segment larger than the region goes on the stream; a smaller one in the region again.
+  REQUIRE_FALSE(writer.push(blobMessage(std::size_t{9} << 20, 4), region.get()));
+  REQUIRE_FALSE(region->held());
+  REQUIRE(writer.push(blobMessage(big, 5), region.get()));
+  transfer(reader);
+  REQUIRE(Received(std::move(words), reader.peerRegion())
+              .reader()
+              .getRoot<wire::WorkerMessage>()
+              .getChunkDone()
+              .getId() == 4);
+  transfer(reader);
+  REQUIRE(blobIntact(Received(std::move(words), reader.peerRegion()).reader(), big, 5));
+
+  // A reader that agreed to no shared memory refuses such a frame.
+  REQUIRE(writer.push(blobMessage(big, 6), region.get()));
+  FrameReader plain(cap);
+  REQUIRE_THROWS_WITH(transfer(plain), Catch::Contains("no shared memory was agreed"));
+}
+
+TEST_CASE("A region must be a sealed memfd: anything else is refused") {
+  using plugpool::detail::SharedRegion;
+  UniqueFd unsealed(::memfd_create("plain", MFD_CLOEXEC));
+  REQUIRE(::ftruncate(unsealed.get(), 1 << 20) == 0);
+  REQUIRE_THROWS_AS(SharedRegion::adopt(std::move(unsealed), false), std::system_error);
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+  ::close(fds[1]);
+  REQUIRE_THROWS_AS(SharedRegion::adopt(UniqueFd(fds[0]), false), std::system_error);
 }
 
 TEST_CASE("A segment table declaring more than MAX_SEGMENTS segments is a ProtocolViolation") {

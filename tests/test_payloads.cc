@@ -3,10 +3,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <plugpool/pool.h>
@@ -49,6 +51,15 @@ int bigMappings() {
   return count;
 }
 
+// RssShmem of process `pid` in KiB: the shared-memory pages it has mapped in.
+long sharedKib(const std::string& pid) {
+  std::ifstream status("/proc/" + pid + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("RssShmem:", 0) == 0) return std::stol(line.substr(9));
+  }
+  return -1;
+}
+
 std::string environmentOf(Int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
   std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -84,6 +95,53 @@ TEST_CASE("large payloads round-trip intact and their buffers are released") {
     // Every message buffer of those calls is unmapped again (the inputs and results, plain
     // vectors, are freed too: glibc returns blocks this large to the system).
     REQUIRE(bigMappings() <= mapped);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("large segments travel through shared memory both ways and its pages are given back") {
+  testing::ProcessSnapshot before;
+  const long hostBefore = sharedKib("self");
+  for (auto method : {plugpool::StartMethod::SPAWN, plugpool::StartMethod::FORK}) {
+    INFO("start method " << static_cast<int>(method));
+    auto options = testing::options(1, {"examples"});
+    options.startMethod = method;
+    Pool pool(options);
+    auto echo = pool.task<Bytes(Bytes)>("examples", "echo_bytes");
+    const std::string worker =
+        std::to_string(pool.apply(pool.task<Int()>("examples", "worker_pid")));
+    const Bytes in = pattern(std::size_t{8} << 20, 3);
+    const auto shared = [&] { return pool.stats().sharedMessages; };
+
+    REQUIRE(pool.apply(echo, in) == in);
+    REQUIRE(shared() == 2);  // the Run there, the ChunkDone back
+    REQUIRE(pool.apply(echo, pattern(1000, 1)) == pattern(1000, 1));
+    REQUIRE(shared() == 2);  // small messages take the socket
+    // Both processes map the pages (a region is written by one and read by the other).
+    REQUIRE(sharedKib("self") - hostBefore >= 2 * 8 * 1024);
+    REQUIRE(sharedKib(worker) >= 2 * 8 * 1024);
+
+    // A result not yet decoded holds the worker's region: the next large reply takes the
+    // socket instead, intact, and nothing waits. Decoding it frees the region again.
+    auto held = pool.submit(echo, in);
+    held.wait();
+    const Bytes other = pattern(std::size_t{8} << 20, 4);
+    REQUIRE(pool.apply(echo, other) == other);
+    REQUIRE(shared() == 2 + 2 + 1);  // held's both ways; other's Run only
+    REQUIRE(held.get() == in);
+    REQUIRE(pool.apply(echo, other) == other);
+    REQUIRE(shared() == 5 + 2);
+
+    // Idle for a second, the regions give their pages back, in both processes.
+    bool trimmed = false;
+    for (int i = 0; i < 100 && !trimmed; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      trimmed = sharedKib("self") - hostBefore < 1024 && sharedKib(worker) < 1024;
+    }
+    INFO("host RssShmem " << sharedKib("self") << " KiB, worker " << sharedKib(worker) << " KiB");
+    REQUIRE(trimmed);
+    REQUIRE(pool.apply(echo, in) == in);  // and the next one writes to fresh pages
+    REQUIRE(shared() == 7 + 2);
   }
   testing::requireCleanShutdown(before);
 }

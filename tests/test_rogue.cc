@@ -55,10 +55,12 @@ TEST_CASE("a worker reply that breaks the protocol costs that worker, never the 
     const char* mode;
     const char* expected;
   };
-  for (Case c : {Case{"wrong-id", "but chunk"}, Case{"wrong-count", "0 results for 1 items"},
-                 Case{"error-index", "out of range"}, Case{"garbage", ""},
-                 Case{"oversize", "exceeds the limit"},
-                 Case{"truncated", "stream ended inside a message"}}) {
+  for (Case c :
+       {Case{"wrong-id", "but chunk"}, Case{"wrong-count", "0 results for 1 items"},
+        Case{"error-index", "out of range"}, Case{"garbage", ""},
+        Case{"oversize", "exceeds the limit"}, Case{"truncated", "stream ended inside a message"},
+        Case{"shared-unasked", "no shared memory was agreed"},
+        Case{"shared-outside", "outside the shared region"}}) {
     INFO("mode " << c.mode);
     {
       RoguePool rogue(c.mode);

@@ -6,7 +6,11 @@
 // Core does. A ChunkDone that passes is then decoded as the results of tasks of several
 // types, the way pool.h decodes results for a caller. Whatever the bytes, the only outcomes
 // allowed are a result or one of the errors the pool turns into ProtocolError; anything else
-// (a crash, a sanitizer report, another exception) is a bug.
+// (a crash, a sanitizer report, another exception) is a bug. Frames may also place segments
+// in a shared region (wire.capnp "Shared segments"), whose contents are the input's bytes.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -30,6 +34,7 @@ using namespace plugpool::detail;
 
 // The host's default maxMessageBytes is far larger; a fuzz input is at most 64 KiB anyway.
 constexpr std::uint64_t MAX_WORDS = std::uint64_t{1} << 16;
+constexpr std::size_t REGION_BYTES = std::size_t{64} << 10;
 
 // Decodes result i as a task of result type W would: DecodeError and kj::Exception are what
 // pool.h's decodeResult turns into ProtocolError.
@@ -67,9 +72,16 @@ void decodeResults(const ChunkOutcome& outcome) {
   }
 }
 
+// The worker's shared region as the host maps it. Each input's bytes are also its contents, so
+// frames that point into it find data the fuzzer chose.
+const std::shared_ptr<SharedRegion>& workerRegion() {
+  static const auto region = SharedRegion::create(REGION_BYTES, false);
+  return region;
+}
+
 void handleMessage(kj::Array<capnp::word> words, std::size_t items) {
   try {
-    Received received(std::move(words));
+    Received received(std::move(words), workerRegion());
     auto root = received.reader().getRoot<wire::WorkerMessage>();
     switch (root.which()) {
       case wire::WorkerMessage::HELLO: {
@@ -95,8 +107,11 @@ void handleMessage(kj::Array<capnp::word> words, std::size_t items) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
   const std::size_t items = data[0];
-  fuzzing::forEachMessage(data + 1, size - 1, MAX_WORDS, [&](kj::Array<capnp::word> words) {
-    handleMessage(std::move(words), items);
-  });
+  // The host maps the region read-only; write the contents through the descriptor.
+  if (::pwrite(workerRegion()->fd(), data, std::min(size, REGION_BYTES), 4096) < 0) std::abort();
+  fuzzing::forEachMessage(
+      data + 1, size - 1, MAX_WORDS,
+      [&](kj::Array<capnp::word> words) { handleMessage(std::move(words), items); },
+      workerRegion());
   return 0;
 }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 
 #include <capnp/serialize.h>
 #include <kj/array.h>
@@ -26,8 +27,11 @@ inline constexpr int MAX_MESSAGES = 8;
 
 // Calls `handle` with each complete message framed in data[0, size), at most MAX_MESSAGES,
 // until the stream ends or breaks the framing (ProtocolViolation: the peer would be dropped).
+// With `peer`, frames may place segments in that region, as a peer that agreed to shared
+// memory may.
 inline void forEachMessage(const std::uint8_t* data, std::size_t size, std::uint64_t maxWords,
-                           const std::function<void(kj::Array<capnp::word>)>& handle) {
+                           const std::function<void(kj::Array<capnp::word>)>& handle,
+                           std::shared_ptr<plugpool::detail::SharedRegion> peer = nullptr) {
   plugpool::detail::UniqueFd fd(::memfd_create("fuzz-input", MFD_CLOEXEC));
   if (!fd) std::abort();
   for (std::size_t done = 0; done < size;) {
@@ -37,6 +41,7 @@ inline void forEachMessage(const std::uint8_t* data, std::size_t size, std::uint
   }
   if (::lseek(fd.get(), 0, SEEK_SET) != 0) std::abort();
   plugpool::detail::FrameReader reader(maxWords);
+  reader.acceptShared(std::move(peer));
   for (int i = 0; i < MAX_MESSAGES; ++i) {
     kj::Array<capnp::word> words;
     try {
