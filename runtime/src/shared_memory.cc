@@ -27,6 +27,9 @@ enum : std::uint32_t { FREE = 0, HELD = 1, TRIMMING = 2 };
 void* mapOrThrow(std::size_t bytes, int prot, int fd, off_t offset) {
   void* p = ::mmap(nullptr, bytes, prot, MAP_SHARED, fd, offset);
   if (p == MAP_FAILED) fail("mmap of a shared region");
+  // A worker started by fork (StartMethod::FORK) must not inherit the regions of the others:
+  // it would keep their pages alive after the host let them go.
+  ::madvise(p, bytes, MADV_DONTFORK);
   return p;
 }
 
