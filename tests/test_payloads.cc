@@ -93,8 +93,14 @@ TEST_CASE("large payloads round-trip intact and their buffers are released") {
       REQUIRE(pool.apply(echo, in) == in);
     }
     // Every message buffer of those calls is unmapped again (the inputs and results, plain
-    // vectors, are freed too: glibc returns blocks this large to the system).
+    // vectors, are freed too: glibc returns blocks this large to the system). Not under
+    // AddressSanitizer, whose allocator keeps freed blocks mapped for a while (its quarantine),
+    // some split in two by the huge-page hint of codec.h's copyBytes.
+#ifndef __SANITIZE_ADDRESS__
     REQUIRE(bigMappings() <= mapped);
+#else
+    static_cast<void>(mapped);
+#endif
   }
   testing::requireCleanShutdown(before);
 }
