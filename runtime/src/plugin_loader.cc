@@ -82,6 +82,14 @@ LoadedPlugin loadPlugin(const std::string& path) {
     if (plugin.schemas != nullptr && plugin.schemas->count > 0 && plugin.schemas->nodes == nullptr)
       refuse(path, "its schema table is missing its nodes");
   }
+  if (library.has(abi::CHUNKS_SYMBOL)) {
+    plugin.chunks = library.get<const abi::ChunkTable*()>(abi::CHUNKS_SYMBOL)();
+    if (plugin.chunks != nullptr &&
+        (plugin.chunks->count != plugin.descriptor->taskCount ||
+         (plugin.chunks->count > 0 && plugin.chunks->invokeChunk == nullptr))) {
+      refuse(path, "its chunk table does not have one entry per task");
+    }
+  }
   return plugin;  // `library` closes its handle; RTLD_NODELETE keeps the plugin mapped
 }
 

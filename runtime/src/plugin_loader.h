@@ -4,7 +4,8 @@
 // Order of checks (abi.h convention 1): the file exists; it loads with RTLD_NOW | RTLD_LOCAL
 // (so missing symbols are reported now, not at the first call); it exports
 // plugpool_abi_version equal to ours; only then is plugpool_plugin_v1 resolved and called;
-// its descriptor must agree on ABI and Cap'n Proto versions and be well-formed.
+// its descriptor must agree on ABI and Cap'n Proto versions and be well-formed; so must the
+// optional schema and chunk tables.
 //
 // Plugins are loaded with RTLD_NODELETE: a loaded plugin is never unloaded, whatever happens
 // to the handle (abi.h convention 2).
@@ -30,6 +31,13 @@ struct LoadedPlugin {
   std::string path;
   const abi::PluginDescriptor* descriptor = nullptr;
   const abi::SchemaTable* schemas = nullptr;  // null: the plugin ships none (convention 8)
+  const abi::ChunkTable* chunks = nullptr;    // null: the plugin ships none (convention 9)
+
+  // Task `task`'s chunk entry, or null: call it item by item through invoke.
+  // REQUIRES: task < descriptor->taskCount.
+  abi::InvokeChunkFn chunkEntry(unsigned task) const {
+    return chunks != nullptr ? chunks->invokeChunk[task] : nullptr;
+  }
 };
 
 // Throws PluginLoadError.

@@ -7,7 +7,7 @@
 // Conventions of the boundary (ABI version 1):
 //
 //  1. A plugin is a shared library exporting two symbols with C linkage and default
-//     visibility (and optionally a third, convention 8); everything else in it should be
+//     visibility (and optionally more, conventions 8 and 9); everything else in it should be
 //     hidden (-fvisibility=hidden):
 //       const uint32_t plugpool_abi_version;            // == PLUGPOOL_ABI_VERSION
 //       const plugpool::abi::PluginDescriptor* plugpool_plugin_v1();
@@ -19,19 +19,20 @@
 //  3. The plugin and the loader share one Cap'n Proto runtime (libcapnp/libkj are linked
 //     dynamically; Debian's static archives are not PIC). The descriptor records the
 //     CAPNP_VERSION the plugin was compiled with; the loader refuses a different one.
-//  4. A task is called one item at a time through TaskDescriptor::invoke, which is noexcept:
-//     every exception (from decoding, the task itself, or encoding) is caught inside the
-//     plugin and reported through the ErrorSink as a (type name, message) pair. No C++
-//     exception ever crosses the boundary.
+//  4. A task is called one item at a time through TaskDescriptor::invoke, or a chunk of items
+//     at a time through its chunk entry (convention 9); both are noexcept: every exception
+//     (from decoding, the task itself, or encoding) is caught inside the plugin and reported
+//     through the sink as a (type name, message) pair. No C++ exception ever crosses the
+//     boundary.
 //  5. Arguments and results travel as a "tuple struct" (see codec.h): scalar values take one
 //     64-bit data word each in order, all other values (text, data, lists, tuples, Cap'n
 //     Proto structs) take one pointer each in order. The descriptor gives the sizes, so the
 //     loader can allocate result structs without knowing the types.
 //  6. Type names in the manifest (argTypes, resultType) are the canonical strings produced
 //     by plugpool::Codec<T>::typeName(); a host binds a task only if they match exactly.
-//  7. invoke may be called from any thread, but never concurrently for the same result
-//     builder. Tasks must be safe to run concurrently with themselves if the loader uses
-//     threads (plugpool's worker does not: one item at a time per process).
+//  7. invoke and chunk entries may be called from any thread, but never concurrently for the
+//     same result builder. Tasks must be safe to run concurrently with themselves if the loader
+//     uses threads (plugpool's worker does not: one item at a time per process).
 //  8. Optionally (added within ABI version 1, so older plugins stay loadable), a plugin also
 //     exports, with C linkage and default visibility,
 //       const plugpool::abi::SchemaTable* plugpool_schemas_v1();
@@ -41,6 +42,16 @@
 //     such values; typed hosts compile the schema in and do not. A loader treats a missing
 //     symbol as "no schemas" and calls it, like the descriptor, only after the version check.
 //     The table and the nodes it points to obey convention 2.
+//  9. Optionally (added within ABI version 1, so older plugins stay loadable), a plugin also
+//     exports, with C linkage and default visibility,
+//       const plugpool::abi::ChunkTable* plugpool_chunks_v1();
+//     one chunk entry (InvokeChunkFn) per task, in the descriptor's task order, or null for a
+//     task that has none. A chunk entry makes the calls invoke would make for each item of a
+//     chunk, in item order, with the same results and the same failures, in one call across
+//     the boundary: the plugin can then read and write a chunk of scalar tuples (convention 5)
+//     as plain arrays of words. A loader treats a missing symbol as "no chunk entries" (and
+//     calls invoke per item), calls it only after the version check, and refuses a table
+//     whose count differs from the descriptor's taskCount. The table obeys convention 2.
 #pragma once
 
 #include <cstddef>
@@ -48,6 +59,7 @@
 
 #include <capnp/any.h>
 #include <capnp/common.h>
+#include <capnp/list.h>
 #include <capnp/schema.capnp.h>
 
 // Bumped on any incompatible change to the structures below or to the tuple encoding.
@@ -67,6 +79,23 @@ struct ErrorSink {
 // exactly once and leaves `result` in an unspecified state.
 using InvokeFn = void (*)(const capnp::AnyStruct::Reader* args, capnp::AnyStruct::Builder* result,
                           const ErrorSink* sink) noexcept;
+
+// Where a chunk entry reports the failure of item `index` (its position in the chunk). The
+// loader owns it; the strings are copied during the call.
+struct ChunkErrorSink {
+  void* context;
+  void (*report)(void* context, std::uint32_t index, const char* type, std::size_t typeSize,
+                 const char* message, std::size_t messageSize) noexcept;
+};
+
+// Runs one call per item of `args`, in order (convention 9): item i's value goes into
+// (*results)[i]. The loader allocated `results` with args->size() structs of
+// resultDataWords/resultPointers. A failed item is reported through sink->report exactly once,
+// with its index, in increasing index order, and leaves its result unspecified; the items
+// after it still run.
+using InvokeChunkFn = void (*)(const capnp::List<capnp::AnyStruct>::Reader* args,
+                               capnp::List<capnp::AnyStruct>::Builder* results,
+                               const ChunkErrorSink* sink) noexcept;
 
 struct TaskDescriptor {
   const char* name;  // unique within the plugin, e.g. "square"
@@ -97,11 +126,19 @@ struct SchemaTable {
   const capnp::schema::Node::Reader* nodes;
 };
 
+// The chunk entries a plugin ships (convention 9).
+struct ChunkTable {
+  std::uint32_t count;               // == PluginDescriptor::taskCount
+  const InvokeChunkFn* invokeChunk;  // `count` entries in task order; null: call per item
+};
+
 // The exported symbols' names, for loaders.
 inline constexpr const char* ABI_VERSION_SYMBOL = "plugpool_abi_version";
 inline constexpr const char* DESCRIPTOR_SYMBOL = "plugpool_plugin_v1";
 inline constexpr const char* SCHEMAS_SYMBOL = "plugpool_schemas_v1";  // optional
+inline constexpr const char* CHUNKS_SYMBOL = "plugpool_chunks_v1";    // optional
 using DescriptorFn = const PluginDescriptor* (*)();
 using SchemasFn = const SchemaTable* (*)();
+using ChunksFn = const ChunkTable* (*)();
 
 }  // namespace plugpool::abi

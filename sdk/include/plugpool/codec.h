@@ -384,6 +384,62 @@ inline capnp::AnyStruct::Reader readStruct(capnp::AnyPointer::Reader in) {
   return in.getAs<capnp::AnyStruct>();
 }
 
+// --- chunks of scalar tuples ----------------------------------------------------------------
+//
+// A tuple of scalars only (TupleLayout's pointers == 0) is `dataWords` data words. A list of
+// such tuple structs, each exactly that size, is one plain array of words: value k of tuple i
+// is word i * dataWords + k. Chunks of scalar items and results are read and written through
+// that array, without a struct accessor per item (abi.h convention 9).
+
+// Whether values of types T... travel as a tuple of data words only.
+template <typename... T>
+inline constexpr bool IS_SCALAR_TUPLE = sizeof...(T) > 0 && TupleLayout<T...>::pointers == 0;
+
+// The start of `list`'s array of words if every element is exactly `dataWords` data words and
+// no pointers; null if the list is empty or laid out otherwise (a sender may send bigger
+// tuples: read those element by element, as readTuple does). The array holds
+// list.size() * dataWords words. List is a List<AnyStruct>::Reader or ::Builder.
+template <typename List>
+auto packedWords(List list, unsigned dataWords) -> decltype(list[0].getDataSection().begin()) {
+  if (dataWords == 0 || list.size() == 0) return nullptr;
+  auto first = list[0];
+  auto data = first.getDataSection();
+  if (data.size() != dataWords * 8u || first.getPointerSection().size() != 0) return nullptr;
+  // Every element of a list is one step from the last; for a struct list the step is the
+  // element's size, but check it rather than rely on how the list was made.
+  if (list.size() > 1 && list[1].getDataSection().begin() != data.begin() + dataWords * 8u) {
+    return nullptr;
+  }
+  return data.begin();
+}
+
+// Writes scalar values (each convertible to its T) as consecutive words at `out`.
+template <typename... T, typename... U>
+void writeWords(capnp::byte* out, const U&... values) {
+  static_assert(sizeof...(T) == sizeof...(U) && IS_SCALAR_TUPLE<T...>);
+  (
+      [&] {
+        std::uint64_t word = Codec<T>::toWord(values);
+        std::memcpy(out, &word, 8);
+        out += 8;
+      }(),
+      ...);
+}
+
+// Reads scalar values of types T... from consecutive words at `in`.
+template <typename... T>
+std::tuple<typename Codec<T>::Value...> readWords(const capnp::byte* in) {
+  static_assert(IS_SCALAR_TUPLE<T...>);
+  return [&]<std::size_t... I>(std::index_sequence<I...>) {
+    return std::tuple<typename Codec<T>::Value...>{[&] {
+      std::uint64_t word;
+      std::memcpy(&word, in + I * 8, 8);
+      return Codec<T>::fromWord(word);
+    }()...};
+  }
+  (std::index_sequence_for<T...>{});
+}
+
 }  // namespace codec
 
 template <typename... T>

@@ -70,16 +70,56 @@ inline void report(const abi::ErrorSink* sink, const std::string& type,
   sink->report(sink->context, type.data(), type.size(), message.data(), message.size());
 }
 
-// Reports the exception being handled; call only inside a catch block.
-inline void reportCurrentException(const abi::ErrorSink* sink) noexcept {
+// Calls report(type name, message) for the exception being handled; call only inside a
+// catch block.
+template <typename Report>
+void describeCurrentException(Report&& report) noexcept {
   try {
     throw;
   } catch (const std::exception& e) {
-    report(sink, demangle(typeid(e).name()), e.what());
+    report(demangle(typeid(e).name()), e.what());
   } catch (...) {
     const std::type_info* type = ::abi::__cxa_current_exception_type();
-    report(sink, type != nullptr ? demangle(type->name()) : "unknown",
+    report(type != nullptr ? demangle(type->name()) : "unknown",
            "a value that is not a std::exception was thrown");
+  }
+}
+
+// Reports the exception being handled; call only inside a catch block.
+inline void reportCurrentException(const abi::ErrorSink* sink) noexcept {
+  describeCurrentException(
+      [&](const std::string& type, const std::string& message) { report(sink, type, message); });
+}
+
+// Reports the exception being handled as the failure of item `index` of a chunk; call only
+// inside a catch block.
+inline void reportCurrentException(const abi::ChunkErrorSink* sink, std::uint32_t index) noexcept {
+  describeCurrentException([&](const std::string& type, const std::string& message) {
+    sink->report(sink->context, index, type.data(), type.size(), message.data(), message.size());
+  });
+}
+
+// A chunk entry's general path: Invoke on each item, its failures reported with the item's
+// index. For any layout of arguments and results.
+template <abi::InvokeFn Invoke>
+void invokeEach(const capnp::List<capnp::AnyStruct>::Reader& args,
+                capnp::List<capnp::AnyStruct>::Builder& results,
+                const abi::ChunkErrorSink* sink) noexcept {
+  struct Item {
+    const abi::ChunkErrorSink* chunk;
+    std::uint32_t index;
+  } item{sink, 0};
+  const abi::ErrorSink itemSink{&item, [](void* context, const char* type, std::size_t typeSize,
+                                          const char* message, std::size_t messageSize) noexcept {
+                                  const auto* at = static_cast<const Item*>(context);
+                                  at->chunk->report(at->chunk->context, at->index, type, typeSize,
+                                                    message, messageSize);
+                                }};
+  for (unsigned i = 0; i < args.size(); ++i) {
+    item.index = i;
+    capnp::AnyStruct::Reader in = args[i];
+    capnp::AnyStruct::Builder out = results[i];
+    Invoke(&in, &out, &itemSink);
   }
 }
 
@@ -122,6 +162,34 @@ struct Invoker<Fn, Result, std::tuple<P...>, void> {
       reportCurrentException(sink);
     }
   }
+
+  // Scalar arguments and a scalar result: a chunk is two arrays of words (codec.h), read and
+  // written directly when laid out exactly so; anything else goes item by item.
+  static constexpr bool PACKED =
+      codec::IS_SCALAR_TUPLE<std::remove_cvref_t<P>...> && codec::IS_SCALAR_TUPLE<Out>;
+
+  static void invokeChunk(const capnp::List<capnp::AnyStruct>::Reader* args,
+                          capnp::List<capnp::AnyStruct>::Builder* results,
+                          const abi::ChunkErrorSink* sink) noexcept {
+    if constexpr (PACKED) {
+      constexpr unsigned WORDS = codec::TupleLayout<std::remove_cvref_t<P>...>::dataWords;
+      const capnp::byte* in = codec::packedWords(*args, WORDS);
+      capnp::byte* out = codec::packedWords(*results, 1);
+      if (in != nullptr && out != nullptr && results->size() == args->size()) {
+        const unsigned n = args->size();
+        for (unsigned i = 0; i < n; ++i, in += WORDS * 8, out += 8) {
+          try {
+            codec::writeWords<Out>(out,
+                                   std::apply(Fn, codec::readWords<std::remove_cvref_t<P>...>(in)));
+          } catch (...) {
+            reportCurrentException(sink, i);
+          }
+        }
+        return;
+      }
+    }
+    invokeEach<&invoke>(*args, *results, sink);
+  }
 };
 
 // Tasks that fill a trailing X::Builder.
@@ -138,6 +206,11 @@ struct Invoker<Fn, void, std::tuple<P...>, OutBuilder> {
     } catch (...) {
       reportCurrentException(sink);
     }
+  }
+  static void invokeChunk(const capnp::List<capnp::AnyStruct>::Reader* args,
+                          capnp::List<capnp::AnyStruct>::Builder* results,
+                          const abi::ChunkErrorSink* sink) noexcept {
+    invokeEach<&invoke>(*args, *results, sink);
   }
 };
 
@@ -272,16 +345,19 @@ struct SchemasOf<std::unordered_map<K, V>> : SchemasOf<std::tuple<K, V>> {};
 struct TaskEntry {
   abi::TaskDescriptor descriptor;
   void (*schemas)(SchemaCollector&);
+  abi::InvokeChunkFn invokeChunk;
 };
 
 template <auto Fn>
 TaskEntry task(const char* name, const char* doc) {
   using T = TaskOf<Fn>;
   using Call = typename T::Call;
-  return {Manifest<Call, typename Call::Args>::describe(name, doc), [](SchemaCollector& out) {
+  return {Manifest<Call, typename Call::Args>::describe(name, doc),
+          [](SchemaCollector& out) {
             SchemasOf<typename Call::Args>::add(out);
             SchemasOf<typename Call::Out>::add(out);
-          }};
+          },
+          &Call::invokeChunk};
 }
 
 // The descriptor table of a plugin's task entries.
@@ -303,6 +379,18 @@ struct SchemaStore {
   abi::SchemaTable table;
 };
 
+// The chunk table of a plugin's task entries (abi.h convention 9); built once, lives until the
+// process exits.
+struct ChunkStore {
+  template <std::size_t N>
+  explicit ChunkStore(const TaskEntry (&entries)[N]) {
+    for (const TaskEntry& e : entries) functions.push_back(e.invokeChunk);
+    table = {static_cast<std::uint32_t>(functions.size()), functions.data()};
+  }
+  std::vector<abi::InvokeChunkFn> functions;
+  abi::ChunkTable table;
+};
+
 }  // namespace plugpool::sdk
 
 // Exports task `fn` under its own name. `fn` must be an unqualified function name; use
@@ -311,7 +399,7 @@ struct SchemaStore {
 #define PLUGPOOL_TASK_AS(name, fn, doc) ::plugpool::sdk::task<&fn>(name, doc)
 
 // Declares this shared library a plugpool plugin named `name` with the listed tasks, and
-// exports the ABI symbols (abi.h conventions 1 and 8).
+// exports the ABI symbols (abi.h conventions 1, 8 and 9).
 #define PLUGPOOL_PLUGIN(name, ...)                                                             \
   namespace {                                                                                  \
   const auto& plugpoolTaskEntries() {                                                          \
@@ -332,6 +420,11 @@ struct SchemaStore {
   extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::SchemaTable*        \
   plugpool_schemas_v1() {                                                                      \
     static const ::plugpool::sdk::SchemaStore store(plugpoolTaskEntries());                    \
+    return &store.table;                                                                       \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) const ::plugpool::abi::ChunkTable*         \
+  plugpool_chunks_v1() {                                                                       \
+    static const ::plugpool::sdk::ChunkStore store(plugpoolTaskEntries());                     \
     return &store.table;                                                                       \
   }                                                                                            \
   static_assert(true, "PLUGPOOL_PLUGIN ends with a semicolon")
