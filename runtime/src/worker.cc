@@ -142,13 +142,34 @@ std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& mess
   auto results = done.initResults().initAsListOfAnyStruct(task.resultDataWords, task.resultPointers,
                                                           args.size());
   failures_.clear();
-  abi::ErrorSink sink{this, &WorkerSession::recordFailure};
   const auto started = std::chrono::steady_clock::now();
-  for (unsigned i = 0; i < args.size(); ++i) {
-    current_ = i;
-    capnp::AnyStruct::Reader in = args[i];
-    capnp::AnyStruct::Builder out = results[i];
-    task.invoke(&in, &out, &sink);
+  if (abi::InvokeChunkFn invokeChunk = plugins_[run.plugin].loaded.chunkEntry(run.task)) {
+    // One call for the whole chunk (abi.h convention 9). A report that breaks the convention
+    // (an index out of range or out of order) is dropped: the host would refuse the reply.
+    struct Chunk {
+      WorkerSession* self;
+      unsigned items;
+    } chunk{this, args.size()};
+    abi::ChunkErrorSink sink{
+        &chunk, [](void* context, std::uint32_t index, const char* type, std::size_t typeSize,
+                   const char* message, std::size_t messageSize) noexcept {
+          auto* c = static_cast<Chunk*>(context);
+          const auto& failures = c->self->failures_;
+          if (index >= c->items || (!failures.empty() && failures.back().index >= index)) {
+            return;
+          }
+          c->self->current_ = index;
+          recordFailure(c->self, type, typeSize, message, messageSize);
+        }};
+    invokeChunk(&args, &results, &sink);
+  } else {
+    abi::ErrorSink sink{this, &WorkerSession::recordFailure};
+    for (unsigned i = 0; i < args.size(); ++i) {
+      current_ = i;
+      capnp::AnyStruct::Reader in = args[i];
+      capnp::AnyStruct::Builder out = results[i];
+      task.invoke(&in, &out, &sink);
+    }
   }
   const auto elapsed = std::chrono::steady_clock::now() - started;
 
