@@ -422,21 +422,54 @@ class PLUGPOOL_API Pool {
 
 namespace detail {
 
-// Encoders from an element of the caller's range to an argument tuple.
+// Encoders from an element of the caller's range to an argument tuple. When the arguments
+// are scalars only (PACKED), words(out, element) writes the tuple's WORDS data words at `out`
+// instead, for encodeChunk.
 template <typename... A>
 struct EncodeOne {
+  static constexpr bool PACKED = codec::IS_SCALAR_TUPLE<WireTypeOf<A>...>;
+  static constexpr unsigned WORDS = codec::TupleLayout<WireTypeOf<A>...>::dataWords;
   template <typename T>
   void operator()(capnp::AnyStruct::Builder out, const T& item) const {
     codec::writeTuple<WireTypeOf<A>...>(out, item);
   }
+  template <typename T>
+  void words(capnp::byte* out, const T& item) const {
+    codec::writeWords<WireTypeOf<A>...>(out, item);
+  }
 };
 template <typename... A>
 struct EncodeStar {
+  static constexpr bool PACKED = codec::IS_SCALAR_TUPLE<WireTypeOf<A>...>;
+  static constexpr unsigned WORDS = codec::TupleLayout<WireTypeOf<A>...>::dataWords;
   template <typename T>
   void operator()(capnp::AnyStruct::Builder out, const T& args) const {
     std::apply([&](const auto&... a) { codec::writeTuple<WireTypeOf<A>...>(out, a...); }, args);
   }
+  template <typename T>
+  void words(capnp::byte* out, const T& args) const {
+    std::apply([&](const auto&... a) { codec::writeWords<WireTypeOf<A>...>(out, a...); }, args);
+  }
 };
+
+template <typename Encode>
+concept PackedEncoder = Encode::PACKED;
+
+// Fills the argument tuples of `list`, allocated with the layout of `encode`'s argument types,
+// from the elements at `it` (one per tuple; `it` ends past them). A packed encoder writes a
+// list laid out as one array of words (codec.h packedWords) directly; anything else goes tuple
+// by tuple.
+template <typename Encode, typename It>
+void encodeChunk(capnp::List<capnp::AnyStruct>::Builder list, It& it, const Encode& encode) {
+  const unsigned n = list.size();
+  if constexpr (PackedEncoder<Encode>) {
+    if (capnp::byte* words = codec::packedWords(list, Encode::WORDS)) {
+      for (unsigned i = 0; i < n; ++i, ++it, words += Encode::WORDS * 8) encode.words(words, *it);
+      return;
+    }
+  }
+  for (unsigned i = 0; i < n; ++i, ++it) encode(list[i], *it);
+}
 
 // Decodes result i of a finished chunk; throws ProtocolError if it does not decode.
 template <typename W>
@@ -449,6 +482,26 @@ typename Codec<W>::Value decodeResult(const TaskRef& task, const ChunkOutcome& o
   } catch (const kj::Exception& e) {
     throwUndecodable(task, e.getDescription().cStr());
   }
+}
+
+// Appends the results of a finished chunk to `out`, in order; throws ProtocolError if one
+// does not decode. Scalar results laid out exactly as a worker makes them (one data word, no
+// pointers) are read as one array of words; any other layout goes result by result with
+// decodeResult's checks.
+template <typename W>
+void decodeResults(const TaskRef& task, const ChunkOutcome& outcome,
+                   std::vector<typename Codec<W>::Value>& out) {
+  const unsigned n = outcome.results.size();
+  if constexpr (codec::IS_SCALAR_TUPLE<W>) {
+    if (const capnp::byte* words = codec::packedWords(outcome.results, 1)) {
+      const std::size_t at = out.size();
+      out.resize(at + n);
+      for (unsigned i = 0; i < n; ++i)
+        out[at + i] = std::get<0>(codec::readWords<W>(words + i * 8));
+      return;
+    }
+  }
+  for (unsigned i = 0; i < n; ++i) out.push_back(decodeResult<W>(task, outcome, i));
 }
 
 struct InitializerAccess {
@@ -498,9 +551,7 @@ std::vector<typename Codec<W>::Value> Pool::collect(detail::Call& call) {
     // Every chunk but the last has the first one's size (send()), so one reservation holds
     // them all; reserving chunk by chunk would reallocate and copy the results so far each time.
     if (c == 0) out.reserve(chunks * outcome.results.size());
-    for (unsigned i = 0; i < outcome.results.size(); ++i) {
-      out.push_back(detail::decodeResult<W>(call.task(), outcome, i));
-    }
+    detail::decodeResults<W>(call.task(), outcome, out);
     call.release(c);
   }
   return out;
@@ -517,8 +568,7 @@ std::shared_ptr<detail::Call> Pool::send(const detail::TaskRef& task, const Rang
   for (std::size_t start = 0; start < n; start += chunksize) {
     auto count = static_cast<unsigned>(std::min(chunksize, n - start));
     detail::ChunkRequest chunk(task, count, Layout::dataWords, Layout::pointers);
-    auto list = chunk.items();
-    for (unsigned i = 0; i < count; ++i, ++it) encode(list[i], *it);
+    detail::encodeChunk(chunk.items(), it, encode);
     call->submit(std::move(chunk));
   }
   call->seal();
@@ -627,8 +677,8 @@ Stream<Value> Pool::streamOf(const detail::TaskRef& task, Range&& items, bool or
     for (; buffer.size() < n && it != end; ++it) buffer.push_back(*it);
     detail::ChunkRequest chunk(task, static_cast<unsigned>(buffer.size()), shape.dataWords,
                                shape.pointers);
-    auto list = chunk.items();
-    for (unsigned i = 0; i < buffer.size(); ++i) encode(list[i], buffer[i]);
+    auto from = buffer.begin();
+    detail::encodeChunk(chunk.items(), from, encode);
     return chunk;
   };
   using Item = typename Stream<Value>::Item;
