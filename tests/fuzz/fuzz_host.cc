@@ -48,7 +48,22 @@ void decodeAs(const ChunkOutcome& outcome, unsigned i) {
   }
 }
 
+// Reads scalar results as one array of words, as pool.h's decodeResults does when
+// codec::packedWords finds them laid out as a worker makes them.
+template <typename W>
+void decodePacked(const ChunkOutcome& outcome) {
+  const capnp::byte* words = codec::packedWords(outcome.results, 1);
+  if (words == nullptr) return;
+  for (unsigned i = 0; i < outcome.results.size(); ++i) {
+    auto value = std::get<0>(codec::readWords<W>(words + i * 8));
+    static_cast<void>(value);
+  }
+}
+
 void decodeResults(const ChunkOutcome& outcome) {
+  decodePacked<std::int64_t>(outcome);
+  decodePacked<bool>(outcome);
+  decodePacked<double>(outcome);
   for (unsigned i = 0; i < outcome.results.size(); ++i) {
     decodeAs<std::int64_t>(outcome, i);
     decodeAs<double>(outcome, i);
