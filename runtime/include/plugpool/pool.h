@@ -496,8 +496,9 @@ void decodeResults(const TaskRef& task, const ChunkOutcome& outcome,
     if (const capnp::byte* words = codec::packedWords(outcome.results, 1)) {
       const std::size_t at = out.size();
       out.resize(at + n);
-      for (unsigned i = 0; i < n; ++i)
+      for (unsigned i = 0; i < n; ++i) {
         out[at + i] = std::get<0>(codec::readWords<W>(words + i * 8));
+      }
       return;
     }
   }
