@@ -42,7 +42,8 @@ using WordOf = std::function<Int(unsigned i, unsigned k)>;
 
 // A ChunkDone as the host reads it, after decodeChunkDone's checks.
 struct Reply {
-  std::unique_ptr<Received> received;
+  kj::Array<capnp::word> words;
+  std::unique_ptr<capnp::FlatArrayMessageReader> reader;  // reads `words`
   ChunkOutcome outcome;
 
   Int word(unsigned i, unsigned k = 0) const {
@@ -104,8 +105,10 @@ class Session {
     auto reply = session_.run(message);
 
     Reply out;
-    out.received = std::make_unique<Received>(capnp::messageToFlatArray(*reply));
-    auto root = out.received->reader.getRoot<wire::WorkerMessage>();
+    out.words = capnp::messageToFlatArray(*reply);
+    out.reader =
+        std::make_unique<capnp::FlatArrayMessageReader>(out.words, readerOptions(out.words.size()));
+    auto root = out.reader->getRoot<wire::WorkerMessage>();
     REQUIRE(root.isChunkDone());
     out.outcome = decodeChunkDone(root.getChunkDone(), id_, count);  // the host's checks
     return out;
