@@ -92,8 +92,9 @@ TEST_CASE("large payloads round-trip intact and their buffers are released") {
       Bytes in = pattern(std::size_t{16} << 20, 7);
       REQUIRE(pool.apply(echo, in) == in);
     }
-    // Every message buffer of those calls is unmapped again (the inputs and results, plain
-    // vectors, are freed too: glibc returns blocks this large to the system). Not under
+    // Every message buffer of those calls is unmapped again, or kept for the next one of its
+    // size (at most two, before as after: big_buffers.h). The inputs and results, plain
+    // vectors, are freed too: glibc returns blocks this large to the system. Not under
     // AddressSanitizer, whose allocator keeps freed blocks mapped for a while (its quarantine),
     // some split in two by the huge-page hint of codec.h's copyBytes.
 #ifndef __SANITIZE_ADDRESS__

@@ -2,7 +2,12 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <mutex>
 #include <new>
+#include <utility>
 
 namespace plugpool::detail {
 
@@ -14,12 +19,62 @@ std::size_t mappedBytes(std::size_t bytes) {
   return (bytes + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
 }
 
-// Unmaps what allocateWords mapped. Stateless: one instance serves every array.
+// Freed mappings kept for the next buffer of the same mapped size, most recent first.
+class MappingCache {
+ public:
+  void* take(std::size_t bytes) {
+    std::lock_guard lock(mutex_);
+    for (auto it = kept_.begin(); it != kept_.end(); ++it) {
+      if (it->second != bytes) continue;
+      void* p = it->first;
+      kept_.erase(it);
+      return p;
+    }
+    return nullptr;
+  }
+  void put(void* p, std::size_t bytes) {
+    std::pair<void*, std::size_t> evicted{nullptr, 0};
+    if (enabled_.load(std::memory_order_relaxed) && bytes <= MAX_CACHED_BYTES) {
+      std::lock_guard lock(mutex_);
+      kept_.emplace_front(p, bytes);
+      if (kept_.size() <= MAX_CACHED) return;
+      evicted = kept_.back();
+      kept_.pop_back();
+    } else {
+      evicted = {p, bytes};
+    }
+    ::munmap(evicted.first, evicted.second);
+  }
+  void release() {
+    std::deque<std::pair<void*, std::size_t>> kept;
+    {
+      std::lock_guard lock(mutex_);
+      kept.swap(kept_);
+    }
+    for (auto [p, bytes] : kept) ::munmap(p, bytes);
+  }
+  void enable(bool keep) { enabled_.store(keep, std::memory_order_relaxed); }
+
+ private:
+  static constexpr std::size_t MAX_CACHED = 2;
+  static constexpr std::size_t MAX_CACHED_BYTES = std::size_t{256} << 20;
+  std::atomic<bool> enabled_{false};
+  std::mutex mutex_;
+  std::deque<std::pair<void*, std::size_t>> kept_;
+};
+
+MappingCache& cache() {
+  static MappingCache* instance = new MappingCache;  // never destroyed: used until exit
+  return *instance;
+}
+
+// Gives what allocateWords mapped to the cache (which unmaps it if it keeps nothing).
+// Stateless: one instance serves every array.
 class MappingDisposer final : public kj::ArrayDisposer {
  protected:
   void disposeImpl(void* firstElement, std::size_t elementSize, std::size_t, std::size_t capacity,
                    void (*)(void*)) const override {
-    ::munmap(firstElement, mappedBytes(elementSize * capacity));
+    cache().put(firstElement, mappedBytes(elementSize * capacity));
   }
 };
 
@@ -27,14 +82,31 @@ const MappingDisposer MAPPING_DISPOSER;
 
 }  // namespace
 
-kj::Array<capnp::word> allocateWords(std::size_t words) {
+void keepFreedBuffers(bool keep) {
+  cache().enable(keep);
+}
+
+void releaseFreedBuffers() {
+  cache().release();
+}
+
+kj::Array<capnp::word> allocateWords(std::size_t words, bool zeroed) {
   const std::size_t bytes = words * sizeof(capnp::word);
-  if (bytes < BIG_BUFFER_BYTES) return kj::heapArray<capnp::word>(words);
-  // A length that is a multiple of the huge-page size gets a huge-page-aligned address.
-  void* p = ::mmap(nullptr, mappedBytes(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-  if (p == MAP_FAILED) throw std::bad_alloc();
-  ::madvise(p, mappedBytes(bytes), MADV_HUGEPAGE);  // a hint: failure only costs speed
+  if (bytes < BIG_BUFFER_BYTES) {
+    auto small = kj::heapArray<capnp::word>(words);
+    if (zeroed) std::memset(small.begin(), 0, bytes);
+    return small;
+  }
+  void* p = cache().take(mappedBytes(bytes));
+  if (p != nullptr) {
+    if (zeroed) std::memset(p, 0, bytes);
+  } else {
+    // A length that is a multiple of the huge-page size gets a huge-page-aligned address.
+    p = ::mmap(nullptr, mappedBytes(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+               0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    ::madvise(p, mappedBytes(bytes), MADV_HUGEPAGE);  // a hint: failure only costs speed
+  }
   return kj::Array<capnp::word>(static_cast<capnp::word*>(p), words, MAPPING_DISPOSER);
 }
 

@@ -22,9 +22,19 @@ namespace plugpool::detail {
 
 inline constexpr std::size_t BIG_BUFFER_BYTES = std::size_t{1} << 20;
 
-// `words` words: mapped, zeroed and huge-page backed from BIG_BUFFER_BYTES on; uninitialized
-// heap memory below. Throws std::bad_alloc if the memory cannot be had.
-kj::Array<capnp::word> allocateWords(std::size_t words);
+// `words` words, zeroed unless `zeroed` is false: from BIG_BUFFER_BYTES on, a mapping of
+// their own, huge-page backed, or a freed one of the same size kept for reuse (below); heap
+// memory below that. Throws std::bad_alloc if the memory cannot be had.
+kj::Array<capnp::word> allocateWords(std::size_t words, bool zeroed = true);
+
+// Whether to keep the last two freed large buffers (of up to 256 MiB) for the next ones of the
+// same size: a steady stream of large messages then writes to pages it has faulted in
+// already, which costs a fraction of fresh ones. Off by default; the host's pools turn it on
+// and give the buffers back with releaseFreedBuffers() when they have been idle and when they
+// close; workers, which have no such moment, turn it off (a forked one inherits it on).
+// Thread-safe.
+void keepFreedBuffers(bool keep);
+void releaseFreedBuffers();
 
 // A MallocMessageBuilder whose large segments come from allocateWords, or, after placeIn(),
 // the first of them from a SharedRegion (shared_memory.h) the builder claims, so that the

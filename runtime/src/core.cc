@@ -13,6 +13,7 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include "big_buffers.h"
 #include "decode.h"
 #include "paths.h"
 #include "plugpool/errors.h"
@@ -52,6 +53,7 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
       exitedFuture_(exitedPromise_.get_future().share()),
       wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
   if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
+  keepFreedBuffers(true);
   std::promise<void> started;
   auto ready = started.get_future();
   thread_ = std::thread([this, &started] { run(started); });
@@ -66,6 +68,7 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
 Core::~Core() {
   close();
   join();
+  releaseFreedBuffers();
 }
 
 void Core::close() {
@@ -472,6 +475,7 @@ void Core::trimShared() {
     const bool ours = w->toWorker->trim();
     const bool theirs = w->toHost->trim();
     w->sharedSince = ours && theirs ? std::nullopt : std::optional(now);
+    releaseFreedBuffers();  // the large messages' own buffers, idle as long
   }
 }
 

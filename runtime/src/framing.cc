@@ -203,7 +203,7 @@ bool FrameReader::startMessage() {
                             " bytes exceeds the limit of " + std::to_string(maxWords_ * 8) +
                             " bytes");
   }
-  message_ = allocateWords(words);
+  message_ = allocateWords(words, false);  // filled from the stream
   filled_ = 0;
   return true;
 }

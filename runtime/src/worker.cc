@@ -243,6 +243,8 @@ int converse(int fd) {
 }  // namespace
 
 int serveWorker(int fd) {
+  keepFreedBuffers(false);
+  releaseFreedBuffers();
   try {
     return converse(fd);
   } catch (const std::system_error& e) {
