@@ -52,6 +52,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <kj/exception.h>
@@ -63,6 +64,7 @@
 #include "plugpool/export.h"
 #include "plugpool/future.h"
 #include "plugpool/manifest.h"
+#include "plugpool/shared_bytes.h"
 #include "plugpool/stream.h"
 
 namespace plugpool {
@@ -476,7 +478,13 @@ template <typename W>
 typename Codec<W>::Value decodeResult(const TaskRef& task, const ChunkOutcome& outcome,
                                       unsigned i) {
   try {
-    return std::get<0>(codec::readTuple<W>(outcome.results[i]));
+    if constexpr (std::is_same_v<W, SharedBytes>) {
+      // Read in place: the bytes keep the received message alive.
+      auto view = std::get<0>(codec::readTuple<std::span<const std::byte>>(outcome.results[i]));
+      return SharedBytes(view, outcome.keepAlive);
+    } else {
+      return std::get<0>(codec::readTuple<W>(outcome.results[i]));
+    }
   } catch (const DecodeError& e) {
     throwUndecodable(task, e.what());
   } catch (const kj::Exception& e) {
