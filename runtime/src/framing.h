@@ -92,6 +92,8 @@ class FrameReader {
   Status read(int fd, kj::Array<capnp::word>& out);
 
   void setMaxWords(std::uint64_t maxWords) { maxWords_ = maxWords; }
+  // Whether bytes of the next message are already read (read() may not need the descriptor).
+  bool hasBuffered() const { return end_ > begin_ || message_ != nullptr; }
   // From now on, frames may place segments in `peer`, the sender's region.
   void acceptShared(std::shared_ptr<SharedRegion> peer) { peer_ = std::move(peer); }
   const std::shared_ptr<SharedRegion>& peerRegion() const { return peer_; }

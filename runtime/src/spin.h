@@ -2,8 +2,9 @@
 //
 // Sleeping and being woken costs about as much as a socket round trip (more when the CPU it
 // wakes on was idle), so a thread that expects an answer within microseconds — an apply's
-// caller, the dispatcher with a lone chunk out — first polls for it a little while. Only
-// where a second CPU can do the work meanwhile: on one CPU, watching only delays it.
+// caller, the dispatcher with a lone chunk out, a worker that has just replied and may get
+// the next Run at once — first polls for it a little while. Only where a second CPU can do
+// the work meanwhile: on one CPU, watching only delays it.
 #pragma once
 
 #include <chrono>

@@ -1,5 +1,6 @@
 #include "worker.h"
 
+#include <poll.h>
 #include <sys/resource.h>
 
 #include <unistd.h>
@@ -27,6 +28,7 @@
 #include "framing.h"
 #include "plugin_loader.h"
 #include "plugpool/codec.h"
+#include "spin.h"
 #include "wire.capnp.h"
 
 namespace plugpool::detail {
@@ -230,6 +232,14 @@ int converse(int fd) {
   // Each reply leaves as soon as it is made, before the next chunk runs: if that chunk
   // crashes the worker, the host knows exactly which chunk was running.
   for (;;) {
+    if (!reader.hasBuffered()) {
+      // The host often answers a reply with the next Run within microseconds (an apply after
+      // another): watch for it before sleeping, as the host's waiting threads do (spin.h).
+      watchBriefly([&] {
+        pollfd ready{fd, POLLIN, 0};
+        return ::poll(&ready, 1, 0) != 0;
+      });
+    }
     if (reader.read(fd, words) == FrameReader::Status::END) return 0;
     std::unique_ptr<BigSegmentBuilder> reply;
     {
