@@ -34,7 +34,7 @@ class MappingCache {
   }
   void put(void* p, std::size_t bytes) {
     std::pair<void*, std::size_t> evicted{nullptr, 0};
-    if (enabled_.load(std::memory_order_relaxed) && bytes <= MAX_CACHED_BYTES) {
+    if (keepers_.load(std::memory_order_relaxed) > 0 && bytes <= MAX_CACHED_BYTES) {
       std::lock_guard lock(mutex_);
       kept_.emplace_front(p, bytes);
       if (kept_.size() <= MAX_CACHED) return;
@@ -53,12 +53,19 @@ class MappingCache {
     }
     for (auto [p, bytes] : kept) ::munmap(p, bytes);
   }
-  void enable(bool keep) { enabled_.store(keep, std::memory_order_relaxed); }
+  void keep() { keepers_.fetch_add(1, std::memory_order_relaxed); }
+  void letGo() {
+    if (keepers_.fetch_sub(1, std::memory_order_relaxed) == 1) release();
+  }
+  void stop() {
+    keepers_.store(0, std::memory_order_relaxed);
+    release();
+  }
 
  private:
   static constexpr std::size_t MAX_CACHED = 2;
   static constexpr std::size_t MAX_CACHED_BYTES = std::size_t{256} << 20;
-  std::atomic<bool> enabled_{false};
+  std::atomic<int> keepers_{0};
   std::mutex mutex_;
   std::deque<std::pair<void*, std::size_t>> kept_;
 };
@@ -82,12 +89,20 @@ const MappingDisposer MAPPING_DISPOSER;
 
 }  // namespace
 
-void keepFreedBuffers(bool keep) {
-  cache().enable(keep);
+KeepFreedBuffers::KeepFreedBuffers() {
+  cache().keep();
+}
+
+KeepFreedBuffers::~KeepFreedBuffers() {
+  cache().letGo();
 }
 
 void releaseFreedBuffers() {
   cache().release();
+}
+
+void stopKeepingFreedBuffers() {
+  cache().stop();
 }
 
 kj::Array<capnp::word> allocateWords(std::size_t words, bool zeroed) {

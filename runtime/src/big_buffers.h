@@ -27,14 +27,21 @@ inline constexpr std::size_t BIG_BUFFER_BYTES = std::size_t{1} << 20;
 // memory below that. Throws std::bad_alloc if the memory cannot be had.
 kj::Array<capnp::word> allocateWords(std::size_t words, bool zeroed = true);
 
-// Whether to keep the last two freed large buffers (of up to 256 MiB) for the next ones of the
-// same size: a steady stream of large messages then writes to pages it has faulted in
-// already, which costs a fraction of fresh ones. Off by default; the host's pools turn it on
-// and give the buffers back with releaseFreedBuffers() when they have been idle and when they
-// close; workers, which have no such moment, turn it off (a forked one inherits it on).
-// Thread-safe.
-void keepFreedBuffers(bool keep);
+// While at least one of these lives (each host pool holds one), the last two freed large
+// buffers (of up to 256 MiB) are kept for the next ones of the same size: a steady stream of
+// large messages then writes to pages it has faulted in already, which costs a fraction of
+// fresh ones. When the last one goes, and at releaseFreedBuffers() (a pool that has been
+// idle), the kept buffers are given back. Thread-safe.
+class KeepFreedBuffers {
+ public:
+  KeepFreedBuffers();
+  ~KeepFreedBuffers();
+  KeepFreedBuffers(const KeepFreedBuffers&) = delete;
+  KeepFreedBuffers& operator=(const KeepFreedBuffers&) = delete;
+};
 void releaseFreedBuffers();
+// A worker keeps none, even one forked from a host that did.
+void stopKeepingFreedBuffers();
 
 // A MallocMessageBuilder whose large segments come from allocateWords, or, after placeIn(),
 // the first of them from a SharedRegion (shared_memory.h) the builder claims, so that the

@@ -53,7 +53,6 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
       exitedFuture_(exitedPromise_.get_future().share()),
       wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
   if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
-  keepFreedBuffers(true);
   std::promise<void> started;
   auto ready = started.get_future();
   thread_ = std::thread([this, &started] { run(started); });
@@ -68,7 +67,6 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
 Core::~Core() {
   close();
   join();
-  releaseFreedBuffers();
 }
 
 void Core::close() {

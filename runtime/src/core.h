@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "big_buffers.h"
 #include "fd.h"
 #include "framing.h"
 #include "launcher.h"
@@ -169,6 +170,7 @@ class Core {
   static void fail(Job& job, std::exception_ptr error);
   void countStats(const Job& job);
 
+  KeepFreedBuffers keepBuffers_;  // large message buffers are reused while the pool lives
   Options options_;
   std::vector<std::string> pluginPaths_;
   std::string workerExecutable_;

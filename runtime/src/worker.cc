@@ -253,8 +253,7 @@ int converse(int fd) {
 }  // namespace
 
 int serveWorker(int fd) {
-  keepFreedBuffers(false);
-  releaseFreedBuffers();
+  stopKeepingFreedBuffers();
   try {
     return converse(fd);
   } catch (const std::system_error& e) {
