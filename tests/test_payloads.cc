@@ -171,6 +171,24 @@ bool inSharedRegion(const void* p) {
   return false;
 }
 
+// How many of process `pid`'s mappings of plugpool shared regions are writable and at least
+// 1 MiB (the data of its region, not the header pages).
+int writableRegions(const std::string& pid) {
+  std::ifstream maps("/proc/" + pid + "/maps");
+  int count = 0;
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("plugpool-shared") == std::string::npos) continue;
+    std::istringstream in(line);
+    std::string range, perms;
+    in >> range >> perms;
+    auto dash = range.find('-');
+    auto size = std::stoull(range.substr(dash + 1), nullptr, 16) -
+                std::stoull(range.substr(0, dash), nullptr, 16);
+    if (size >= (1u << 20) && perms[1] == 'w') ++count;
+  }
+  return count;
+}
+
 TEST_CASE("SharedBytes results are read where they arrived and keep their message alive") {
   testing::ProcessSnapshot before;
   const Bytes in = pattern(std::size_t{8} << 20, 5);
@@ -181,10 +199,17 @@ TEST_CASE("SharedBytes results are read where they arrived and keep their messag
     auto again = pool.task<Bytes(plugpool::SharedBytes)>("examples", "echo_bytes");
     const auto shared = [&] { return pool.stats().sharedMessages; };
 
+    const std::string worker =
+        std::to_string(pool.apply(pool.task<Int()>("examples", "worker_pid")));
+    REQUIRE(writableRegions(worker) == 1);  // its own region, to build replies in
+
     plugpool::SharedBytes back = pool.apply(echo, in);
     REQUIRE(back == in);
     REQUIRE(inSharedRegion(back.data()));  // no copy: in the worker's region, as it arrived
     REQUIRE(shared() == 2);
+    // The worker cannot write to what the host is reading: its region is read-only to it
+    // until it takes the region for its next large reply.
+    REQUIRE(writableRegions(worker) == 0);
     // Held, it keeps the region: the next large reply takes the socket, and is a copy.
     plugpool::SharedBytes second = pool.apply(echo, in);
     REQUIRE(second == in);

@@ -82,7 +82,20 @@ std::atomic_ref<std::uint32_t> SharedRegion::state() const {
 
 bool SharedRegion::claim() {
   std::uint32_t expected = FREE;
-  return state().compare_exchange_strong(expected, HELD, std::memory_order_acq_rel);
+  if (!state().compare_exchange_strong(expected, HELD, std::memory_order_acq_rel)) return false;
+  if (locked_) {
+    if (::mprotect(data_, mappedBytes_, PROT_READ | PROT_WRITE) != 0) {
+      release();  // cannot write to it: the message takes the channel
+      return false;
+    }
+    locked_ = false;
+  }
+  return true;
+}
+
+void SharedRegion::lockForReader() {
+  if (writable_ && !locked_ && data_ != nullptr)
+    locked_ = ::mprotect(data_, mappedBytes_, PROT_READ) == 0;
 }
 
 void SharedRegion::release() {

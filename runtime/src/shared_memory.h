@@ -17,6 +17,13 @@
 // Data starts after the header. The memfd is sealed against shrinking and growing, so a
 // mapping of it can never fault (SIGBUS) whatever the other process does.
 //
+// The host reads a worker's messages in place, so while it does, the worker could change them
+// under it; Cap'n Proto's bounds checks hold only for memory that holds still. The worker
+// therefore maps its region read-only from the moment it hands a message over until it claims
+// the region again (lockForReader): a task that writes stray memory there faults, which ends
+// that worker like any crash. A plugin that undoes the protection on purpose could still
+// confuse its host, as it could by other means: plugins are trusted code, their bugs are not.
+//
 // Pages once written stay in the region, so the next message of that size writes to warm
 // memory (fresh pages cost far more than copying: bench/PERFORMANCE.md); the host trims a
 // region that has not carried a message for a while.
@@ -60,8 +67,13 @@ class SharedRegion {
   int fd() const { return fd_.get(); }
   std::size_t capacityWords() const { return capacityWords_; }
 
-  // The sender takes the region for one message. False while the receiver holds the last.
+  // The sender takes the region for one message (and makes it writable again after
+  // lockForReader). False while the receiver holds the last.
   bool claim();
+  // The sender has handed a message in the region over: it maps the region read-only until
+  // it claims it again, so that a task that writes stray memory faults instead of changing
+  // what the receiver reads. (The worker does this; the host trusts itself.)
+  void lockForReader();
   // The receiver is done with the message in it (or the sender placed nothing after all).
   void release();
   bool held() const;
@@ -86,6 +98,7 @@ class SharedRegion {
   UniqueFd fd_;
   std::size_t capacityWords_;
   bool writable_;
+  bool locked_ = false;  // writable_, but read-only since lockForReader
   void* header_ = nullptr;
   capnp::word* data_ = nullptr;
   std::size_t mappedBytes_ = 0;  // of data
