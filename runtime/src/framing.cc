@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <system_error>
 
@@ -38,7 +39,8 @@ constexpr std::uint64_t INLINE = ~std::uint64_t{0};
 
 // What a frame's table says, once all of the table has arrived.
 struct TableInfo {
-  std::size_t tableBytes;  // the table, with locations if extended
+  std::size_t sizesBytes;  // the segment count and sizes, padded to a word
+  std::size_t tableBytes;  // that, and the locations if extended
   std::uint64_t segments;
   bool extended;
   std::uint64_t inlineWords;  // on the stream after the table
@@ -61,13 +63,13 @@ bool scanTable(const std::byte* p, std::size_t available, const SharedRegion* pe
   if (info.extended && peer == nullptr) {
     throw ProtocolViolation("message has shared segments, but no shared memory was agreed");
   }
-  const std::size_t sizesBytes = ((4 + 4 * info.segments) + 7) & ~std::size_t{7};
-  info.tableBytes = sizesBytes + (info.extended ? 8 * info.segments : 0);
+  info.sizesBytes = ((4 + 4 * info.segments) + 7) & ~std::size_t{7};
+  info.tableBytes = info.sizesBytes + (info.extended ? 8 * info.segments : 0);
   if (available < info.tableBytes) return false;
   info.inlineWords = info.sharedWords = 0;
   for (std::uint64_t i = 0; i < info.segments; ++i) {
     const std::uint64_t words = readLe32(p + 4 + 4 * i);
-    const std::uint64_t at = info.extended ? readLe64(p + sizesBytes + 8 * i) : INLINE;
+    const std::uint64_t at = info.extended ? readLe64(p + info.sizesBytes + 8 * i) : INLINE;
     if (at == INLINE) {
       info.inlineWords += words;
     } else if (at > peer->capacityWords() || words > peer->capacityWords() - at) {
@@ -85,29 +87,28 @@ bool scanTable(const std::byte* p, std::size_t available, const SharedRegion* pe
 // whether any did.
 bool framePieces(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, SharedRegion* region,
                  kj::Array<capnp::word>& table, std::vector<iovec>& pieces) {
+  // Per segment, INLINE or its offset in `region`; left empty (no allocation) while no
+  // segment goes there, as for every small message.
   std::vector<std::uint64_t> at;
   if (region != nullptr) {
-    at.assign(segments.size(), INLINE);
     bool claimed = false, refused = false;
     std::size_t cursor = 0;
     for (std::size_t i = 0; i < segments.size(); ++i) {
       auto s = segments[i];
       if (s.size() * sizeof(capnp::word) < SHARED_SEGMENT_BYTES) continue;
-      if (auto offset = region->offsetOf(s)) {  // built in place
-        at[i] = *offset;
-        continue;
+      std::optional<std::size_t> offset = region->offsetOf(s);  // built in place
+      if (!offset) {
+        if (!claimed && !refused) (region->claim() ? claimed : refused) = true;
+        if (!claimed || s.size() > region->capacityWords() - cursor) continue;
+        auto into = region->words(cursor, s.size());
+        std::memcpy(into.begin(), s.begin(), s.size() * sizeof(capnp::word));
+        offset = cursor;
+        cursor += s.size();
       }
-      if (!claimed && !refused) (region->claim() ? claimed : refused) = true;
-      if (!claimed || s.size() > region->capacityWords() - cursor) continue;
-      auto into = region->words(cursor, s.size());
-      std::memcpy(into.begin(), s.begin(), s.size() * sizeof(capnp::word));
-      at[i] = cursor;
-      cursor += s.size();
+      if (at.empty()) at.assign(segments.size(), INLINE);
+      at[i] = *offset;
     }
-    if (std::all_of(at.begin(), at.end(), [](auto a) { return a == INLINE; })) {
-      if (claimed) region->release();
-      at.clear();
-    }
+    if (claimed && at.empty()) region->release();
   }
   const bool extended = !at.empty();
   const std::size_t sizesWords = (segments.size() + 2) / 2;  // count, then one size each
@@ -344,11 +345,10 @@ Received::Received(kj::Array<capnp::word> frame, std::shared_ptr<SharedRegion> r
   }
   // A held region is released when this object goes, even if reading it fails below.
   region_ = std::move(region);
-  const std::size_t sizesBytes = ((4 + 4 * info.segments) + 7) & ~std::size_t{7};
   const capnp::word* next = words_.begin() + info.tableBytes / 8;
   for (std::uint64_t i = 0; i < info.segments; ++i) {
     const std::uint64_t words = readLe32(bytes + 4 + 4 * i);
-    const std::uint64_t at = readLe64(bytes + sizesBytes + 8 * i);
+    const std::uint64_t at = readLe64(bytes + info.sizesBytes + 8 * i);
     if (at == INLINE) {
       segments_.emplace_back(next, words);
       next += words;
