@@ -166,7 +166,7 @@ bool Core::startUp() {
   if (!startError_) return true;
   // Could not start: stop whatever did start, and reap it, before reporting.
   for (auto& w : slots_) {
-    ::kill(w->process.pid, SIGKILL);
+    signalWorker(*w, SIGKILL);
     closeChannel(*w);
     w->state = State::CLOSING;
   }
@@ -262,7 +262,7 @@ void Core::runControl(Control& c) {
         if (f.ended || f.job.call != c.call) continue;
         fail(f, i == 0 ? running : queued);
         if (i == 0) {
-          ::kill(w->process.pid, SIGKILL);
+          signalWorker(*w, SIGKILL);
           w->stoppedOnPurpose = true;
         }
       }
@@ -281,7 +281,7 @@ void Core::terminateNow(int signal, const std::string& why) {
       // Only the first unanswered chunk is running; the others wait in the worker's queue.
       if (!w->inFlight[i].ended) fail(w->inFlight[i], i == 0 ? during : before);
     }
-    ::kill(w->process.pid, signal);
+    signalWorker(*w, signal);
     w->stoppedOnPurpose = true;
     closeChannel(*w);
     w->state = State::CLOSING;
@@ -384,7 +384,7 @@ void Core::timeOut(Worker& w) {
   w.inFlight.resize(1);
   pending_.insert(pending_.begin(), std::make_move_iterator(again.begin()),
                   std::make_move_iterator(again.end()));
-  ::kill(w.process.pid, SIGTERM);
+  signalWorker(w, SIGTERM);
   w.stoppedOnPurpose = true;
   closeChannel(w);
   w.state = State::CLOSING;
@@ -523,7 +523,7 @@ void Core::pollOnce() {
     if (w.channelOpen && (channel & (POLLIN | POLLHUP | POLLERR)) != 0 && !drain(w)) {
       // The channel ended or broke, or the worker broke the protocol. Either way it can no
       // longer answer: make sure it dies, and learn how from its pidfd.
-      if (w.state != State::CLOSING) ::kill(w.process.pid, SIGKILL);
+      if (w.state != State::CLOSING) signalWorker(w, SIGKILL);
       closeChannel(w);
     }
     if (w.channelOpen && (channel & POLLOUT) != 0) flush(w);
@@ -545,7 +545,7 @@ void Core::pollOnce() {
       violate(*w, "did not become ready within " + std::to_string(options_.startTimeout.count()) +
                       " ms");
     } else {
-      ::kill(w->process.pid, SIGKILL);  // CLOSING and still running: stuck in a task
+      signalWorker(*w, SIGKILL);  // CLOSING and still running: stuck in a task
     }
     w->deadline = Clock::time_point::max();
   }
@@ -652,7 +652,7 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
     } else {
       breakPool(error);
     }
-    ::kill(w.process.pid, SIGKILL);
+    signalWorker(w, SIGKILL);
     w.stoppedOnPurpose = true;
     closeChannel(w);
     return;
@@ -678,7 +678,7 @@ void Core::flush(Worker& w) {
     // Whatever it answered before that is still in the socket: take it first, or the chunks
     // it finished would be taken for the one it was running when it died.
     if (w.violation.empty()) drain(w);
-    if (w.state != State::CLOSING) ::kill(w.process.pid, SIGKILL);
+    if (w.state != State::CLOSING) signalWorker(w, SIGKILL);
     closeChannel(w);
   }
 }
@@ -688,9 +688,13 @@ void Core::closeChannel(Worker& w) {
   w.channelOpen = false;
 }
 
+void Core::signalWorker(Worker& w, int signal) {
+  ::kill(w.process.pid, signal);
+}
+
 void Core::violate(Worker& w, const std::string& why) {
   if (w.violation.empty()) w.violation = why;
-  ::kill(w.process.pid, SIGKILL);
+  signalWorker(w, SIGKILL);
   closeChannel(w);
 }
 
