@@ -254,3 +254,36 @@ TEST_CASE("every item of a stream whose pool is closed or destroyed ends as one 
   }
   testing::requireCleanShutdown(before);
 }
+
+TEST_CASE("a stream over an endless input whose pool is closed reports PoolClosed for each item") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    std::atomic<Int> pulled{0};
+    auto endless =
+        std::views::iota(Int{0}) | std::views::transform([&](Int i) { return ++pulled, i; });
+    auto stream = pool.imap(square, endless, 10, 2);
+    REQUIRE(*stream.next() == 0);
+    pool.close();
+    const Int sent = pulled;
+    // The reader decides when to stop: the stream goes on, one PoolClosed per further item.
+    Int results = 1, closed = 0;
+    while (results + closed < 100'000) {
+      try {
+        auto v = stream.next();  // outside REQUIRE, which would catch what it throws
+        REQUIRE(v == results * results);
+        REQUIRE(closed == 0);  // results only before the first PoolClosed
+        ++results;
+      } catch (const plugpool::PoolClosed&) {
+        REQUIRE(stream.index() == std::uint64_t(results + closed));
+        ++closed;
+      }
+    }
+    REQUIRE(results >= 10);
+    REQUIRE(closed >= 100'000 - 30);
+    // The items not sent were read past, never made: the transform ran only for those sent.
+    REQUIRE(pulled <= sent + 10);
+  }
+  testing::requireCleanShutdown(before);
+}
