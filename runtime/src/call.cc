@@ -238,6 +238,10 @@ bool Call::finished() const {
   return finished_;
 }
 
+bool Call::running() const {
+  return onWorkers_.load(std::memory_order_relaxed) > 0 && !finished();
+}
+
 bool Call::waitFinished(Deadline deadline) const {
   std::unique_lock lock(mutex_);
   return waitUntil(
@@ -289,8 +293,14 @@ std::optional<std::size_t> waitAny(const std::vector<Call*>& calls, Deadline dea
 }
 
 CompletionOrder::CompletionOrder(const std::vector<Call*>& calls)
-    : shared_(std::make_shared<Shared>()), remaining_(calls.size()) {
+    : shared_(std::make_shared<Shared>()), remaining_(0), total_(0) {
+  std::vector<Call*> seen;
   for (std::size_t i = 0; i < calls.size(); ++i) {
+    // A call named twice is returned once, at its first index (Python's as_completed takes
+    // a set of futures).
+    if (std::find(seen.begin(), seen.end(), calls[i]) != seen.end()) continue;
+    seen.push_back(calls[i]);
+    ++remaining_;
     // The watcher holds the shared queue, not this object, so it may outlive it.
     calls[i]->whenFinished([shared = shared_, i] {
       std::lock_guard lock(shared->mutex);
@@ -298,13 +308,17 @@ CompletionOrder::CompletionOrder(const std::vector<Call*>& calls)
       shared->ready.notify_all();
     });
   }
+  total_ = remaining_;
 }
 
 std::optional<std::size_t> CompletionOrder::next(Deadline deadline) {
   if (remaining_ == 0) return std::nullopt;
   std::unique_lock lock(shared_->mutex);
   if (!waitUntil(shared_->ready, lock, deadline, [&] { return !shared_->done.empty(); })) {
-    throwWaitTimeout("timed out waiting for results to complete");
+    const std::string what =
+        "timed out waiting for results to complete: " + std::to_string(remaining_) + " (of " +
+        std::to_string(total_) + ") futures unfinished";
+    throwWaitTimeout(what.c_str());
   }
   std::size_t index = shared_->done.front();
   shared_->done.pop_front();

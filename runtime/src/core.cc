@@ -409,7 +409,8 @@ void Core::send(Worker& w, Job job) {
   countStats(job);
   w.itemsSent += job.items;
   if (w.inFlight.empty()) w.frontSince = Clock::now();
-  w.inFlight.push_back({id, std::move(job)});
+  Call* call = job.call.get();
+  w.inFlight.push_back({id, std::move(job), false, OnWorker(call)});
   if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild && !w.retiring) {
     // supervise() replaces it now, so the new worker starts while this one finishes what it
     // holds.
@@ -766,6 +767,7 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
   InFlight f = std::move(front);
   w.inFlight.pop_front();
   w.frontSince = Clock::now();  // the next chunk starts now
+  f.onWorker.reset();           // before complete(): a woken waiter sees it back
   if (!f.ended) f.job.call->complete(f.job.index, std::move(outcome));
 }
 
@@ -915,6 +917,7 @@ void Core::failAll(std::exception_ptr error) {
 
 void Core::fail(InFlight& f, std::exception_ptr error) {
   f.ended = true;
+  f.onWorker.reset();
   fail(f.job, std::move(error));
 }
 

@@ -41,6 +41,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "big_buffers.h"
@@ -103,10 +104,33 @@ class Core {
     unsigned items;
     unsigned attempts = 0;  // times resent after its worker crashed running it
   };
+  // Counts a chunk as on a worker for Call::running() while it lives (in a worker's inFlight).
+  class OnWorker {
+   public:
+    OnWorker() = default;
+    explicit OnWorker(Call* call) : call_(call) { call_->enterWorker(); }
+    OnWorker(OnWorker&& other) noexcept : call_(std::exchange(other.call_, nullptr)) {}
+    OnWorker& operator=(OnWorker&& other) noexcept {
+      if (this != &other) {
+        reset();
+        call_ = std::exchange(other.call_, nullptr);
+      }
+      return *this;
+    }
+    ~OnWorker() { reset(); }
+    void reset() {
+      if (call_ != nullptr) call_->leaveWorker();
+      call_ = nullptr;
+    }
+
+   private:
+    Call* call_ = nullptr;  // kept alive by the Job beside it
+  };
   struct InFlight {
     std::uint64_t id;
     Job job;
     bool ended = false;  // already completed (cancelled); its reply is dropped
+    OnWorker onWorker;   // declared after `job`: ends before the Job lets go of its Call
   };
   struct Control {
     enum Kind { CANCEL, DISCARD, CANCEL_QUEUED, TERMINATE } kind;

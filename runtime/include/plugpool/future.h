@@ -32,6 +32,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -56,6 +57,15 @@ class FutureState {
     decodeOnce();
     if (error_) std::rethrow_exception(error_);
     return *value_;
+  }
+  // The value for a Future that is going away: moved out if `sole` (nothing else can read
+  // this state again), else copied. REQUIRES: the call has finished.
+  T take(bool sole) {
+    const T& v = value();
+    if constexpr (std::is_copy_constructible_v<T>) {
+      if (!sole) return v;
+    }
+    return std::move(*value_);
   }
   std::exception_ptr error() {
     decodeOnce();
@@ -94,6 +104,10 @@ class Future {
   // True once the result (or error) is in. Never blocks. (Python: ready(), done().)
   bool ready() const { return state_->call().finished(); }
 
+  // True while part of the call is on a worker: sent to it and not yet answered (a worker may
+  // hold a chunk briefly behind the one it runs). False once ready. (Python: running().)
+  bool running() const { return state_->call().running(); }
+
   // Waits until ready, or until `timeout` passes; true if ready. (Python: wait().)
   bool wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const {
     return state_->call().waitFinished(detail::deadlineAfter(timeout));
@@ -101,9 +115,17 @@ class Future {
 
   // Waits, then returns the result or throws the call's error. With a timeout, throws
   // WaitTimeout if the result is not in by then; the work goes on. (Python: get(), result().)
-  const T& get(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const {
+  // Ownership: on a Future you keep, get() returns a reference into the shared state, valid
+  // while this Future or a copy of it lives. On a temporary (`pool.mapAsync(t, xs).get()`)
+  // it returns the value itself, moved out when no copy of the Future is left, so a
+  // `const auto&` bound to it lives as long as the reference and never dangles.
+  const T& get(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const& {
     if (!wait(timeout)) detail::throwWaitTimeout("the result was not ready within the timeout");
     return state_->value();
+  }
+  T get(std::optional<std::chrono::milliseconds> timeout = std::nullopt) && {
+    if (!wait(timeout)) detail::throwWaitTimeout("the result was not ready within the timeout");
+    return state_->take(state_.use_count() == 1);
   }
 
   // Waits, then returns the call's error, or null if it succeeded. (Python: exception().)
@@ -198,9 +220,10 @@ std::optional<std::size_t> waitAny(
 }
 
 // The indices of `futures` in the order they become ready (those already ready first), as a
-// range for a for loop. With a timeout, iterating throws WaitTimeout once it passes with
-// futures still not ready. The futures must outlive the iteration only if you use them.
-// (Python: concurrent.futures.as_completed(fs, timeout).)
+// range for a for loop; a future named several times (copies of one Future) comes once, at
+// its first index. With a timeout, iterating throws WaitTimeout once it passes with futures
+// still not ready, saying how many ("2 (of 4) futures unfinished"). The futures must outlive the
+// iteration only if you use them. (Python: concurrent.futures.as_completed(fs, timeout).)
 class AsCompleted {
  public:
   template <typename Futures>

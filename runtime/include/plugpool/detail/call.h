@@ -147,6 +147,11 @@ class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
 
   // Sealed and every chunk ended.
   bool finished() const;
+  // Not finished, and a chunk of it is on a worker (sent, not yet answered or requeued).
+  bool running() const;
+  // For the dispatcher's OnWorker marks.
+  void enterWorker() { onWorkers_.fetch_add(1, std::memory_order_relaxed); }
+  void leaveWorker() { onWorkers_.fetch_sub(1, std::memory_order_relaxed); }
   bool waitFinished(Deadline deadline = std::nullopt) const;
   // Runs `fn` once the call has finished: at once on this thread if it has, else on the
   // thread that finishes it (the dispatcher). Must be quick and must not throw.
@@ -178,6 +183,7 @@ class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
   mutable std::mutex mutex_;
   mutable std::condition_variable changed_;
   std::atomic<std::uint64_t> changes_{0};        // bumped with every changed_ notification
+  std::atomic<int> onWorkers_{0};                // chunks on workers (running())
   std::deque<Slot> slots_;                       // GUARDED_BY(mutex_); chunk base_ + i
   std::size_t base_ = 0;                         // GUARDED_BY(mutex_)
   std::size_t count_ = 0;                        // GUARDED_BY(mutex_); chunks submitted
@@ -201,7 +207,8 @@ PLUGPOOL_API std::exception_ptr itemError(const TaskRef& task, const ItemFailure
 // Blocks until any of `calls` has finished (returns its index) or `deadline` passes.
 PLUGPOOL_API std::optional<std::size_t> waitAny(const std::vector<Call*>& calls, Deadline deadline);
 
-// The finishing order of a set of calls, for asCompleted. Thread-safe.
+// The finishing order of a set of calls, for asCompleted: each distinct call once, by the
+// index of its first occurrence. Thread-safe.
 class PLUGPOOL_API CompletionOrder {
  public:
   explicit CompletionOrder(const std::vector<Call*>& calls);
@@ -216,7 +223,8 @@ class PLUGPOOL_API CompletionOrder {
     std::deque<std::size_t> done;
   };
   std::shared_ptr<Shared> shared_;
-  std::size_t remaining_;
+  std::size_t remaining_;  // distinct calls not yet returned
+  std::size_t total_;      // distinct calls
 };
 
 }  // namespace plugpool::detail
