@@ -51,7 +51,7 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
       launcher_(std::move(launcher)),
       maxWords_(options_.maxMessageBytes / sizeof(capnp::word)),
       exitedFuture_(exitedPromise_.get_future().share()),
-      wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+      wake_(aboveStdio(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))) {
   if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
   std::promise<void> started;
   auto ready = started.get_future();

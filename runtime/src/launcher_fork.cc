@@ -46,18 +46,25 @@ namespace {
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
 
   // Our copy of the host's end would keep the channel open after the host closes it, and
-  // the worker would never see the end of its stream.
+  // the worker would never see the end of its stream. Both ends are on 3 or above
+  // (newChannelPair): the copy onto 3 overwrites nothing of the host's stdin/out/err, and
+  // closing from 4 takes the original.
   ::close(hostEnd);
-  if (channel != WORKER_CHANNEL_FD) {
-    if (::dup2(channel, WORKER_CHANNEL_FD) < 0) ::_exit(EXIT_CHILD_SETUP);
-    // A channel below 3 sits where the host has no stdin/out/err; leave that slot as it was.
-    if (channel < WORKER_CHANNEL_FD) ::close(channel);
+  if (channel != WORKER_CHANNEL_FD && ::dup2(channel, WORKER_CHANNEL_FD) < 0) {
+    ::_exit(EXIT_CHILD_SETUP);
   }
   // Nothing of the host's but stdin/out/err and the channel. close_range needs Linux 5.9;
   // glibc's closefrom falls back to walking /proc/self/fd.
   if (::close_range(WORKER_CHANNEL_FD + 1, ~0U, 0) != 0) ::closefrom(WORKER_CHANNEL_FD + 1);
   // As in plugpool-worker: a task that execs something does not pass the channel on.
   ::fcntl(WORKER_CHANNEL_FD, F_SETFD, FD_CLOEXEC);
+  // /dev/null for each of 0-2 the host has closed (as PosixLauncher gives), so that neither
+  // the worker's own descriptors nor a task's output land there. Lower ones are open by the
+  // time each is opened, so open() returns the very slot.
+  for (int fd = 0; fd < WORKER_CHANNEL_FD; ++fd) {
+    if (::fcntl(fd, F_GETFD) >= 0 || errno != EBADF) continue;
+    if (::open("/dev/null", O_RDWR) != fd) ::_exit(EXIT_CHILD_SETUP);
+  }
 
   // Die with the host, even while stuck in a task; the check after prctl closes the race
   // with a host that died before it.

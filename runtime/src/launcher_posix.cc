@@ -1,7 +1,9 @@
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -40,6 +42,13 @@ class PosixLauncher final : public Launcher {
 
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+    // /dev/null for each of 0-2 the host has closed (a daemon): otherwise the worker's own
+    // first descriptors, or a task's output, would land there.
+    for (int fd = 0; fd < WORKER_CHANNEL_FD; ++fd) {
+      if (::fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+        posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDWR, 0);
+      }
+    }
     // dup2 onto 3 clears close-on-exec for the copy; then close everything above it, so the
     // worker inherits no descriptor of the host's but stdin/out/err and its channel.
     posix_spawn_file_actions_adddup2(&actions, pair.worker.get(), WORKER_CHANNEL_FD);
