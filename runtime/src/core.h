@@ -160,7 +160,8 @@ class Core {
   void handleChunkDone(Worker& w, wire::ChunkDone::Reader done, std::shared_ptr<const void> keep);
   void flush(Worker& w);
   void closeChannel(Worker& w);
-  // Sends `signal` to the worker. The only place the dispatcher signals a worker process.
+  // Sends `signal` to the worker's process group: the worker and what its tasks started.
+  // The only place the dispatcher signals a worker process.
   void signalWorker(Worker& w, int signal);
   void violate(Worker& w, const std::string& why);  // kills the worker for a protocol error
   void reap(std::size_t slot);                      // the worker's pidfd fired

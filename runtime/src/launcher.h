@@ -15,7 +15,11 @@
 namespace plugpool::detail {
 
 // A started worker. The caller owns the descriptors and must reap the process (waitpid on
-// exactly this pid, or waitid on the pidfd): until then its pid cannot be reused. Both
+// exactly this pid, or waitid on the pidfd): until then its pid cannot be reused.
+//
+// The worker leads a process group of its own (its pgid is `pid`) from before spawn()
+// returns, so kill(-pid, signal) reaches it and every process its tasks start in that group;
+// it is not in the terminal's foreground group, so Ctrl-C reaches the host only. Both
 // descriptors are on 3 or above (aboveStdio, fd.h).
 struct SpawnedProcess {
   pid_t pid = -1;

@@ -55,7 +55,7 @@ class PosixLauncher final : public Launcher {
     posix_spawn_file_actions_addclosefrom_np(&actions, WORKER_CHANNEL_FD + 1);
 
     // The worker starts with default signal dispositions and an empty mask, whatever the
-    // host application set for itself.
+    // host application set for itself, and leads a process group of its own (launcher.h).
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     sigset_t none, all;
@@ -63,7 +63,9 @@ class PosixLauncher final : public Launcher {
     sigfillset(&all);
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(
+        &attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
 
     std::string hostPid = "--host-pid=" + std::to_string(::getpid());
     char* argv[] = {const_cast<char*>(executable.c_str()), const_cast<char*>(hostPid.c_str()),

@@ -1,6 +1,8 @@
 #include "worker.h"
 
 #include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include <unistd.h>
@@ -254,6 +256,25 @@ int converse(int fd) {
 }
 
 }  // namespace
+
+namespace {
+
+void onHostGone(int) {
+  // kill(0) signals our own group: only when we lead it, never a group we happen to share.
+  if (::getpgrp() == ::getpid()) ::kill(0, SIGKILL);
+  ::kill(::getpid(), SIGKILL);
+}
+
+}  // namespace
+
+bool dieWithHost(pid_t hostPid) noexcept {
+  struct sigaction action = {};
+  action.sa_handler = onHostGone;
+  sigfillset(&action.sa_mask);
+  ::sigaction(hostGoneSignal(), &action, nullptr);
+  ::prctl(PR_SET_PDEATHSIG, hostGoneSignal());
+  return hostPid <= 0 || ::getppid() == hostPid;
+}
 
 int serveWorker(int fd) {
   stopKeepingFreedBuffers();

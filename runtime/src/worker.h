@@ -6,6 +6,9 @@
 // (descriptors, signals, death signal) before calling serveWorker; serveWorker only talks.
 #pragma once
 
+#include <signal.h>
+#include <sys/types.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -93,5 +96,24 @@ inline constexpr int EXIT_CHILD_SETUP = 71;  // a fork-started worker could not 
 // raise SIGPIPE here. A task that crashes ends the process, as it must: the host reports it
 // as WorkerCrashed.
 int serveWorker(int fd);
+
+// The death signal, the part of the process setup both kinds of worker share: the worker dies
+// with its host, and so does every process its tasks started and left in its process group,
+// which the worker leads (launcher.h). PR_SET_PDEATHSIG cannot do that alone: it does not
+// pass to children, and its signal reaches only the worker. So the worker's death signal is
+// HOST_GONE_SIGNAL, caught by a handler that SIGKILLs the worker's whole group, the worker
+// included. It fires however the host ends (SIGKILL too: the kernel sends it), also while a
+// task is blocked; only a task that blocks, ignores or takes over HOST_GONE_SIGNAL defeats
+// it. A worker that does not lead its own group kills only itself.
+//
+// Returns false if host `hostPid` (<= 0: not checked) is no longer our parent: it died before
+// the death signal was set, and the caller must exit at once. Plain system calls only: the
+// fork launcher's child calls it (launcher_fork.cc).
+bool dieWithHost(pid_t hostPid) noexcept;
+
+// A real-time signal nothing else in a worker uses; its default action ends the process too.
+inline int hostGoneSignal() {
+  return SIGRTMIN + 3;
+}
 
 }  // namespace plugpool::detail
