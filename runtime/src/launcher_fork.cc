@@ -88,6 +88,7 @@ namespace {
     // must not unwind into the host's frames above us.
     std::fprintf(stderr, "plugpool-worker[%d]: unexpected exception\n", ::getpid());
   }
+  endWithHost(hostPid);
   ::_exit(status);
 }
 

@@ -111,6 +111,14 @@ int serveWorker(int fd);
 // fork launcher's child calls it (launcher_fork.cc).
 bool dieWithHost(pid_t hostPid) noexcept;
 
+// The other half, for a worker about to exit (after serveWorker, whatever it returned): a
+// host that dies closes its end of the channel before the kernel sends the death signal, so
+// an idle worker may read the end of its stream first and exit before the signal arrives. So
+// if host `hostPid` is gone or exiting (its PF_EXITING flag), SIGKILLs the worker's group
+// (the worker included) here. A host that is alive and closed the channel reaps the worker
+// and SIGKILLs its group itself (Core::reap). Does nothing unless the worker leads its group.
+void endWithHost(pid_t hostPid) noexcept;
+
 // A real-time signal nothing else in a worker uses; its default action ends the process too.
 inline int hostGoneSignal() {
   return SIGRTMIN + 3;

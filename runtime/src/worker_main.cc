@@ -43,5 +43,7 @@ int main(int argc, char** argv) {
   if (!dieWithHost(static_cast<pid_t>(hostPid))) return 0;
   ::fcntl(WORKER_CHANNEL_FD, F_SETFD, FD_CLOEXEC);
   ::signal(SIGPIPE, SIG_IGN);
-  return serveWorker(WORKER_CHANNEL_FD);
+  const int status = serveWorker(WORKER_CHANNEL_FD);
+  endWithHost(static_cast<pid_t>(hostPid));
+  return status;
 }
