@@ -14,9 +14,11 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -266,6 +268,108 @@ class Map(CliTest):
 
     def test_no_progress_line_when_stderr_is_not_a_terminal(self):
         self.assertEqual(plugpool("map", "examples", "square", input="1\n2\n"), (0, "1\n4\n", ""))
+
+
+def feed_lines(proc, line, most):
+    """Writes `line` up to `most` times to proc's stdin, until proc ends or stops reading (or
+    HANG_GUARD passes); closes it. Returns how many lines went into the pipe."""
+    fd = proc.stdin.fileno()
+    os.set_blocking(fd, False)
+    block = memoryview(line * 10000)
+    written, total = 0, len(line) * most
+    deadline = time.monotonic() + HANG_GUARD
+    while written < total and time.monotonic() < deadline:
+        _, ready, _ = select.select([], [fd], [], 0.1)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        at = written % len(block)
+        try:
+            written += os.write(fd, block[at:min(len(block), at + total - written)])
+        except BlockingIOError:
+            continue
+        except BrokenPipeError:
+            break
+    proc.stdin.close()
+    return written // len(line)
+
+
+def ignoring_sigpipe():
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+class WriteErrors(CliTest):
+    """Output that cannot be written is an error: one line, status 1, and no more input read."""
+
+    TEN_MILLION = 10_000_000
+
+    def test_tasks_and_run_to_a_full_disk(self):
+        for args in [["tasks", "examples"], ["tasks", "examples", "--json"],
+                     ["run", "examples", "square", "7"]]:
+            with self.subTest(args=args), open("/dev/full", "w") as full:
+                run = subprocess.run([PLUGPOOL, *args], stdout=full, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True, timeout=HANG_GUARD)
+                self.assertEqual((run.returncode, run.stderr),
+                                 (1, "plugpool: write error: No space left on device\n"))
+
+    def test_map_to_a_full_disk_stops_reading_its_input(self):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.Popen([PLUGPOOL, "map", "examples", "square"],
+                                    stdin=subprocess.PIPE, stdout=full, stderr=subprocess.PIPE)
+            fed = feed_lines(proc, b"7\n", self.TEN_MILLION)
+            err = proc.stderr.read().decode()
+            proc.stderr.close()
+            status = proc.wait(timeout=HANG_GUARD)
+        self.assertEqual((status, err), (1, "plugpool: write error: No space left on device\n"))
+        # The input it took: at most a few windows of chunks and the pipe's buffer.
+        self.assertLess(fed, self.TEN_MILLION // 10)
+
+    def test_map_into_a_pipe_whose_reader_left_with_sigpipe_ignored(self):
+        proc = subprocess.Popen([PLUGPOOL, "map", "examples", "square"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=ignoring_sigpipe)
+        first = []
+        def read_first_line_and_leave():  # as `| head -1` does
+            first.append(proc.stdout.readline())
+            proc.stdout.close()
+        reader = threading.Thread(target=read_first_line_and_leave)
+        reader.start()
+        fed = feed_lines(proc, b"7\n", self.TEN_MILLION)
+        reader.join(HANG_GUARD)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        status = proc.wait(timeout=HANG_GUARD)
+        self.assertEqual(first, [b"49\n"])
+        self.assertEqual((status, err), (1, "plugpool: write error: Broken pipe\n"))
+        self.assertLess(fed, self.TEN_MILLION // 10)
+
+    def test_every_command_with_standard_output_closed(self):
+        for args in [["tasks", "examples"], ["run", "examples", "square", "7"],
+                     ["map", "examples", "square"]]:
+            with self.subTest(args=args):
+                run = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', PLUGPOOL, *args],
+                                     input="1\n2\n", stderr=subprocess.PIPE, text=True,
+                                     timeout=HANG_GUARD)
+                self.assertEqual((run.returncode, run.stderr),
+                                 (1, "plugpool: write error: standard output is closed\n"))
+
+
+class ClosedStandardInput(CliTest):
+    def test_map_from_a_closed_standard_input_says_so(self):
+        run = subprocess.run(["sh", "-c", 'exec "$0" "$@" <&-', PLUGPOOL, "map", "examples",
+                              "square"], capture_output=True, text=True, timeout=HANG_GUARD)
+        self.assertEqual((run.returncode, run.stdout, run.stderr),
+                         (2, "", "plugpool: standard input is closed\n"))
+
+    def test_map_from_a_file_does_not_need_standard_input(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write("3\n4\n")
+            f.flush()
+            run = subprocess.run(["sh", "-c", 'exec "$0" "$@" <&-', PLUGPOOL, "map", "examples",
+                                  "square", f.name], capture_output=True, text=True,
+                                 timeout=HANG_GUARD)
+        self.assertEqual((run.returncode, run.stdout, run.stderr), (0, "9\n16\n", ""))
 
 
 def read_pty(master, proc):

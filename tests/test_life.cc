@@ -76,20 +76,22 @@ TEST_CASE("a failing initializer fails the pool at once instead of respawning") 
     REQUIRE(pool.apply(square, 3) == 9);
     std::ofstream(flag) << "x";
     ::kill(static_cast<pid_t>(pool.apply(pid)), SIGKILL);  // its replacement's init fails
-    bool failed = false;
-    for (int i = 0; i < 300 && !failed; ++i) {
+    // The other worker serves on: no call fails for the replacement's sake (test_survive
+    // covers a pool left with no worker that can serve).
+    for (int i = 0; i < 100; ++i) {
+      Int got = 0;
       try {
-        pool.apply(square, 3);
-        std::this_thread::sleep_for(10ms);
-      } catch (const plugpool::StartError& e) {
-        failed = std::string(e.what()).find("refusing to start") != std::string::npos;
+        got = pool.apply(square, i);
       } catch (const plugpool::WorkerCrashed&) {
-        // sent to the killed worker before its death was seen
+        continue;  // sent to the killed worker before its death was seen
       }
+      REQUIRE(got == i * i);
+      std::this_thread::sleep_for(10ms);
     }
     std::remove(flag.c_str());
-    REQUIRE(failed);
-    REQUIRE(pool.stats().workersStarted == 3);  // one replacement, not a respawn loop
+    // Started again after a pause that doubles (0.1 s to 10 s), never in a loop.
+    REQUIRE(pool.stats().workersStarted >= 3);
+    REQUIRE(pool.stats().workersStarted <= 14);
   }
   testing::requireCleanShutdown(before);
 }

@@ -5,8 +5,10 @@
 #include <chrono>
 #include <cstdint>
 #include <numeric>
+#include <optional>
 #include <ranges>
 #include <set>
+#include <string>
 #include <vector>
 
 #include <plugpool/pool.h>
@@ -155,10 +157,133 @@ TEST_CASE("a stream whose pool closes ends its unsent input with PoolClosed") {
         ++closed;
       }
     }
-    REQUIRE(results >= 10);  // what was sent before close still arrives
-    REQUIRE(closed >= 1);    // then the unsent input reports the closed pool
-    REQUIRE(results + closed <= 1000);
+    REQUIRE(results >= 10);             // what was sent before close still arrives
+    REQUIRE(closed >= 1);               // then the unsent input reports the closed pool
+    REQUIRE(results + closed == 1000);  // each item, to the end of the input
     pool.join();
+  }
+  testing::requireCleanShutdown(before);
+}
+
+namespace {
+
+// How one item of a stream ended, as its reader met it.
+struct Ending {
+  enum Kind { RESULT, POOL_CLOSED, CANCELLED } kind;
+  std::uint64_t index;  // its input position, Stream::index()
+  Int result = 0;
+};
+
+// Reads `stream` to its end. A stream that yields more than `limit` items fails the test
+// instead of hanging it; an error other than PoolClosed or Cancelled propagates.
+std::vector<Ending> readToEnd(plugpool::Stream<Int>& stream, std::size_t limit) {
+  std::vector<Ending> endings;
+  while (endings.size() <= limit) {
+    try {
+      auto v = stream.next();
+      if (!v) return endings;
+      endings.push_back({Ending::RESULT, stream.index(), *v});
+    } catch (const plugpool::PoolClosed&) {
+      endings.push_back({Ending::POOL_CLOSED, stream.index()});
+    } catch (const plugpool::Cancelled&) {
+      endings.push_back({Ending::CANCELLED, stream.index()});
+    }
+  }
+  FAIL("the stream went on past " << limit << " items");
+  return endings;
+}
+
+}  // namespace
+
+TEST_CASE("every item of a stream whose pool is closed or destroyed ends as one result or error") {
+  testing::ProcessSnapshot before;
+  constexpr Int N = 1000;
+  // A sized input, and one whose length the stream cannot know before it reads it all.
+  auto sized = std::views::iota(Int{0}, N);
+  auto unsized = std::views::iota(Int{0}) | std::views::take_while([](Int i) { return i < N; });
+  enum Stop { CLOSE, TERMINATE, DESTROY };
+  for (Stop stop : {CLOSE, TERMINATE, DESTROY}) {
+    for (bool ordered : {true, false}) {
+      for (bool isSized : {true, false}) {
+        CAPTURE(stop, ordered, isSized);
+        std::optional<Pool> pool;
+        pool.emplace(2, std::vector<std::string>{"examples"});
+        auto square = pool->task<Int(Int)>("examples", "square");
+        // Chunks of 10, at most 2 outstanding: when the pool stops after the first result,
+        // at most 20 items have been sent and the rest of the input is still to be read.
+        constexpr std::size_t chunk = 10, window = 2;
+        auto stream = isSized ? (ordered ? pool->imap(square, sized, chunk, window)
+                                         : pool->imapUnordered(square, sized, chunk, window))
+                              : (ordered ? pool->imap(square, unsized, chunk, window)
+                                         : pool->imapUnordered(square, unsized, chunk, window));
+        auto first = stream.next();
+        REQUIRE(first);
+        std::vector<Ending> endings = {{Ending::RESULT, stream.index(), *first}};
+        if (stop == CLOSE) pool->close();
+        if (stop == TERMINATE) pool->terminate();
+        if (stop == DESTROY) pool.reset();  // waits for what was sent; the stream lives on
+        for (const Ending& e : readToEnd(stream, N)) endings.push_back(e);
+
+        std::size_t results = 0, closed = 0, cancelled = 0;
+        for (const Ending& e : endings) {
+          results += e.kind == Ending::RESULT;
+          closed += e.kind == Ending::POOL_CLOSED;
+          cancelled += e.kind == Ending::CANCELLED;
+          if (e.kind == Ending::RESULT) REQUIRE(e.result == Int(e.index * e.index));
+        }
+        CAPTURE(results, closed, cancelled);
+        REQUIRE(endings.size() == std::size_t{N});       // every item, none twice
+        REQUIRE(results >= chunk);                       // the chunk read from before the stop
+        REQUIRE(closed >= N - chunk * window);           // the input not sent
+        if (stop != TERMINATE) REQUIRE(cancelled == 0);  // sent work runs to its end
+        std::vector<std::uint64_t> indices;
+        for (const Ending& e : endings) indices.push_back(e.index);
+        if (ordered) {
+          for (std::size_t i = 0; i < endings.size(); ++i) REQUIRE(indices[i] == i);
+          // Results and Cancelled first, then PoolClosed to the end of the input.
+          auto firstClosed = std::ranges::find(endings, Ending::POOL_CLOSED, &Ending::kind);
+          REQUIRE(std::all_of(firstClosed, endings.end(),
+                              [](const Ending& e) { return e.kind == Ending::POOL_CLOSED; }));
+        } else {
+          std::ranges::sort(indices);
+          for (std::size_t i = 0; i < indices.size(); ++i) REQUIRE(indices[i] == i);
+        }
+        REQUIRE(stream.next() == std::nullopt);  // and the stream stays at its end
+      }
+    }
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a stream over an endless input whose pool is closed reports PoolClosed for each item") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    std::atomic<Int> pulled{0};
+    auto endless =
+        std::views::iota(Int{0}) | std::views::transform([&](Int i) { return ++pulled, i; });
+    auto stream = pool.imap(square, endless, 10, 2);
+    REQUIRE(*stream.next() == 0);
+    pool.close();
+    const Int sent = pulled;
+    // The reader decides when to stop: the stream goes on, one PoolClosed per further item.
+    Int results = 1, closed = 0;
+    while (results + closed < 100'000) {
+      try {
+        auto v = stream.next();  // outside REQUIRE, which would catch what it throws
+        REQUIRE(v == results * results);
+        REQUIRE(closed == 0);  // results only before the first PoolClosed
+        ++results;
+      } catch (const plugpool::PoolClosed&) {
+        REQUIRE(stream.index() == std::uint64_t(results + closed));
+        ++closed;
+      }
+    }
+    REQUIRE(results >= 10);
+    REQUIRE(closed >= 100'000 - 30);
+    // The items not sent were read past, never made: the transform ran only for those sent.
+    REQUIRE(pulled <= sent + 10);
   }
   testing::requireCleanShutdown(before);
 }

@@ -9,14 +9,18 @@
 // PLUGIN is a path to a plugin (anything with a '/') or a bare name found as Options::plugins
 // says (pool.h). Values are converted from and to text and JSON as values.h says.
 //
-// Exit status: 0 success; 1 a call or item failed (the task threw, crashed, timed out) or the
-// pool could not run; 2 a usage error — bad command line, unknown plugin or task, unreadable
-// file or not a plugin, wrong argument count or type, malformed input line — reported as
-// one line on stderr.
+// Exit status: 0 success; 1 a call or item failed (the task threw, crashed, timed out), the
+// pool could not run, or standard output could not be written (closed, a full disk, a pipe
+// whose reader left while SIGPIPE is ignored); 2 a usage error — bad command line, unknown
+// plugin or task, unreadable file or not a plugin, a closed standard input to read from, wrong
+// argument count or type, malformed input line — reported as one line on stderr.
 //
 // `map` streams: it reads its input only as fast as results are written (Pool::imap's bounded
 // window), so memory stays flat however long the input is. Lines before a malformed line are
-// mapped and written; then the malformed line is reported and the status is 2.
+// mapped and written; then the malformed line is reported and the status is 2. Once a write
+// fails, `map` reads no more input and stops its workers: the results could go nowhere.
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -56,20 +60,33 @@ class UsageFailure : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Standard output cannot be written: reported as one line ("write error: why"), status 1.
+class WriteFailure : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 void errorLine(const std::string& text) {
   std::string line = "plugpool: " + text + "\n";
   std::fwrite(line.data(), 1, line.size(), stderr);
 }
 
-// Buffered standard output: written in large blocks, and at least every 100 ms so results of
-// slow tasks show up promptly; after each line when stdout is a terminal.
+// False only if `fd` is closed (names no open file).
+bool isOpen(int fd) {
+  return ::fcntl(fd, F_GETFD) != -1 || errno != EBADF;
+}
+
+// Buffered standard output, the one path by which results reach stdout: written in large
+// blocks, and at least every 100 ms so results of slow tasks show up promptly; after each line
+// when stdout is a terminal. Every write is checked: endLine() and flush() throw WriteFailure
+// when stdout cannot take the text, and the Output is not to be used after that. Nothing is
+// written on destruction: the caller flushes, so that a failure has a caller to report it.
 class Output {
  public:
   // With `progress` drawing on the terminal stdout also is, lines go out through it.
   explicit Output(Progress* progress = nullptr)
       : terminal_(::isatty(STDOUT_FILENO) == 1),
         progress_(terminal_ && progress != nullptr && progress->enabled() ? progress : nullptr) {}
-  ~Output() { flush(); }
   std::string& buffer() { return buffer_; }
   void endLine() {
     buffer_ += '\n';
@@ -80,16 +97,33 @@ class Output {
     }
   }
   void flush() {
+    if (buffer_.empty()) return;
     if (progress_ != nullptr) {
-      if (!buffer_.empty()) progress_->output(buffer_);
+      progress_->output([this] { writeAll(buffer_); });
     } else {
-      if (!buffer_.empty()) std::fwrite(buffer_.data(), 1, buffer_.size(), stdout);
-      std::fflush(stdout);
+      writeAll(buffer_);
     }
     buffer_.clear();
   }
 
  private:
+  // Writes all of `text` to stdout, waiting while a non-blocking stdout is full; retries
+  // EINTR. Throws WriteFailure with the reason for any other failure.
+  static void writeAll(std::string_view text) {
+    while (!text.empty()) {
+      ssize_t n = ::write(STDOUT_FILENO, text.data(), text.size());
+      if (n > 0) {
+        text.remove_prefix(static_cast<std::size_t>(n));
+      } else if (n < 0 && errno == EAGAIN) {
+        pollfd ready{STDOUT_FILENO, POLLOUT, 0};
+        ::poll(&ready, 1, -1);
+      } else if (n == 0 || errno != EINTR) {
+        throw WriteFailure(std::string("write error: ") +
+                           (n == 0 ? "nothing was written" : std::strerror(errno)));
+      }
+    }
+  }
+
   bool terminal_;
   Progress* progress_;
   std::string buffer_;
@@ -128,7 +162,8 @@ Values valuesOf(const Pool& pool, const DynamicTask& task) {
 int listTasks(const std::string& plugin, bool json) {
   auto pool = startPool(plugin, 1);
   const PluginInfo& info = pool->plugins().front();
-  std::string out;
+  Output output;
+  std::string& out = output.buffer();
   if (json) {
     out += "{\"plugin\":";
     appendJsonString(info.name, out);
@@ -160,7 +195,7 @@ int listTasks(const std::string& plugin, bool json) {
       if (!t.doc.empty()) out += "  " + std::string(width + 2, ' ') + t.doc + "\n";
     }
   }
-  std::fwrite(out.data(), 1, out.size(), stdout);
+  output.flush();
   return 0;
 }
 
@@ -196,11 +231,10 @@ int runOnce(const std::string& plugin, const std::string& taskName,
       out.getPointerSection()[p].set(encoded.getPointerSection()[p]);
     }
   });
+  Output output;
   try {
     std::optional<DynamicResult> result = stream.next();
-    Output output;
     values.resultText(result->tuple(), output.buffer());
-    output.endLine();
   } catch (const Error& e) {
     errorLine(e.what());
     return EXIT_FAILED;
@@ -208,6 +242,8 @@ int runOnce(const std::string& plugin, const std::string& taskName,
     errorLine(qualified + " returned a result that does not decode: " + e.what());
     return EXIT_FAILED;
   }
+  output.endLine();
+  output.flush();
   return 0;
 }
 
@@ -357,10 +393,79 @@ struct MapOptions {
   std::string output = "text";
 };
 
+// Writes each result of `stream` to `output` as it comes (a line of text, or a jsonl record),
+// and reports each failed item on stderr (and as a jsonl record); returns how many failed.
+// Throws WriteFailure when `output` cannot be written, without reading the stream further.
+std::uint64_t writeResults(Stream<DynamicResult>& stream, Values& values, bool jsonl,
+                           const std::string& inputName, Output& output, Progress& progress) {
+  std::uint64_t failed = 0;
+  for (;;) {
+    std::optional<DynamicResult> result;
+    std::exception_ptr error;
+    try {
+      result = stream.next();
+      if (!result) break;
+    } catch (...) {
+      error = std::current_exception();
+    }
+    const std::uint64_t line = stream.index() + 1;
+    std::string& out = output.buffer();
+    const std::size_t mark = out.size();
+    if (!error) {
+      try {
+        if (jsonl) {
+          out += "{\"line\":" + std::to_string(line) + ",\"result\":";
+          values.resultJson(result->tuple(), out);
+          out += '}';
+        } else {
+          values.resultText(result->tuple(), out);
+        }
+      } catch (...) {
+        out.resize(mark);
+        error = std::current_exception();
+      }
+      if (!error) output.endLine();
+    }
+    if (error) {
+      ++failed;
+      std::string message, remoteType;
+      try {
+        std::rethrow_exception(error);
+      } catch (const TaskError& e) {
+        message = e.what();
+        remoteType = e.remoteType();
+      } catch (const kj::Exception& e) {
+        message = std::string("the result does not decode: ") + e.getDescription().cStr();
+      } catch (const std::exception& e) {
+        message = e.what();
+      }
+      progress.message("plugpool: " + inputName + ", line " + std::to_string(line) + ": " +
+                       message);
+      if (jsonl) {
+        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + errorKind(error) +
+               "\"";
+        if (!remoteType.empty()) {
+          out += ",\"type\":";
+          appendJsonString(remoteType, out);
+        }
+        out += ",\"message\":";
+        appendJsonString(message, out);
+        out += "}}";
+        output.endLine();
+      }
+    }
+    progress.add(static_cast<bool>(error));
+  }
+  output.flush();
+  return failed;
+}
+
 int mapTask(const std::string& plugin, const std::string& taskName, const MapOptions& opt) {
   // The input first: an unreadable file is a usage error before any worker starts.
   std::FILE* file = stdin;
   std::string inputName = "standard input";
+  // A closed stdin is told as such, and before the pool opens a descriptor that could take 0.
+  if (opt.input == "-" && !isOpen(STDIN_FILENO)) throw UsageFailure("standard input is closed");
   if (opt.input != "-") {
     file = std::fopen(opt.input.c_str(), "re");
     if (file == nullptr)
@@ -423,64 +528,14 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
 
   Output output(&progress);
   std::uint64_t failed = 0;
-  for (;;) {
-    std::optional<DynamicResult> result;
-    std::exception_ptr error;
-    try {
-      result = stream.next();
-      if (!result) break;
-    } catch (...) {
-      error = std::current_exception();
-    }
-    const std::uint64_t line = stream.index() + 1;
-    std::string& out = output.buffer();
-    const std::size_t mark = out.size();
-    if (!error) {
-      try {
-        if (jsonl) {
-          out += "{\"line\":" + std::to_string(line) + ",\"result\":";
-          values.resultJson(result->tuple(), out);
-          out += '}';
-        } else {
-          values.resultText(result->tuple(), out);
-        }
-        output.endLine();
-      } catch (...) {
-        out.resize(mark);
-        error = std::current_exception();
-      }
-    }
-    if (error) {
-      ++failed;
-      std::string message, remoteType;
-      try {
-        std::rethrow_exception(error);
-      } catch (const TaskError& e) {
-        message = e.what();
-        remoteType = e.remoteType();
-      } catch (const kj::Exception& e) {
-        message = std::string("the result does not decode: ") + e.getDescription().cStr();
-      } catch (const std::exception& e) {
-        message = e.what();
-      }
-      progress.message("plugpool: " + inputName + ", line " + std::to_string(line) + ": " +
-                       message);
-      if (jsonl) {
-        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + errorKind(error) +
-               "\"";
-        if (!remoteType.empty()) {
-          out += ",\"type\":";
-          appendJsonString(remoteType, out);
-        }
-        out += ",\"message\":";
-        appendJsonString(message, out);
-        out += "}}";
-        output.endLine();
-      }
-    }
-    progress.add(static_cast<bool>(error));
+  try {
+    failed = writeResults(stream, values, jsonl, inputName, output, progress);
+  } catch (const WriteFailure&) {
+    // The results can go nowhere: take no more input (the stream is not read again) and stop
+    // the items running now rather than wait for them.
+    pool->terminate();
+    throw;
   }
-  output.flush();
   progress.finish();
   if (!state->error.empty()) {
     errorLine(state->error);
@@ -551,6 +606,12 @@ int run(int argc, char** argv) {
     return EXIT_USAGE;
   }
 
+  // Checked before any worker starts (a descriptor the pool opened could take the number 1,
+  // and results written "to stdout" would go into it) and before any input is read.
+  if (!isOpen(STDOUT_FILENO)) {
+    errorLine("write error: standard output is closed");
+    return EXIT_FAILED;
+  }
   try {
     if (tasks->parsed()) return listTasks(plugin, json);
     if (once->parsed()) {
@@ -562,6 +623,9 @@ int run(int argc, char** argv) {
   } catch (const UsageFailure& e) {
     errorLine(e.what());
     return EXIT_USAGE;
+  } catch (const WriteFailure& e) {
+    errorLine(e.what());
+    return EXIT_FAILED;
   } catch (const Error& e) {
     errorLine(e.what());
     return EXIT_FAILED;

@@ -87,11 +87,10 @@ void Progress::message(const std::string& line) {
   if (!stopped_) draw();
 }
 
-void Progress::output(const std::string& text) {
+void Progress::output(const std::function<void()>& write) {
   std::lock_guard lock(mutex_);
   if (enabled_) writeAll("\r\x1b[K");
-  std::fwrite(text.data(), 1, text.size(), stdout);
-  std::fflush(stdout);
+  write();
   if (enabled_ && !stopped_) draw();
 }
 

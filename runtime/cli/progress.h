@@ -19,6 +19,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -41,9 +42,11 @@ class Progress {
   void setTotal(std::uint64_t total) { total_.store(static_cast<std::int64_t>(total)); }
   // Writes `line` and a newline to stderr, keeping the progress line below it.
   void message(const std::string& line);
-  // Writes `text` (whole lines) to stdout, keeping the progress line below it: for a stdout
-  // that is the same terminal as stderr, where results would otherwise run into the line.
-  void output(const std::string& text);
+  // Calls `write`, which writes whole lines to stdout, with the progress line cleared, and
+  // draws the line again below them: for a stdout that is the same terminal as stderr, where
+  // results would otherwise run into the line. An exception from `write` propagates, and the
+  // line is drawn again only by finish().
+  void output(const std::function<void()>& write);
   // Draws the final line and stops drawing. Idempotent.
   void finish();
 

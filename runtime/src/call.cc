@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <system_error>
 
 #include "big_buffers.h"
 #include "core.h"
@@ -60,31 +61,56 @@ CallbackQueue::~CallbackQueue() {
   stop();
 }
 
-void CallbackQueue::post(std::function<void()> fn) {
+void CallbackQueue::post(std::function<void()> fn) noexcept {
   {
     std::lock_guard lock(mutex_);
-    if (!stopped_) {
-      queue_.push_back(std::move(fn));
-      if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+    if (!stopped_ && enqueue(fn)) {
+      if (!thread_.joinable()) {
+        try {
+          thread_ = std::thread([this] { run(); });
+        } catch (const std::system_error&) {
+          // No thread now (out of memory or threads): the callbacks wait in the queue, and
+          // the next post() or stop() tries again; stop() runs them itself if it must.
+          return;
+        }
+      }
       ready_.notify_one();
       return;
     }
   }
+  // Stopped, or no memory for one more entry: run it here rather than lose it.
   try {
     fn();
   } catch (...) {
   }
 }
 
+bool CallbackQueue::enqueue(std::function<void()>& fn) noexcept {
+  try {
+    queue_.push_back(std::move(fn));
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 void CallbackQueue::stop() {
   std::thread thread;
+  std::deque<std::function<void()>> orphans;  // queued, and no thread ever ran them
   {
     std::lock_guard lock(mutex_);
     stopped_ = true;
     thread = std::move(thread_);
+    if (!thread.joinable()) orphans.swap(queue_);
   }
   ready_.notify_one();
   if (thread.joinable()) thread.join();
+  for (auto& fn : orphans) {
+    try {
+      fn();
+    } catch (...) {
+    }
+  }
 }
 
 void CallbackQueue::run() {

@@ -3,10 +3,12 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 
@@ -83,6 +85,12 @@ bool Core::closed() const {
   return closeRequested_;
 }
 
+void Core::checkOpen() const {
+  std::lock_guard lock(mutex_);
+  if (broken_) std::rethrow_exception(broken_);
+  if (closeRequested_) throw PoolClosed("the pool is closed; it takes no new work");
+}
+
 void Core::join() {
   if (!closed()) throw UsageError("join() before close(), shutdown() or terminate()");
   exitedFuture_.wait();
@@ -127,6 +135,7 @@ void Core::submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest ch
   bool first;
   {
     std::lock_guard lock(mutex_);
+    if (broken_) std::rethrow_exception(broken_);
     if (closeRequested_) throw PoolClosed("the pool is closed; it takes no new work");
     first = incoming_.empty();
     incoming_.push_back({std::move(call), index, chunk.release(), items});
@@ -138,25 +147,88 @@ void Core::submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest ch
   (void)!::write(wake_.get(), &one, sizeof one);
 }
 
-void Core::run(std::promise<void>& started) {
-  if (!startUp()) {
-    started.set_exception(startError_);
-    return;
+namespace {
+
+// What an error that escaped the dispatcher says, for PoolBroken's message.
+std::string describe(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const kj::Exception& e) {
+    return e.getDescription().cStr();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception that is not a std::exception";
   }
-  started.set_value();  // `started` dies with the constructor's frame: not touched again
-  loop();
+}
+
+}  // namespace
+
+void Core::run(std::promise<void>& started) {
+  bool up = false;
+  try {
+    up = startUp();
+  } catch (...) {
+    startError_ = errorPtr<StartError>("the pool could not start: its dispatcher failed: " +
+                                       describe(std::current_exception()));
+    abandon(startError_);
+  }
+  if (up) {
+    started.set_value();  // `started` dies with the constructor's frame: not touched again
+    try {
+      loop();
+    } catch (...) {
+      abandon(errorPtr<PoolBroken>(
+          "the pool broke: its dispatcher failed: " + describe(std::current_exception()) +
+          "; its workers were stopped and it takes no more work"));
+    }
+  }
   std::vector<Control> left;
   {
     std::lock_guard lock(mutex_);
     exited_ = true;
+    closeRequested_ = true;
     left.swap(controls_);
   }
   for (auto& c : left) c.done->set_value();
+  if (!up) started.set_exception(startError_);
   exitedPromise_.set_value();
 }
 
+void Core::abandon(std::exception_ptr error) noexcept {
+  std::deque<Job> incoming;
+  {
+    std::lock_guard lock(mutex_);
+    broken_ = error;  // from now on submit() throws it
+    closeRequested_ = true;
+    incoming.swap(incoming_);
+  }
+  closing_ = true;
+  auto end = [&](Job& job) {
+    try {
+      fail(job, error);
+    } catch (...) {  // a Call that cannot take its outcome cannot be helped here
+    }
+  };
+  for (auto& job : incoming) end(job);
+  for (auto& job : pending_) end(job);
+  pending_.clear();
+  for (auto& w : slots_) {
+    for (auto& f : w->inFlight) {
+      if (!f.ended) end(f.job);
+    }
+    signalWorker(*w, SIGKILL);
+    closeChannel(*w);
+    while (::waitpid(w->process.pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  slots_.clear();
+}
+
 bool Core::startUp() {
-  for (unsigned i = 0; i < options_.workers && !startError_; ++i) spawnWorker();
+  for (unsigned i = 0; i < options_.workers && !startError_; ++i) {
+    if (!spawnWorker()) break;
+  }
   auto anyStarting = [&] {
     return std::any_of(slots_.begin(), slots_.end(),
                        [](const auto& w) { return w->state == State::STARTING; });
@@ -172,12 +244,6 @@ bool Core::startUp() {
   }
   closing_ = true;
   while (!slots_.empty()) pollOnce();
-  {
-    std::lock_guard lock(mutex_);
-    exited_ = true;
-    closeRequested_ = true;
-  }
-  exitedPromise_.set_value();
   return false;
 }
 
@@ -185,7 +251,10 @@ void Core::loop() {
   for (;;) {
     takeIncoming();
     takeControls();
-    if (broken_) failAll(broken_);
+    supervise();
+    // While starts keep failing, work no ready worker can take fails now instead of waiting
+    // for a start that may never succeed.
+    if (startsFailing() && !canServe()) failAll(lastStartError_);
     retireIdle();
     dispatch();
     bool idle = pending_.empty() && std::all_of(slots_.begin(), slots_.end(),
@@ -342,13 +411,11 @@ void Core::send(Worker& w, Job job) {
   if (w.inFlight.empty()) w.frontSince = Clock::now();
   w.inFlight.push_back({id, std::move(job)});
   if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild && !w.retiring) {
-    // Replace it now, so the new worker starts while this one finishes what it holds.
+    // supervise() replaces it now, so the new worker starts while this one finishes what it
+    // holds.
     w.retiring = true;
-    {
-      std::lock_guard lock(mutex_);
-      ++stats_.workersRetired;
-    }
-    if (!closing_ && !broken_) spawnWorker();
+    std::lock_guard lock(mutex_);
+    ++stats_.workersRetired;
   }
 }
 
@@ -389,17 +456,50 @@ void Core::timeOut(Worker& w) {
   closeChannel(w);
   w.state = State::CLOSING;
   w.deadline = Clock::now() + options_.stopTimeout;  // then SIGKILL
-  {
-    std::lock_guard lock(mutex_);
-    ++stats_.chunksTimedOut;
-  }
-  if (!closing_ && !broken_) spawnWorker();  // replace it at once
+  supervise();                                       // replace it at once
+  std::lock_guard lock(mutex_);
+  ++stats_.chunksTimedOut;
 }
 
 void Core::becomeReady(Worker& w) {
   w.state = State::READY;
   w.deadline = Clock::time_point::max();
-  startFailures_ = 0;
+  startFailures_ = 0;  // healed
+  lastStartError_ = nullptr;
+  nextStartAt_ = {};
+}
+
+void Core::supervise() {
+  if (starting_ || closing_) return;
+  const auto now = Clock::now();
+  while (serving() < options_.workers && now >= nextStartAt_) {
+    if (!spawnWorker()) return;
+  }
+}
+
+void Core::startFailed(std::exception_ptr error, bool final) {
+  if (starting_) {
+    if (!startError_) startError_ = std::move(error);
+    return;
+  }
+  lastStartError_ = std::move(error);
+  startFailures_ = final ? std::max(startFailures_ + 1, MAX_START_FAILURES) : startFailures_ + 1;
+  const int doublings = std::min(startFailures_ - 1, 16);
+  nextStartAt_ =
+      Clock::now() + std::min<std::chrono::milliseconds>(
+                         START_BACKOFF * (std::int64_t{1} << doublings), MAX_START_BACKOFF);
+}
+
+std::size_t Core::serving() const {
+  return static_cast<std::size_t>(std::count_if(slots_.begin(), slots_.end(), [](const auto& w) {
+    return w->state != State::CLOSING && !w->retiring;
+  }));
+}
+
+bool Core::canServe() const {
+  return std::any_of(slots_.begin(), slots_.end(), [](const auto& w) {
+    return w->state == State::READY && w->channelOpen && !w->retiring;
+  });
 }
 
 void Core::beginClosing() {
@@ -411,21 +511,24 @@ void Core::beginClosing() {
   }
 }
 
-void Core::spawnWorker() {
-  auto w = std::make_unique<Worker>(std::min(maxWords_, FIRST_MESSAGE_MAX_WORDS));
+bool Core::spawnWorker() {
+  SpawnedProcess process;
   try {
-    w->process = launcher_->spawn(workerExecutable_);
+    process = launcher_->spawn(workerExecutable_);
   } catch (const std::system_error& e) {
-    auto error = errorPtr<StartError>(
+    startFailed(errorPtr<StartError>(
         (workerExecutable_.empty() ? std::string("cannot fork a worker: ")
                                    : "cannot start worker executable " + workerExecutable_ + ": ") +
-        e.what());
-    if (starting_) {
-      startError_ = error;
-    } else {
-      breakPool(error);
-    }
-    return;
+        e.what()));
+    return false;
+  }
+  // In slots_ before anything else can throw, so that the process is reaped whatever happens.
+  slots_.push_back(std::make_unique<Worker>(std::min(maxWords_, FIRST_MESSAGE_MAX_WORDS)));
+  Worker* w = slots_.back().get();
+  w->process = std::move(process);
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.workersStarted;
   }
   w->deadline = Clock::now() + options_.startTimeout;
   auto setup = std::make_unique<capnp::MallocMessageBuilder>();
@@ -452,11 +555,7 @@ void Core::spawnWorker() {
   }
   w->writer.push(std::move(setup), nullptr, std::move(regions));
   flush(*w);
-  {
-    std::lock_guard lock(mutex_);
-    ++stats_.workersStarted;
-  }
-  slots_.push_back(std::move(w));
+  return true;
 }
 
 void Core::noteShared(Worker& w) {
@@ -496,8 +595,10 @@ void Core::pollOnce() {
     fds.push_back({w->process.pidfd.get(), POLLIN, 0});
     next = std::min(next, w->state == State::READY ? timeoutAt(*w) : w->deadline);
     if (w->sharedSince) next = std::min(next, *w->sharedSince + SHARED_IDLE);
+    if (w->endBy) next = std::min(next, *w->endBy);
   }
   if (closeDeadline_ && !closing_) next = std::min(next, *closeDeadline_);
+  if (!starting_ && !closing_ && serving() < options_.workers) next = std::min(next, nextStartAt_);
   int timeout = -1;
   if (next != Clock::time_point::max()) {
     auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
@@ -521,10 +622,7 @@ void Core::pollOnce() {
     Worker& w = *slots_[i];
     short channel = fds[1 + 2 * i].revents;
     if (w.channelOpen && (channel & (POLLIN | POLLHUP | POLLERR)) != 0 && !drain(w)) {
-      // The channel ended or broke, or the worker broke the protocol. Either way it can no
-      // longer answer: make sure it dies, and learn how from its pidfd.
-      if (w.state != State::CLOSING) signalWorker(w, SIGKILL);
-      closeChannel(w);
+      channelEnded(w);
     }
     if (w.channelOpen && (channel & POLLOUT) != 0) flush(w);
     if ((fds[2 + 2 * i].revents & POLLIN) != 0) exited.push_back(&w);
@@ -540,6 +638,10 @@ void Core::pollOnce() {
     if (slots_[i]->state == State::READY && timeoutAt(*slots_[i]) <= now) timeOut(*slots_[i]);
   }
   for (auto& w : slots_) {
+    if (w->endBy && now >= *w->endBy) {
+      w->endBy.reset();
+      violate(*w, "ended its channel inside a message and did not exit");
+    }
     if (w->state == State::READY || now < w->deadline) continue;
     if (w->state == State::STARTING) {
       violate(*w, "did not become ready within " + std::to_string(options_.startTimeout.count()) +
@@ -557,8 +659,14 @@ bool Core::drain(Worker& w) {
     FrameReader::Status status;
     try {
       status = w.reader.read(w.process.channel.get(), words);
+    } catch (const TruncatedStream& e) {
+      w.truncated = e.what();  // channelEnded() decides what it means
+      return false;
     } catch (const ProtocolViolation& e) {
       violate(w, e.what());
+      return false;
+    } catch (const MessageUnallocatable& e) {
+      replyUnallocatable(w, e.bytes());
       return false;
     } catch (const std::system_error&) {
       return false;  // ECONNRESET and the like: the worker is gone
@@ -605,12 +713,8 @@ void Core::handleHello(Worker& w, wire::Hello::Reader hello) {
   }
   if (!content.loadError.empty()) {
     // The worker exits by itself after this; its exit is then expected.
-    auto error = errorPtr<PluginError>(content.loadError);
-    if (starting_) {
-      if (!startError_) startError_ = error;
-    } else {
-      breakPool(error);
-    }
+    w.stoppedOnPurpose = true;  // its exit is not a second failure
+    startFailed(errorPtr<PluginError>(content.loadError), /*final=*/true);
     return;
   }
   std::vector<PluginInfo>& infos = content.plugins;
@@ -647,11 +751,7 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
         "the initializer " + initializer_->pluginName + "." + initializer_->taskName +
         " failed in worker " + std::to_string(w.process.pid) + ": " + e.type + ": " + e.message +
         "; the pool does not start workers whose initializer fails");
-    if (starting_) {
-      if (!startError_) startError_ = error;
-    } else {
-      breakPool(error);
-    }
+    startFailed(error, /*final=*/true);
     signalWorker(w, SIGKILL);
     w.stoppedOnPurpose = true;
     closeChannel(w);
@@ -678,12 +778,43 @@ void Core::flush(Worker& w) {
     // Whatever it answered before that is still in the socket: take it first, or the chunks
     // it finished would be taken for the one it was running when it died.
     if (w.violation.empty()) drain(w);
-    if (w.state != State::CLOSING) signalWorker(w, SIGKILL);
-    closeChannel(w);
+    channelEnded(w);
   }
 }
 
+void Core::channelEnded(Worker& w) {
+  if (!w.truncated.empty() && w.violation.empty() && w.runningError == nullptr) {
+    // Killed while it wrote, most likely: its pidfd will say so. Killing it now would hide
+    // whether it died on its own (a crash) or broke off and lives on (a violation).
+    w.endBy = Clock::now() + options_.stopTimeout;
+  } else if (w.state != State::CLOSING) {
+    signalWorker(w, SIGKILL);  // make sure it dies, and learn how from its pidfd
+  }
+  closeChannel(w);
+}
+
+void Core::replyUnallocatable(Worker& w, std::uint64_t bytes) {
+  if (!w.inFlight.empty() && w.runningError == nullptr) {
+    const TaskRef& task = w.inFlight.front().job.call->task();
+    char mib[32];
+    std::snprintf(mib, sizeof mib, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+    w.runningError = errorPtr<TaskError>(
+        task.pluginName, task.taskName, "std::bad_alloc",
+        std::string("the host could not allocate ") + mib + " (" + std::to_string(bytes) +
+            " bytes) to receive the chunk's results from worker " + std::to_string(w.process.pid) +
+            "; that worker was replaced");
+  } else if (w.inFlight.empty()) {
+    violate(w, "sent a message of " + std::to_string(bytes) +
+                   " bytes that the host could not allocate, answering nothing");
+    return;
+  }
+  signalWorker(w, SIGKILL);
+}
+
 void Core::closeChannel(Worker& w) {
+  // shutdown() ends the connection itself, not only this descriptor: a copy of it in a
+  // process the host forked keeps the socket open, and the worker would never see its end.
+  if (w.process.channel) ::shutdown(w.process.channel.get(), SHUT_RDWR);
   w.process.channel.reset();
   w.channelOpen = false;
 }
@@ -719,9 +850,14 @@ void Core::reap(std::size_t slot) {
   const int exitStatus = known && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   const std::string how = describeTermination(sig, exitStatus);
   const pid_t pid = w.process.pid;
-  const std::string violation = w.violation;
+  // A stream that ended inside a message is a crash only if a signal ended the worker then
+  // (it was killed while it wrote); a worker that broke off and exited broke the protocol.
+  const std::string violation = w.violation.empty() && !w.truncated.empty() && sig == 0
+                                    ? w.truncated + " (then it " + how + ")"
+                                    : w.violation;
   const State state = w.state;
   const bool onPurpose = w.stoppedOnPurpose;
+  const std::exception_ptr runningError = w.runningError;
   std::deque<InFlight> lost = std::move(w.inFlight);
 
   // Settle the pool's state (counters, the replacement worker) before failing the lost
@@ -730,20 +866,18 @@ void Core::reap(std::size_t slot) {
     std::lock_guard lock(mutex_);
     ++stats_.workersLost;
   } else if (state == State::STARTING && !onPurpose) {
-    auto error =
-        errorPtr<StartError>("worker " + std::to_string(pid) + " " +
-                             (violation.empty() ? how : violation) + " before it was ready");
-    if (starting_) {
-      if (!startError_) startError_ = error;
-    } else if (!broken_ && ++startFailures_ >= MAX_START_FAILURES) {
-      breakPool(errorPtr<StartError>(std::to_string(MAX_START_FAILURES) +
-                                     " workers in a row died before they were ready; the pool "
-                                     "stopped respawning them. Last: worker " +
-                                     std::to_string(pid) + " " + how));
-    }
+    const std::string what = "worker " + std::to_string(pid) + " " +
+                             (violation.empty() ? how : violation) + " before it was ready";
+    startFailed(errorPtr<StartError>(
+        starting_ || startFailures_ + 1 < MAX_START_FAILURES
+            ? what
+            : std::to_string(startFailures_ + 1) +
+                  " workers in a row died before they were ready; the pool tries again after a "
+                  "pause, up to 10 s. Last: " +
+                  what));
   }
   slots_.erase(slots_.begin() + static_cast<long>(slot));
-  if (!starting_ && !closing_ && !broken_ && slots_.size() < options_.workers) spawnWorker();
+  supervise();
 
   // Only the first unanswered chunk was running; the ones queued behind it go out again. A
   // worker killed on purpose (a cancel) was running the cancelled chunk, which has ended
@@ -757,6 +891,10 @@ void Core::reap(std::size_t slot) {
       continue;
     }
     const TaskRef& task = f.job.call->task();
+    if (runningError) {
+      fail(f, runningError);
+      continue;
+    }
     if (violation.empty() && f.job.attempts < options_.crashRetries) {
       ++f.job.attempts;
       again.push_front(std::move(f.job));
@@ -780,10 +918,6 @@ void Core::failAll(std::exception_ptr error) {
   takeIncoming();
   for (auto& job : pending_) fail(job, error);
   pending_.clear();
-}
-
-void Core::breakPool(std::exception_ptr error) {
-  if (!broken_) broken_ = std::move(error);
 }
 
 void Core::fail(InFlight& f, std::exception_ptr error) {

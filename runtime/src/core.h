@@ -6,10 +6,17 @@
 // with an error if the chunk was lost (worker died, protocol error, pool broken).
 //
 // Supervision: each worker is watched through its pidfd, so a death is seen even while the
-// worker is silent, and it is reaped with waitpid on its own pid only. A worker that dies
-// while serving is replaced. Workers that keep dying before they are ready
-// (MAX_START_FAILURES in a row) break the pool: everything pending and submitted later fails
-// with StartError instead of respawning forever.
+// worker is silent, and it is reaped with waitpid on its own pid only. The pool keeps
+// Options::workers workers: one that dies, times out or retires is replaced. A start that
+// fails (the launcher fails, the worker dies before it is ready, its plugins do not load, its
+// initializer fails) is tried again after a backoff, START_BACKOFF doubling to
+// MAX_START_BACKOFF, never in a loop; once MAX_START_FAILURES have failed in a row (or one
+// that cannot succeed by trying again: plugins, initializer), work that no ready worker can
+// take fails at once with the last start error. The first start that succeeds heals the pool.
+//
+// Nothing the dispatcher thread meets ends the host. A reply that cannot be allocated fails
+// its chunk and costs its worker; any other error escaping the loop breaks the pool: every
+// worker is killed and reaped, and every pending and later call ends with PoolBroken.
 //
 // Work that was sent to a worker that then died is not all lost: the worker runs its chunks in
 // order, so only the first unanswered chunk was running. That one fails (WorkerCrashed,
@@ -79,8 +86,12 @@ class Core {
   // Waits until every worker has exited and been reaped. Throws UsageError before close().
   void join();
   bool closed() const;
+  // Throws PoolBroken if the pool broke, PoolClosed if it is closed; else nothing.
+  void checkOpen() const;
 
   static constexpr int MAX_START_FAILURES = 3;
+  static constexpr std::chrono::milliseconds START_BACKOFF{100};
+  static constexpr std::chrono::milliseconds MAX_START_BACKOFF{10'000};
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -118,8 +129,13 @@ class Core {
     std::uint64_t itemsSent = 0;    // for maxTasksPerChild
     bool retiring = false;          // takes no more work; closed once idle
     bool stoppedOnPurpose = false;  // killed by cancel/terminate/timeout: not counted as lost
-    Clock::time_point frontSince;   // when the first unanswered chunk started running
-    std::uint64_t chunkNs = 0;      // its chunks' smoothed run time; 0 until one ends
+    // Its stream ended inside a message (TruncatedStream): until `endBy`, its own death (it
+    // was killed while it wrote) is a crash; if it has not ended by then, it is a violation.
+    std::string truncated;
+    std::optional<Clock::time_point> endBy;
+    std::exception_ptr runningError;  // set: how its running chunk fails when it is reaped
+    Clock::time_point frontSince;     // when the first unanswered chunk started running
+    std::uint64_t chunkNs = 0;        // its chunks' smoothed run time; 0 until one ends
     // Shared segments (shared_memory.h): our region and the worker's, passed with Setup; used
     // once its Hello agrees. `sharedSince` is when they last carried a message, while they
     // may hold pages worth giving back (see trimShared).
@@ -131,7 +147,18 @@ class Core {
   void run(std::promise<void>& started);
   bool startUp();  // the startup phase; false if the pool could not start
   void loop();
-  bool loneChunk() const;  // exactly one chunk is out and none waits
+  // After an error escaped the loop (or startUp): kills and reaps every worker without the
+  // event loop, ends every unfinished chunk and every later submit with `error`. No-throw.
+  void abandon(std::exception_ptr error) noexcept;
+  // Starts workers while fewer than Options::workers serve and no start backoff runs.
+  void supervise();
+  // Counts a failed start (after the startup phase) and sets the backoff before the next.
+  // `final`: trying again soon cannot help (plugins, initializer): fail waiting work now.
+  void startFailed(std::exception_ptr error, bool final = false);
+  bool startsFailing() const { return startFailures_ >= MAX_START_FAILURES; }
+  std::size_t serving() const;  // workers not stopping or retiring
+  bool canServe() const;        // a ready worker takes work
+  bool loneChunk() const;       // exactly one chunk is out and none waits
   void pollOnce();
   void takeIncoming();
   void takeControls();
@@ -149,7 +176,7 @@ class Core {
   Clock::time_point timeoutAt(const Worker& w) const;
   void timeOut(Worker& w);  // stops `w`, fails its running chunk, resends the others
   void beginClosing();
-  void spawnWorker();
+  bool spawnWorker();          // false if the launcher failed (counted by startFailed)
   void noteShared(Worker& w);  // a message went through w's shared regions
   void trimShared();           // gives back the pages of regions idle for SHARED_IDLE
 
@@ -160,6 +187,10 @@ class Core {
   void handleChunkDone(Worker& w, wire::ChunkDone::Reader done, std::shared_ptr<const void> keep);
   void flush(Worker& w);
   void closeChannel(Worker& w);
+  // The channel ended or broke, or the worker broke the protocol: it can answer no more.
+  void channelEnded(Worker& w);
+  // A reply of `bytes` could not be allocated: its chunk fails, the worker is replaced.
+  void replyUnallocatable(Worker& w, std::uint64_t bytes);
   // Sends `signal` to the worker's process group: the worker and what its tasks started.
   // The only place the dispatcher signals a worker process.
   void signalWorker(Worker& w, int signal);
@@ -169,7 +200,6 @@ class Core {
   void failAll(std::exception_ptr error);  // pending and incoming work
   void fail(InFlight& f, std::exception_ptr error);
   void post(Control control);  // queues for the dispatcher and waits until it has run
-  void breakPool(std::exception_ptr error);
   static void fail(Job& job, std::exception_ptr error);
   void countStats(const Job& job);
 
@@ -187,9 +217,10 @@ class Core {
   std::uint64_t nextId_ = 1;
   std::optional<TaskRef> initializer_;              // bound at the first Hello
   std::optional<Clock::time_point> closeDeadline_;  // closed: when shutdownTimeout runs out
-  int startFailures_ = 0;                           // consecutive workers that died before ready
-  std::exception_ptr broken_;                       // set once the pool cannot serve any more
-  std::exception_ptr startError_;
+  int startFailures_ = 0;              // consecutive starts that failed (after startup)
+  std::exception_ptr lastStartError_;  // the last of them
+  Clock::time_point nextStartAt_{};    // no start before this (backoff)
+  std::exception_ptr startError_;      // startup phase: why the pool could not start
   bool starting_ = true;
   bool closing_ = false;
 
@@ -199,6 +230,7 @@ class Core {
   std::vector<Control> controls_;  // GUARDED_BY(mutex_)
   bool closeRequested_ = false;    // GUARDED_BY(mutex_)
   bool exited_ = false;            // GUARDED_BY(mutex_)
+  std::exception_ptr broken_;      // GUARDED_BY(mutex_); PoolBroken, once abandoned
   Stats stats_;                    // GUARDED_BY(mutex_)
   std::promise<void> exitedPromise_;
   std::shared_future<void> exitedFuture_;

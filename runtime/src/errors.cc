@@ -67,6 +67,7 @@ TaskTimeout::TaskTimeout(std::string plugin, std::string task, long long timeout
 TaskTimeout::~TaskTimeout() = default;
 Cancelled::~Cancelled() = default;
 PoolClosed::~PoolClosed() = default;
+PoolBroken::~PoolBroken() = default;
 WaitTimeout::~WaitTimeout() = default;
 UsageError::~UsageError() = default;
 

@@ -193,6 +193,10 @@ capnp::ReaderOptions readerOptions(std::uint64_t words) {
   return options;
 }
 
+MessageUnallocatable::MessageUnallocatable(std::uint64_t bytes)
+    : std::runtime_error("cannot allocate " + std::to_string(bytes) + " bytes for a message"),
+      bytes_(bytes) {}
+
 FrameReader::FrameReader(std::uint64_t maxWords) : maxWords_(maxWords), staging_(STAGING_BYTES) {}
 
 bool FrameReader::startMessage() {
@@ -204,7 +208,11 @@ bool FrameReader::startMessage() {
                             " bytes exceeds the limit of " + std::to_string(maxWords_ * 8) +
                             " bytes");
   }
-  message_ = allocateWords(words, false);  // filled from the stream
+  try {
+    message_ = allocateWords(words, false);  // filled from the stream
+  } catch (const std::bad_alloc&) {
+    throw MessageUnallocatable(words * sizeof(capnp::word));
+  }
   filled_ = 0;
   return true;
 }
@@ -255,7 +263,7 @@ FrameReader::Status FrameReader::read(int fd, kj::Array<capnp::word>& out) {
           filled_ += static_cast<std::size_t>(n);
           continue;
         }
-        if (n == 0) throw ProtocolViolation("stream ended inside a message");
+        if (n == 0) throw TruncatedStream();
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::AGAIN;
         throw std::system_error(errno, std::generic_category(), "read");
@@ -275,7 +283,7 @@ FrameReader::Status FrameReader::read(int fd, kj::Array<capnp::word>& out) {
     }
     if (n == 0) {
       if (message_ == nullptr && buffered() == 0) return Status::END;
-      throw ProtocolViolation("stream ended inside a message");
+      throw TruncatedStream();
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::AGAIN;

@@ -35,10 +35,32 @@
 
 namespace plugpool::detail {
 
-// The peer broke the framing or the protocol. Caught where a message is read; costs that peer.
+// What reading a peer's messages can throw besides std::system_error (the descriptor failed:
+// the peer is gone), and what each costs:
+//   ProtocolViolation   the peer broke the framing or the protocol: costs that peer.
+//   TruncatedStream     (a ProtocolViolation) the stream ended inside a message: a peer that
+//                       was killed while it wrote, or one that broke off. Its reader decides
+//                       which, from how the peer then ended.
+//   MessageUnallocatable  a message the caps allow could not be allocated (std::bad_alloc):
+//                       costs that message and the stream it was on, never the reader.
+// kj::Exception from a getter of a received message is treated as a ProtocolViolation.
 class ProtocolViolation : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+class TruncatedStream : public ProtocolViolation {
+ public:
+  TruncatedStream() : ProtocolViolation("stream ended inside a message") {}
+};
+
+class MessageUnallocatable : public std::runtime_error {
+ public:
+  explicit MessageUnallocatable(std::uint64_t bytes);
+  std::uint64_t bytes() const { return bytes_; }
+
+ private:
+  std::uint64_t bytes_;
 };
 
 // Cap'n Proto reader limits for one received message of `words` words: nesting 64, and a
@@ -86,8 +108,10 @@ class FrameReader {
   };
 
   // Reads until one message is complete, the descriptor would block, or the stream ends.
-  // Throws ProtocolViolation for a bad segment table, an oversized message or end of stream
-  // inside a message; std::system_error for other read errors. EINTR is retried. `out` is
+  // Throws ProtocolViolation for a bad segment table or an oversized message, TruncatedStream
+  // for end of stream inside a message, MessageUnallocatable if a message within the cap
+  // cannot be allocated (the stream cannot be read further); std::system_error for other read
+  // errors. EINTR is retried. `out` is
   // the whole frame, for Received (shared segments counted against the size cap too).
   Status read(int fd, kj::Array<capnp::word>& out);
 

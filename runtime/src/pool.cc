@@ -65,7 +65,7 @@ detail::TaskRef Pool::bind(std::string_view plugin, std::string_view name,
 }
 
 std::shared_ptr<detail::Call> Pool::newCall(const detail::TaskRef& task) const {
-  if (core_->closed()) throw PoolClosed("the pool is closed; it takes no new work");
+  core_->checkOpen();
   return std::make_shared<detail::Call>(task, core_, callbacks_);
 }
 

@@ -23,6 +23,10 @@
 //                  to retry unless you meant to.
 //   PoolClosed     work was submitted after close(), shutdown() or terminate(), or a stream
 //                  needed to send more of its input after that. Submit to a pool that is open.
+//   PoolBroken     (a PoolClosed) the pool met an error it cannot go on from — its dispatcher
+//                  failed, e.g. poll() refused its descriptors after RLIMIT_NOFILE was lowered
+//                  below them — and stopped: its workers were killed, every unfinished and later
+//                  call ends with this error naming the cause. The host goes on. Make a new pool.
 //   WaitTimeout    get(timeout) or asCompleted(…, timeout) stopped waiting. Only the wait
 //                  ended: the work goes on, and its result can still be waited for.
 //   UsageError     the call is not allowed in the object's current state, e.g. join() before
@@ -120,6 +124,12 @@ class PLUGPOOL_API PoolClosed : public Error {
  public:
   using Error::Error;
   ~PoolClosed() override;
+};
+
+class PLUGPOOL_API PoolBroken : public PoolClosed {
+ public:
+  using PoolClosed::PoolClosed;
+  ~PoolBroken() override;
 };
 
 class PLUGPOOL_API WaitTimeout : public Error {

@@ -14,7 +14,10 @@
 // never the delivery of results to get(), wait(), streams or other threads. A callback
 // attached after the result is in runs on that thread too. Once the pool is destroyed, a
 // callback attached later runs at once on the attaching thread. Exceptions thrown by a
-// callback are swallowed; handle them inside it.
+// callback are swallowed; handle them inside it. If the callback thread cannot be created
+// (no memory, a thread limit), callbacks wait, in order, until a later callback starts it,
+// and at the latest run on the thread that destroys the pool: none is ever dropped, and none
+// runs on the dispatcher.
 //
 // Thread safety: every member may be called from any thread, on the same Future or copies.
 // Lifetime: a Future may outlive its Pool; the pool's destructor finishes submitted work, so

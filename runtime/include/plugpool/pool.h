@@ -275,7 +275,8 @@ class PLUGPOOL_API Pool {
   // shutdown(true): waits for submitted work to finish, then closes every worker's channel; a
   // worker exits when it sees its channel close, and one still running after
   // Options::stopTimeout is killed. Returns only when every worker has been reaped and every
-  // queued callback has run. A stream with input not yet sent gets PoolClosed for it.
+  // queued callback has run. A stream with input not yet sent gets PoolClosed for each item
+  // of it, and may be read to its end after the pool is gone (stream.h).
   ~Pool();
 
   Pool(const Pool&) = delete;
@@ -693,6 +694,14 @@ Stream<Value> Pool::streamOf(const detail::TaskRef& task, Range&& items, bool or
     detail::encodeChunk(chunk.items(), from, encode);
     return chunk;
   };
+  auto skip = [input](std::size_t n) -> std::size_t {
+    if (!input->at) input->at.emplace(std::ranges::begin(input->view));
+    using Difference = std::ranges::range_difference_t<View>;
+    const auto asked = static_cast<Difference>(n);
+    // In one step for a random-access input with a sized end; item by item otherwise.
+    const Difference left = std::ranges::advance(*input->at, asked, std::ranges::end(input->view));
+    return static_cast<std::size_t>(asked - left);
+  };
   using Item = typename Stream<Value>::Item;
   auto decode = [task, decodeOne](const detail::ChunkOutcome& outcome, unsigned items,
                                   std::vector<Item>& out) {
@@ -712,8 +721,8 @@ Stream<Value> Pool::streamOf(const detail::TaskRef& task, Range&& items, bool or
     }
   };
   if (chunksize == 0 && task.timeout.count() != 0) chunksize = 1;  // a timeout is per item
-  return Stream<Value>(newCall(task), std::move(feed), std::move(decode), ordered, chunksize,
-                       streamWindow(window), streamWindowGrows(window));
+  return Stream<Value>(newCall(task), std::move(feed), std::move(skip), std::move(decode), ordered,
+                       chunksize, streamWindow(window), streamWindowGrows(window));
 }
 
 namespace detail {

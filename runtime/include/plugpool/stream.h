@@ -17,7 +17,13 @@
 // chunk's messaging is already a small share of its cost.
 //
 // If the pool is closed (close(), shutdown(), terminate(), or its destructor) while a stream
-// still has input to send, the input not yet sent ends with PoolClosed errors.
+// still has input to send, the stream goes on to the end of its input all the same: what was
+// sent ends as usual (under terminate(), unfinished chunks with Cancelled), and every item not
+// sent ends with PoolClosed at its place, so each input item still ends as exactly one result
+// or one error. Those items are read past without being used (their iterators are advanced,
+// not dereferenced) and never encoded or sent. Over an endless input the PoolClosed errors
+// never end either: a reader that goes on after errors needs its own stop (a range-for loop
+// stops at the first). A stream may outlive its Pool and be read to its end afterwards.
 //
 // Thread safety: a Stream belongs to one reader thread at a time. Lifetime: the input range is
 // held as std::views::all holds it: a container passed as an lvalue must outlive the stream.
@@ -74,7 +80,10 @@ class Stream {
         return std::move(item.value);
       }
       topUp();
-      if (outstanding_ == 0) return std::nullopt;
+      if (outstanding_ == 0) {
+        if (closed_ && !inputDone_ && skipClosed()) continue;
+        return std::nullopt;
+      }
       std::size_t index = ordered_ ? nextIndex_++ : *call_->takeAny();
       const detail::ChunkOutcome& outcome = *call_->wait(index);
       auto size = sizes_.find(index);
@@ -133,13 +142,17 @@ class Stream {
   };
   // Builds the next chunk of at most n items from the input; nullopt at its end.
   using Feed = std::function<std::optional<detail::ChunkRequest>(std::size_t n)>;
+  // Reads past at most n items of the input without using them; returns how many (0 at its
+  // end). For the input left when the pool has closed.
+  using Skip = std::function<std::size_t(std::size_t n)>;
   // Appends one Item per item of a finished chunk of `items` items.
   using Decode = std::function<void(const detail::ChunkOutcome&, unsigned, std::vector<Item>&)>;
 
-  Stream(std::shared_ptr<detail::Call> call, Feed feed, Decode decode, bool ordered,
+  Stream(std::shared_ptr<detail::Call> call, Feed feed, Skip skip, Decode decode, bool ordered,
          std::size_t chunksize, std::size_t window, bool growWindow)
       : call_(std::move(call)),
         feed_(std::move(feed)),
+        skip_(std::move(skip)),
         decode_(std::move(decode)),
         ordered_(ordered),
         fixedChunk_(chunksize),
@@ -155,9 +168,9 @@ class Stream {
     return window_ * growth;
   }
 
-  // Sends chunks until the window is full or the input ends.
+  // Sends chunks until the window is full, the input ends or the pool is closed.
   void topUp() {
-    while (!inputDone_ && outstanding_ < currentWindow()) {
+    while (!inputDone_ && !closed_ && outstanding_ < currentWindow()) {
       std::size_t n = nextChunkSize();
       auto chunk = feed_(n);
       if (!chunk) {
@@ -171,13 +184,32 @@ class Stream {
         std::size_t index = call_->submit(std::move(*chunk));
         sizes_.emplace(index, Sent{items, fed_});
       } catch (const PoolClosed&) {
-        // The chunk ended with PoolClosed: its items report it, and nothing more is sent.
+        // The chunk ended with PoolClosed: its items report it, and nothing more is sent;
+        // once the chunks before it are read, so does the rest of the input (skipClosed).
         sizes_.emplace(call_->chunks() - 1, Sent{items, fed_});
-        inputDone_ = true;
+        closed_ = std::current_exception();
       }
       fed_ += items;
       ++outstanding_;
     }
+  }
+
+  // With the pool closed and every chunk sent before read: reads past the next items of the
+  // input into buffer_, each with closed_ as its error. False at the end of the input.
+  bool skipClosed() {
+    const std::size_t n = skip_(MAX_ADAPTIVE_CHUNK);
+    if (n == 0) {
+      inputDone_ = true;
+      call_->seal();
+      return false;
+    }
+    buffer_.clear();
+    buffer_.resize(n);
+    for (Item& item : buffer_) item.error = closed_;
+    bufferStart_ = fed_;
+    pos_ = 0;
+    fed_ += n;
+    return true;
   }
 
   void observe(std::uint64_t perItemNs) {
@@ -187,6 +219,7 @@ class Stream {
 
   std::shared_ptr<detail::Call> call_;
   Feed feed_;
+  Skip skip_;
   Decode decode_;
   bool ordered_;
   std::size_t fixedChunk_;  // 0: adaptive
@@ -195,6 +228,7 @@ class Stream {
   std::size_t rampChunk_ = 1;
   std::uint64_t perItemNs_ = 0;  // smoothed measure; 0 until the first chunk ends
   bool inputDone_ = false;
+  std::exception_ptr closed_;  // the PoolClosed a submit met; then nothing more is sent
   std::size_t outstanding_ = 0;
   std::size_t nextIndex_ = 0;  // ordered: the next chunk to read
   struct Sent {

@@ -90,7 +90,10 @@ struct ChunkOutcome {
 
 // The pool's callback thread: runs posted functions one at a time, in posting order, on one
 // thread of its own that starts with the first post. After stop(), post() runs the function
-// at once on the posting thread. An exception escaping a callback is swallowed.
+// at once on the posting thread. An exception escaping a callback is swallowed. post() never
+// throws: if the thread cannot be created (no memory, a thread limit), the functions wait in
+// the queue and each later post() tries again; stop() runs whatever no thread ran, on the
+// stopping thread, in order. Nothing posted is ever dropped.
 class PLUGPOOL_API CallbackQueue {
  public:
   CallbackQueue() = default;
@@ -98,12 +101,13 @@ class PLUGPOOL_API CallbackQueue {
   CallbackQueue(const CallbackQueue&) = delete;
   CallbackQueue& operator=(const CallbackQueue&) = delete;
 
-  void post(std::function<void()> fn);
+  void post(std::function<void()> fn) noexcept;
   // Runs what is queued, then ends the thread. Must not be called from a callback.
   void stop();
 
  private:
   void run();
+  bool enqueue(std::function<void()>& fn) noexcept;  // REQUIRES: mutex_ held
 
   std::mutex mutex_;
   std::condition_variable ready_;
