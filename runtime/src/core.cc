@@ -53,7 +53,7 @@ Core::Core(Options options, std::vector<std::string> pluginPaths, std::string wo
       launcher_(std::move(launcher)),
       maxWords_(options_.maxMessageBytes / sizeof(capnp::word)),
       exitedFuture_(exitedPromise_.get_future().share()),
-      wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+      wake_(aboveStdio(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))) {
   if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
   std::promise<void> started;
   auto ready = started.get_future();
@@ -822,7 +822,11 @@ void Core::closeChannel(Worker& w) {
 }
 
 void Core::signalWorker(Worker& w, int signal) {
-  ::kill(w.process.pid, signal);
+  // The worker leads its own process group (launcher.h): the signal reaches every process its
+  // tasks left in it too. Until reap() has waited for the worker, the worker (or its zombie)
+  // holds the group's id, so it names no other group. The fallback is for a worker that does
+  // not lead a group (ESRCH).
+  if (::kill(-w.process.pid, signal) != 0) ::kill(w.process.pid, signal);
 }
 
 void Core::violate(Worker& w, const std::string& why) {
@@ -835,6 +839,9 @@ void Core::reap(std::size_t slot) {
   Worker& w = *slots_[slot];
   // Replies written just before the worker died are still in the socket: take them first.
   if (w.channelOpen && w.violation.empty()) drain(w);
+  // Whatever its tasks started and left in its group (a forked copy, a `sleep &`) ends with
+  // it, whichever way it ended; before waitpid, while its zombie still holds the group's id.
+  signalWorker(w, SIGKILL);
   int status = 0;
   pid_t r;
   do {

@@ -215,7 +215,8 @@ class Core {
   void channelEnded(Worker& w);
   // A reply of `bytes` could not be allocated: its chunk fails, the worker is replaced.
   void replyUnallocatable(Worker& w, std::uint64_t bytes);
-  // Sends `signal` to the worker. The only place the dispatcher signals a worker process.
+  // Sends `signal` to the worker's process group: the worker and what its tasks started.
+  // The only place the dispatcher signals a worker process.
   void signalWorker(Worker& w, int signal);
   void violate(Worker& w, const std::string& why);  // kills the worker for a protocol error
   void reap(std::size_t slot);                      // the worker's pidfd fired

@@ -1,11 +1,28 @@
-// fd.h — an owned file descriptor. Internal.
+// fd.h — an owned file descriptor, and keeping the pool's descriptors off 0-2. Internal.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <utility>
 
 namespace plugpool::detail {
+
+// Every descriptor the pool opens passes through this at once: returns `fd` if it is -1 or 3
+// and above; moves one that landed on 0, 1 or 2 to the lowest free number from 3 up
+// (close-on-exec, as all of the pool's descriptors are) and returns that. A host that closed
+// its standard descriptors (a daemon) goes on using those numbers — another thread reads
+// "stdin", prints to "stdout" — and must never reach the pool's eventfd or a worker's socket
+// through them. Returns -1 with errno set if the move fails (`fd` is closed then).
+inline int aboveStdio(int fd) noexcept {
+  if (fd < 0 || fd > 2) return fd;
+  const int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  const int error = errno;
+  ::close(fd);
+  errno = error;
+  return moved;
+}
 
 class UniqueFd {
  public:

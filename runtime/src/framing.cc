@@ -234,7 +234,7 @@ ssize_t FrameReader::receive(int fd, std::byte* into, std::size_t size) {
     for (std::size_t i = 0; i < count; ++i) {
       int received;
       std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      descriptors_->emplace_back(received);
+      descriptors_->emplace_back(aboveStdio(received));
     }
   }
   return n;

@@ -15,8 +15,12 @@
 namespace plugpool::detail {
 
 // A started worker. The caller owns the descriptors and must reap the process (waitpid on
-// exactly this pid, or waitid on the pidfd): holding the pidfd keeps the pid from being
-// reused before then.
+// exactly this pid, or waitid on the pidfd): until then its pid cannot be reused.
+//
+// The worker leads a process group of its own (its pgid is `pid`) from before spawn()
+// returns, so kill(-pid, signal) reaches it and every process its tasks start in that group;
+// it is not in the terminal's foreground group, so Ctrl-C reaches the host only. Both
+// descriptors are on 3 or above (aboveStdio, fd.h).
 struct SpawnedProcess {
   pid_t pid = -1;
   UniqueFd pidfd;    // readable once the process has exited
@@ -27,7 +31,8 @@ class Launcher {
  public:
   virtual ~Launcher() = default;
   // Starts `executable` with the other end of a new socketpair as its descriptor 3 and no
-  // other inherited descriptors beyond 0-2. Throws std::system_error on failure.
+  // other inherited descriptors beyond 0-2, which are the host's, or /dev/null for those the
+  // host has closed. Throws std::system_error on failure.
   virtual SpawnedProcess spawn(const std::string& executable) = 0;
 };
 

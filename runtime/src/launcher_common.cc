@@ -17,7 +17,7 @@ namespace {
 // glibc 2.36's <sys/pidfd.h> declares pidfd_open without C linkage, so C++ cannot link
 // against it; the system call itself is stable since Linux 5.3.
 int pidfdOpen(pid_t pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  return aboveStdio(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
 }
 
 }  // namespace
@@ -31,7 +31,9 @@ ChannelPair newChannelPair() {
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
     throwSystemError(errno, "socketpair");
   }
-  return {UniqueFd(pair[0]), UniqueFd(pair[1])};
+  ChannelPair channel{UniqueFd(aboveStdio(pair[0])), UniqueFd(aboveStdio(pair[1]))};
+  if (!channel.host || !channel.worker) throwSystemError(errno, "moving a socket off 0-2");
+  return channel;
 }
 
 SpawnedProcess adoptWorker(pid_t pid, UniqueFd hostEnd) {

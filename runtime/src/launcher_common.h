@@ -14,7 +14,7 @@ namespace plugpool::detail {
 [[noreturn]] void throwSystemError(int error, const std::string& what);
 
 // The two ends of a new worker channel: a connected AF_UNIX SOCK_STREAM socketpair, both
-// ends close-on-exec and blocking. Throws std::system_error.
+// ends close-on-exec, blocking and on 3 or above (aboveStdio). Throws std::system_error.
 struct ChannelPair {
   UniqueFd host;
   UniqueFd worker;

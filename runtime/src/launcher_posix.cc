@@ -1,7 +1,9 @@
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -40,13 +42,20 @@ class PosixLauncher final : public Launcher {
 
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+    // /dev/null for each of 0-2 the host has closed (a daemon): otherwise the worker's own
+    // first descriptors, or a task's output, would land there.
+    for (int fd = 0; fd < WORKER_CHANNEL_FD; ++fd) {
+      if (::fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+        posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDWR, 0);
+      }
+    }
     // dup2 onto 3 clears close-on-exec for the copy; then close everything above it, so the
     // worker inherits no descriptor of the host's but stdin/out/err and its channel.
     posix_spawn_file_actions_adddup2(&actions, pair.worker.get(), WORKER_CHANNEL_FD);
     posix_spawn_file_actions_addclosefrom_np(&actions, WORKER_CHANNEL_FD + 1);
 
     // The worker starts with default signal dispositions and an empty mask, whatever the
-    // host application set for itself.
+    // host application set for itself, and leads a process group of its own (launcher.h).
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     sigset_t none, all;
@@ -54,7 +63,9 @@ class PosixLauncher final : public Launcher {
     sigfillset(&all);
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(
+        &attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
 
     std::string hostPid = "--host-pid=" + std::to_string(::getpid());
     char* argv[] = {const_cast<char*>(executable.c_str()), const_cast<char*>(hostPid.c_str()),

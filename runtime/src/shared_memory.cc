@@ -47,7 +47,7 @@ SharedRegion::~SharedRegion() {
 
 std::shared_ptr<SharedRegion> SharedRegion::create(std::size_t dataBytes, bool writable) {
   dataBytes = (dataBytes + HEADER_BYTES - 1) & ~(HEADER_BYTES - 1);
-  UniqueFd fd(::memfd_create("plugpool-shared", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  UniqueFd fd(aboveStdio(::memfd_create("plugpool-shared", MFD_CLOEXEC | MFD_ALLOW_SEALING)));
   if (!fd) fail("memfd_create");
   if (::ftruncate(fd.get(), static_cast<off_t>(HEADER_BYTES + dataBytes)) != 0) fail("ftruncate");
   if (::fcntl(fd.get(), F_ADD_SEALS, SEALS | F_SEAL_SEAL) != 0) fail("sealing a shared region");

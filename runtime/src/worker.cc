@@ -1,6 +1,9 @@
 #include "worker.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include <unistd.h>
@@ -254,6 +257,59 @@ int converse(int fd) {
 }
 
 }  // namespace
+
+namespace {
+
+// The kernel's PF_EXITING task flag (include/linux/sched.h), as /proc/<pid>/stat shows it.
+constexpr unsigned long PF_EXITING_FLAG = 0x4;
+
+// Whether `hostPid` is no longer our parent, or has begun to exit.
+bool hostExiting(pid_t hostPid) {
+  if (::getppid() != hostPid) return true;
+  const std::string path = "/proc/" + std::to_string(hostPid) + "/stat";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // no /proc: we cannot tell; the death signal may still come
+  char line[1024];
+  const ssize_t n = ::read(fd, line, sizeof line - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  line[n] = '\0';
+  // "pid (comm) state ppid pgrp session tty_nr tpgid flags ..."; comm may hold anything.
+  const char* rest = std::strrchr(line, ')');
+  char state = '?';
+  unsigned long flags = 0;
+  if (rest == nullptr ||
+      std::sscanf(rest + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2) {
+    return false;
+  }
+  return state == 'Z' || state == 'X' || (flags & PF_EXITING_FLAG) != 0;
+}
+
+void onHostGone(int) {
+  // kill(0) signals our own group: only when we lead it, never a group we happen to share.
+  if (::getpgrp() == ::getpid()) ::kill(0, SIGKILL);
+  ::kill(::getpid(), SIGKILL);
+}
+
+}  // namespace
+
+bool dieWithHost(pid_t hostPid) noexcept {
+  struct sigaction action = {};
+  action.sa_handler = onHostGone;
+  sigfillset(&action.sa_mask);
+  ::sigaction(hostGoneSignal(), &action, nullptr);
+  ::prctl(PR_SET_PDEATHSIG, hostGoneSignal());
+  return hostPid <= 0 || ::getppid() == hostPid;
+}
+
+void endWithHost(pid_t hostPid) noexcept {
+  if (hostPid <= 0 || ::getpgrp() != ::getpid()) return;
+  try {
+    if (hostExiting(hostPid)) ::kill(0, SIGKILL);
+  } catch (...) {
+    // Out of memory for the path: leave it to the death signal.
+  }
+}
 
 int serveWorker(int fd) {
   stopKeepingFreedBuffers();

@@ -6,6 +6,9 @@
 // (descriptors, signals, death signal) before calling serveWorker; serveWorker only talks.
 #pragma once
 
+#include <signal.h>
+#include <sys/types.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -77,7 +80,7 @@ class WorkerSession {
 inline constexpr int EXIT_LOAD_FAILED = 1;   // a plugin could not be loaded (after Hello said so)
 inline constexpr int EXIT_USAGE = 2;         // started by hand, or with bad arguments
 inline constexpr int EXIT_PROTOCOL = 70;     // the host sent something malformed
-inline constexpr int EXIT_CHILD_SETUP = 71;  // a fork-started worker could not move its channel
+inline constexpr int EXIT_CHILD_SETUP = 71;  // a fork-started worker could not set up its fds
 
 // Runs the whole conversation on the connected, blocking stream `fd`: reads Setup, loads the
 // plugins and answers Hello, then runs each Run and answers with a ChunkDone, until the host
@@ -93,5 +96,32 @@ inline constexpr int EXIT_CHILD_SETUP = 71;  // a fork-started worker could not 
 // raise SIGPIPE here. A task that crashes ends the process, as it must: the host reports it
 // as WorkerCrashed.
 int serveWorker(int fd);
+
+// The death signal, the part of the process setup both kinds of worker share: the worker dies
+// with its host, and so does every process its tasks started and left in its process group,
+// which the worker leads (launcher.h). PR_SET_PDEATHSIG cannot do that alone: it does not
+// pass to children, and its signal reaches only the worker. So the worker's death signal is
+// HOST_GONE_SIGNAL, caught by a handler that SIGKILLs the worker's whole group, the worker
+// included. It fires however the host ends (SIGKILL too: the kernel sends it), also while a
+// task is blocked; only a task that blocks, ignores or takes over HOST_GONE_SIGNAL defeats
+// it. A worker that does not lead its own group kills only itself.
+//
+// Returns false if host `hostPid` (<= 0: not checked) is no longer our parent: it died before
+// the death signal was set, and the caller must exit at once. Plain system calls only: the
+// fork launcher's child calls it (launcher_fork.cc).
+bool dieWithHost(pid_t hostPid) noexcept;
+
+// The other half, for a worker about to exit (after serveWorker, whatever it returned): a
+// host that dies closes its end of the channel before the kernel sends the death signal, so
+// an idle worker may read the end of its stream first and exit before the signal arrives. So
+// if host `hostPid` is gone or exiting (its PF_EXITING flag), SIGKILLs the worker's group
+// (the worker included) here. A host that is alive and closed the channel reaps the worker
+// and SIGKILLs its group itself (Core::reap). Does nothing unless the worker leads its group.
+void endWithHost(pid_t hostPid) noexcept;
+
+// A real-time signal nothing else in a worker uses; its default action ends the process too.
+inline int hostGoneSignal() {
+  return SIGRTMIN + 3;
+}
 
 }  // namespace plugpool::detail

@@ -11,7 +11,6 @@
 // which could not set up their channel. A signal means the task or plugin crashed the process.
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -39,11 +38,12 @@ int main(int argc, char** argv) {
                  "command); it is not meant to be run by hand.\n");
     return EXIT_USAGE;
   }
-  // Die with the host, even while stuck in a task: the channel's EOF only reaches a worker
-  // that reads it. The check after prctl closes the race with a host that already died.
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (hostPid > 0 && ::getppid() != hostPid) return 0;
+  // Die with the host, with what our tasks start, even while stuck in a task: the channel's
+  // EOF only reaches a worker that reads it.
+  if (!dieWithHost(static_cast<pid_t>(hostPid))) return 0;
   ::fcntl(WORKER_CHANNEL_FD, F_SETFD, FD_CLOEXEC);
   ::signal(SIGPIPE, SIG_IGN);
-  return serveWorker(WORKER_CHANNEL_FD);
+  const int status = serveWorker(WORKER_CHANNEL_FD);
+  endWithHost(static_cast<pid_t>(hostPid));
+  return status;
 }

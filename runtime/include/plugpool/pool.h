@@ -37,7 +37,10 @@
 // The pool waits only on its own workers' pids, so it never reaps the host application's
 // other children, and it never changes the host's signal dispositions (its sockets use
 // MSG_NOSIGNAL, so SIGPIPE cannot kill the host). If the host has set SIGCHLD to SIG_IGN,
-// exit statuses of crashed workers are reported as unknown.
+// exit statuses of crashed workers are reported as unknown. Each worker leads a process
+// group of its own: what its tasks start dies with it (when the pool stops it, when it
+// exits, when the host dies), unless it leaves the group (setsid). The pool's descriptors
+// are never 0, 1 or 2, and a worker gets /dev/null for those of them the host has closed.
 #pragma once
 
 #include <algorithm>
