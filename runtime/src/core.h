@@ -151,7 +151,7 @@ class Core {
   void beginClosing();
   void spawnWorker();
   void noteShared(Worker& w);  // a message went through w's shared regions
-  void trimShared();           // gives back the pages of regions idle for SHARED_IDLE
+  void trimShared();           // gives back the pages of regions idle for idleMemoryTimeout
 
   // Reads everything available; handles messages. False if the channel ended or broke.
   bool drain(Worker& w);
