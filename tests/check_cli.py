@@ -242,7 +242,8 @@ class Map(CliTest):
         self.assertRegex(err, r"^plugpool: standard input, line 2: .*SIGSEGV.*\n$")
 
     def test_timeout_fails_the_item_and_the_rest_goes_on(self):
-        status, out, err = plugpool("map", "examples", "sleep_ms", "--timeout", "0.5", "-o",
+        # 2 s: 100 times the healthy items, so that a loaded machine cannot time them out.
+        status, out, err = plugpool("map", "examples", "sleep_ms", "--timeout", "2", "-o",
                                     "jsonl", input="10\n60000\n20\n")
         self.assertEqual(status, 1)
         records = [json.loads(l) for l in out.splitlines()]

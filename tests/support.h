@@ -2,18 +2,22 @@
 //
 // A test takes a ProcessSnapshot before it creates a pool and calls requireCleanShutdown()
 // after the pool is gone: no child process of ours may remain (running or zombie) and exactly
-// the descriptors open before may be open after.
+// the descriptors open before may be open after. Also: waiting for what a pool does in its
+// own time (eventually), and tasks that run until the test lets them end (Gate).
 #pragma once
 
 #include <dirent.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -67,6 +71,46 @@ inline void requireCleanShutdown(const ProcessSnapshot& before) {
   INFO("descriptors leaked by the pool");
   REQUIRE(openDescriptors() == before.descriptors);
 }
+
+// Polls `condition` every 10 ms until it holds or `limit` passed; returns whether it held.
+// For what a pool or a worker does in its own time (a release when idle, a chunk reaching
+// its worker, a worker's death being noticed), however slow the machine: the limit is a hang
+// guard, not an expectation.
+template <typename F>
+bool eventually(F&& condition, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// A file that fixture tasks wait for (faults.wait_for_file): a task that runs until the test
+// says so, instead of a sleep the test hopes is long enough. Removed when it goes.
+class Gate {
+ public:
+  Gate() : path_("/tmp/plugpool-test-gate-" + std::to_string(::getpid()) + "-" + next()) {
+    std::remove(path_.c_str());
+  }
+  ~Gate() { std::remove(path_.c_str()); }
+  Gate(const Gate&) = delete;
+  Gate& operator=(const Gate&) = delete;
+
+  const std::string& path() const { return path_; }
+  // Lets every task waiting for this gate (and any later one) finish.
+  void open() const {
+    std::FILE* f = std::fopen(path_.c_str(), "w");
+    if (f) std::fclose(f);
+  }
+
+ private:
+  static std::string next() {
+    static std::atomic<int> count{0};
+    return std::to_string(count++);
+  }
+  std::string path_;
+};
 
 inline std::string fixture(const std::string& name) {
   return std::string(FIXTURES_DIR) + "/lib" + name + ".so";

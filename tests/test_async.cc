@@ -64,15 +64,17 @@ TEST_CASE("mapAsync and starmapAsync deliver the whole result list") {
 
 TEST_CASE("get with a timeout only stops waiting; the task goes on") {
   testing::ProcessSnapshot before;
+  testing::Gate gate;  // the task runs until the gate opens, however slow the machine
   {
-    Pool pool(1, {"examples"});
-    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
-    auto f = pool.submit(sleep, 400);
+    Pool pool(1, {testing::fixture("faults")});
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    auto f = pool.submit(waiting, gate.path());
     REQUIRE_THROWS_AS(f.get(10ms), plugpool::WaitTimeout);
     REQUIRE_FALSE(f.wait(10ms));
     REQUIRE_FALSE(f.ready());
     REQUIRE_THROWS_AS(f.successful(), plugpool::UsageError);
-    REQUIRE(f.get(30s) == 400);
+    gate.open();
+    REQUIRE(f.get(30s) == 1);
     REQUIRE(f.successful());
   }
   testing::requireCleanShutdown(before);
@@ -160,23 +162,39 @@ TEST_CASE("mapAsync's callback receives the whole list") {
 
 TEST_CASE("waitAny, waitAll and asCompleted follow completion order") {
   testing::ProcessSnapshot before;
+  // (Gates outlive the pool, whose destructor waits for the calls they hold.)
+  std::vector<testing::Gate> gates(3);
+  testing::Gate later;  // opened once the waits on `slow` below have timed out
   {
-    Pool pool(3, {"examples"});
-    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
+    // Each call runs until its gate opens, on a worker of its own (one chunk per worker), so
+    // the order they end in is the order the test opens them, however slow the machine.
+    auto o = testing::options(3, {testing::fixture("faults")});
+    o.chunksInFlight = 1;
+    Pool pool(o);
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
     std::vector<plugpool::Future<Int>> futures;
-    for (Int ms : {900, 50, 400}) futures.push_back(pool.submit(sleep, ms));
+    for (auto& gate : gates) futures.push_back(pool.submit(waiting, gate.path()));
 
+    gates[1].open();
     REQUIRE(plugpool::waitAny(futures) == 1u);
     REQUIRE_FALSE(plugpool::waitAll(futures, 1ms));
+    // 2 ends next, then 0, while asCompleted is waiting for them.
+    std::thread opener([&] {
+      gates[2].open();
+      futures[2].wait();
+      gates[0].open();
+    });
     std::vector<std::size_t> order;
     for (std::size_t i : plugpool::asCompleted(futures)) order.push_back(i);
+    opener.join();
     REQUIRE(order == std::vector<std::size_t>{1, 2, 0});
     REQUIRE(plugpool::waitAll(futures, 0ms));
 
-    auto slow = std::vector{pool.submit(sleep, 500)};
+    auto slow = std::vector{pool.submit(waiting, later.path())};
     REQUIRE(plugpool::waitAny(slow, 1ms) == std::nullopt);
     auto timed = plugpool::asCompleted(slow, 1ms);
     REQUIRE_THROWS_AS(timed.next(), plugpool::WaitTimeout);
+    later.open();
   }
   testing::requireCleanShutdown(before);
 }
@@ -192,7 +210,8 @@ TEST_CASE("cancel drops a queued call and stops a running one") {
     auto queued1 = pool.submit(square, 2);  // sent to the worker behind `running`
     auto queued2 = pool.submit(square, 3);  // still in the host's queue
     auto queued3 = pool.submit(square, 4);
-    std::this_thread::sleep_for(100ms);  // let the worker start on `running`
+    // `running` and queued1 are with the worker, however long it took to start.
+    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 2; }));
 
     REQUIRE(queued2.cancel());
     REQUIRE(queued2.cancelled());

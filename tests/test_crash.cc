@@ -63,8 +63,8 @@ TEST_CASE("a worker killed from outside mid-task fails its chunk, as the OOM kil
     Pool pool(1, {testing::fixture("faults")});
     auto sleep = pool.task<Int(Int)>("faults", "sleep_ms");
     auto pending = std::async(std::launch::async, [&] { return pool.apply(sleep, 30'000); });
-    // Wait until the task has surely reached the worker, then kill the worker.
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // Once the chunk is sent (however long the worker took to start), kill the worker.
+    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 1; }));
     auto children = testing::childProcesses();
     REQUIRE(children.size() == 1);
     ::kill(children.front(), SIGKILL);

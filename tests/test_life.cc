@@ -143,31 +143,41 @@ TEST_CASE("close and join: submitted work finishes, new work is refused") {
 TEST_CASE("shutdown without waiting returns at once; the work still finishes") {
   testing::ProcessSnapshot before;
   plugpool::Future<Int> future;
+  testing::Gate gate;  // the task runs until the gate opens, however slow the machine
   {
-    Pool pool(1, {"examples"});
-    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
-    future = pool.submit(sleep, 300);
+    Pool pool(1, {testing::fixture("faults")});
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    future = pool.submit(waiting, gate.path());
     pool.shutdown(/*wait=*/false);
     REQUIRE_FALSE(future.ready());
+    gate.open();
   }  // the destructor waits for it
   REQUIRE(future.ready());
-  REQUIRE(future.get() == 300);
+  REQUIRE(future.get() == 1);
   testing::requireCleanShutdown(before);
 }
 
 TEST_CASE("shutdown with cancelPending cancels queued work, lets running work finish") {
   testing::ProcessSnapshot before;
+  testing::Gate gate;  // `running` runs until the queued calls are cancelled
   {
-    auto o = testing::options(1, {"examples"});
+    auto o = testing::options(1, {"examples", testing::fixture("faults")});
     o.chunksInFlight = 1;
     Pool pool(o);
     auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
-    auto running = pool.submit(sleep, 300);
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    auto running = pool.submit(waiting, gate.path());
     std::vector<plugpool::Future<Int>> queued;
     for (int i = 0; i < 5; ++i) queued.push_back(pool.submit(sleep, 1));
-    std::this_thread::sleep_for(100ms);
+    // `running` is with the worker (however long it took to start); the rest wait in the host.
+    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 1; }));
+    std::thread opener([&] {
+      testing::eventually([&] { return queued.back().cancelled(); });
+      gate.open();
+    });
     pool.shutdown(/*wait=*/true, /*cancelPending=*/true);
-    REQUIRE(running.get() == 300);
+    opener.join();
+    REQUIRE(running.get() == 1);
     for (auto& f : queued) REQUIRE(f.cancelled());
   }
   testing::requireCleanShutdown(before);

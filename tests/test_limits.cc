@@ -40,7 +40,8 @@ TEST_CASE("an item past its timeout fails with TaskTimeout; the others are unaff
   testing::ProcessSnapshot before;
   {
     Pool pool(2, {"examples"});
-    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms").withTimeout(300ms);
+    // 2 s: 200 times the 10 ms items, so that a loaded machine cannot time out a healthy one.
+    auto sleep = pool.task<Int(Int)>("examples", "sleep_ms").withTimeout(2000ms);
     auto started = pool.stats().workersStarted;
     auto begin = std::chrono::steady_clock::now();
     std::vector<Int> items = {10, 60'000, 10, 10, 60'000, 10};
@@ -51,7 +52,7 @@ TEST_CASE("an item past its timeout fails with TaskTimeout; the others are unaff
         got.push_back(std::to_string(*stream.next()));
       } catch (const plugpool::TaskTimeout& e) {
         REQUIRE(e.task() == "sleep_ms");
-        REQUIRE(e.timeoutMs() == 300);
+        REQUIRE(e.timeoutMs() == 2000);
         got.push_back("timeout");
       }
     }

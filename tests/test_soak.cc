@@ -88,7 +88,9 @@ TEST_CASE("soak: every item ends exactly once, with its result or the right erro
     SECTION("single-item chunks with a timeout: crashes, aborts, hangs and throws") {
       constexpr std::size_t N = 100'000;
       auto items = chaosItems(N, SEED, 2000, 400, 40);
-      auto stream = pool.imap(chaos.withTimeout(250ms), items);
+      // 2 s: far past what a normal item takes even on a loaded machine under a sanitizer,
+      // where a worker descheduled for a quarter of a second would time out a healthy item.
+      auto stream = pool.imap(chaos.withTimeout(2s), items);
       auto ended = drain(stream, N, items);
       REQUIRE(stream.next() == std::nullopt);  // nothing more than the input
       REQUIRE(ended.size() == N);

@@ -34,9 +34,8 @@ constexpr auto QUEUED_WORK = std::chrono::milliseconds(1);
 
 // A worker's shared regions hold at most this much each (or maxMessageBytes if less); larger
 // segments go through the channel. They keep their pages for the next large message, and give
-// them back once they have carried none for SHARED_IDLE.
+// them back once they have carried none for Options::idleMemoryTimeout.
 constexpr std::size_t SHARED_REGION_BYTES = std::size_t{1} << 30;
-constexpr auto SHARED_IDLE = std::chrono::seconds(1);
 
 template <typename E, typename... Args>
 std::exception_ptr errorPtr(Args&&... args) {
@@ -568,7 +567,7 @@ void Core::noteShared(Worker& w) {
 void Core::trimShared() {
   const auto now = Clock::now();
   for (auto& w : slots_) {
-    if (!w->sharedSince || now < *w->sharedSince + SHARED_IDLE) continue;
+    if (!w->sharedSince || now < *w->sharedSince + options_.idleMemoryTimeout) continue;
     // A region still held (a result not yet decoded, a Run not yet run) is tried again later.
     const bool ours = w->toWorker->trim();
     const bool theirs = w->toHost->trim();
@@ -595,7 +594,7 @@ void Core::pollOnce() {
     fds.push_back({w->channelOpen ? w->process.channel.get() : -1, events, 0});
     fds.push_back({w->process.pidfd.get(), POLLIN, 0});
     next = std::min(next, w->state == State::READY ? timeoutAt(*w) : w->deadline);
-    if (w->sharedSince) next = std::min(next, *w->sharedSince + SHARED_IDLE);
+    if (w->sharedSince) next = std::min(next, *w->sharedSince + options_.idleMemoryTimeout);
     if (w->endBy) next = std::min(next, *w->endBy);
   }
   if (closeDeadline_ && !closing_) next = std::min(next, *closeDeadline_);

@@ -202,7 +202,7 @@ class Core {
   void beginClosing();
   bool spawnWorker();          // false if the launcher failed (counted by startFailed)
   void noteShared(Worker& w);  // a message went through w's shared regions
-  void trimShared();           // gives back the pages of regions idle for SHARED_IDLE
+  void trimShared();           // gives back the pages of regions idle for idleMemoryTimeout
 
   // Reads everything available; handles messages. False if the channel ended or broke.
   bool drain(Worker& w);

@@ -330,6 +330,9 @@ bool writeMessage(int fd, capnp::MessageBuilder& message, SharedRegion* region) 
   kj::Array<capnp::word> table;
   std::vector<iovec> pieces;
   const bool shared = framePieces(message.getSegmentsForOutput(), region, table, pieces);
+  // Read-only before the receiver can see the message, not after: it may read the region
+  // the moment the first byte is sent.
+  if (shared) region->lockForReader();
   std::size_t next = 0;
   while (!sendPieces(fd, pieces, next)) {
     // A blocking descriptor only returns EAGAIN with a send timeout set; keep going.

@@ -166,7 +166,8 @@ class FrameWriter {
 };
 
 // Blocking convenience for a worker: writes one message completely, its large segments in
-// `region` as FrameWriter::push says. Returns whether any went there.
+// `region` as FrameWriter::push says. Returns whether any went there; if so, the region was
+// locked for its reader (SharedRegion::lockForReader) before the message was sent.
 bool writeMessage(int fd, capnp::MessageBuilder& message, SharedRegion* region = nullptr);
 
 }  // namespace plugpool::detail

@@ -70,9 +70,11 @@ class SharedRegion {
   // The sender takes the region for one message (and makes it writable again after
   // lockForReader). False while the receiver holds the last.
   bool claim();
-  // The sender has handed a message in the region over: it maps the region read-only until
-  // it claims it again, so that a task that writes stray memory faults instead of changing
-  // what the receiver reads. (The worker does this; the host trusts itself.)
+  // The sender is about to hand a message in the region over: it maps the region read-only
+  // until it claims it again, so that a task that writes stray memory faults instead of
+  // changing what the receiver reads. Call before the message is sent (writeMessage does),
+  // or the receiver could find it still writable. (The worker does this; the host trusts
+  // itself.)
   void lockForReader();
   // The receiver is done with the message in it (or the sender placed nothing after all).
   void release();

@@ -249,10 +249,7 @@ int converse(int fd) {
       Received message(std::move(words), reader.peerRegion());
       reply = session.run(message.reader());
     }  // the host's region is free again before the host hears of this chunk
-    if (writeMessage(fd, *reply, session.outbound())) {
-      reply->handOver();
-      session.outbound()->lockForReader();
-    }
+    if (writeMessage(fd, *reply, session.outbound())) reply->handOver();
   }
 }
 

@@ -213,6 +213,15 @@ struct Options {
   // after SIGTERM (terminateWorkers, a task timeout), a worker still running this long later
   // is sent SIGKILL.
   std::chrono::milliseconds stopTimeout{2'000};
+
+  // How long the memory of large messages (1 MiB or more) is kept warm after the last one: a
+  // worker's shared regions keep their pages, and the host its last two freed message
+  // buffers, so that the next such message writes to pages already faulted in (fresh ones
+  // cost more than the copy). After this long without one they are given back to the system
+  // (0: as soon as each message is done). 1 s keeps them through a steady stream of large
+  // messages and returns them soon after a burst; raise it for bursts further apart, or in a
+  // test that measures the pages while they are in use.
+  std::chrono::milliseconds idleMemoryTimeout{1'000};
 };
 
 // Counters since the pool started. Read with Pool::stats(); a consistent snapshot.
