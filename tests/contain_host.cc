@@ -28,6 +28,8 @@
 
 #include <plugpool/pool.h>
 
+#include "stdio_targets.h"
+
 namespace {
 
 using Int = std::int64_t;
@@ -37,19 +39,6 @@ int reportFd = -1;
 void report(const std::string& line) {
   const std::string out = line + "\n";
   (void)!::write(reportFd, out.data(), out.size());
-}
-
-// Where descriptors 0, 1 and 2 lead, as stdio_targets says it in a worker.
-std::string stdioTargets() {
-  std::string out;
-  for (int fd = 0; fd < 3; ++fd) {
-    char target[256];
-    const std::string link = "/proc/self/fd/" + std::to_string(fd);
-    const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-    if (!out.empty()) out += ' ';
-    out += n < 0 ? std::string("closed") : std::string(target, static_cast<std::size_t>(n));
-  }
-  return out;
 }
 
 plugpool::Options options(std::string_view method, const std::string& plugin, unsigned workers) {
@@ -80,7 +69,7 @@ int daemon(std::string_view method, const std::string& plugin) {
   std::thread noise;
   try {
     plugpool::Pool pool(options(method, plugin, 2));
-    report("after-start " + stdioTargets());
+    report("after-start " + testing::stdioTargets());
     // What a daemon's other threads do with the descriptors it closed: read "stdin" and print.
     noise = std::thread([&] {
       while (!stop.load()) {
@@ -99,7 +88,7 @@ int daemon(std::string_view method, const std::string& plugin) {
     int mapped = 0;
     for (Int p : pool.map(pid, items, 1)) mapped += p > 0;
     report("mapped " + std::to_string(mapped));
-    report("after-run " + stdioTargets());
+    report("after-run " + testing::stdioTargets());
     report("worker-stdio " +
            pool.apply(pool.task<std::string(Int)>("descendants", "stdio_targets"), 0));
     report("lost " + std::to_string(pool.stats().workersLost));

@@ -115,17 +115,6 @@ bool isPattern(const Bytes& bytes, std::size_t size, Int seed) {
   return true;
 }
 
-// Waits up to `limit` for `done()`, checking every 10 ms.
-template <typename F>
-bool eventually(F done, std::chrono::milliseconds limit = 60s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(10ms);
-  }
-  return true;
-}
-
 // How long process `pid` has run (0 if it is gone).
 std::chrono::milliseconds ageOf(int pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -154,7 +143,8 @@ int runFresh(std::vector<std::string> args) {
   pid_t pid = -1;
   REQUIRE(::posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv.data(), environ) == 0);
   int status = 0;
-  const bool ended = eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 120s);
+  const bool ended =
+      testing::eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 120s);
   if (!ended) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, &status, 0);
@@ -255,7 +245,7 @@ TEST_CASE("callbacks whose thread cannot start (a fresh process)", "[.fresh]") {
       REQUIRE(ran.empty());  // it waits for a thread
     }
     f.then([&](const Int&) { record(2); });
-    REQUIRE(eventually([&] {
+    REQUIRE(testing::eventually([&] {
       std::lock_guard lock(mutex);
       return ran.size() == 2;
     }));
@@ -366,8 +356,8 @@ TEST_CASE("a start that fails for a moment does not break the pool; it heals") {
       }
     }
     // Descriptors are free again: a later try starts the replacement.
-    REQUIRE(eventually([&] { return pool.stats().workersStarted >= 3; }));
-    REQUIRE(eventually([&] { return testing::childProcesses().size() == 2; }));
+    REQUIRE(testing::eventually([&] { return pool.stats().workersStarted >= 3; }));
+    REQUIRE(testing::eventually([&] { return testing::childProcesses().size() == 2; }));
     REQUIRE(pool.map(square, testing::range(100), 1).size() == 100);
   }
   SECTION("starting workers killed from outside in a burst") {
@@ -393,7 +383,7 @@ TEST_CASE("a start that fails for a moment does not break the pool; it heals") {
     // The survivor serves on; no call fails with StartError.
     REQUIRE(pool.map(square, testing::range(20), 1).size() == 20);
     // And the pool has its three workers again.
-    REQUIRE(eventually([&] { return testing::childProcesses().size() == 3; }));
+    REQUIRE(testing::eventually([&] { return testing::childProcesses().size() == 3; }));
     REQUIRE(pool.map(square, testing::range(20), 1).size() == 20);
   }
   testing::requireCleanShutdown(before);
@@ -413,7 +403,7 @@ TEST_CASE("workers that cannot start fail work fast, and the pool heals once one
     ::kill(static_cast<pid_t>(pool.apply(pid)), SIGKILL);  // its replacement's init fails
     // With no worker to serve, work fails at once with the start's error; it does not hang.
     bool failed = false;
-    REQUIRE(eventually([&] {
+    REQUIRE(testing::eventually([&] {
       try {
         pool.apply(square, 3);
       } catch (const plugpool::StartError& e) {
@@ -428,7 +418,7 @@ TEST_CASE("workers that cannot start fail work fast, and the pool heals once one
     REQUIRE(pool.stats().workersStarted - started <= 4);
     std::remove(flag.c_str());
     // The next start succeeds (within the backoff, at most 10 s) and the pool serves again.
-    REQUIRE(eventually([&] {
+    REQUIRE(testing::eventually([&] {
       try {
         return pool.apply(square, 4) == 16;
       } catch (const plugpool::StartError&) {
