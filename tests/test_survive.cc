@@ -196,11 +196,12 @@ TEST_CASE("an error in the dispatcher breaks the pool cleanly; every call says w
     auto sleep = pool.task<Int(Int)>("examples", "sleep_ms");
     auto square = pool.task<Int(Int)>("examples", "square");
     REQUIRE(pool.apply(square, 3) == 9);
-    auto running = pool.submit(sleep, 300);
     {
       // Fewer descriptors than the pool polls (an eventfd, and a channel and a pidfd per
-      // worker): poll() fails with EINVAL once the reply wakes the dispatcher.
+      // worker). The submit wakes the dispatcher, which must poll again before any reply can
+      // reach it, and that poll fails with EINVAL.
       Limit limit(RLIMIT_NOFILE, 5);
+      auto running = pool.submit(sleep, 300);
       REQUIRE_THROWS_MATCHES(running.get(), plugpool::PoolBroken,
                              Catch::Matchers::Predicate<plugpool::PoolBroken>([](const auto& e) {
                                return std::string(e.what()).find("poll") != std::string::npos;
