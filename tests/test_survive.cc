@@ -311,9 +311,16 @@ TEST_CASE("a worker killed while it writes a large reply crashed; crashRetries a
         ++kills;
       }
     });
-    std::vector<Bytes> results;
+    // However fast the machine, the storm lasts until it has killed enough workers: the map
+    // runs again (all of it checked each time) until then, at most 20 times.
+    const int enough = SANITIZED ? 3 : 10;
+    int maps = 0;
     try {
-      results = pool.starmap(pattern, args, 1);
+      do {
+        std::vector<Bytes> results = pool.starmap(pattern, args, 1);
+        REQUIRE(results.size() == static_cast<std::size_t>(items));
+        for (Int i = 0; i < items; ++i) REQUIRE(isPattern(results[i], SIZE, i));
+      } while (++maps < 20 && kills < enough);
     } catch (...) {
       stop = true;
       killer.join();
@@ -321,10 +328,8 @@ TEST_CASE("a worker killed while it writes a large reply crashed; crashRetries a
     }
     stop = true;
     killer.join();
-    INFO(kills << " workers killed");
-    REQUIRE(kills >= 10);
-    REQUIRE(results.size() == static_cast<std::size_t>(items));
-    for (Int i = 0; i < items; ++i) REQUIRE(isPattern(results[i], SIZE, i));
+    INFO(kills << " workers killed over " << maps << " maps of " << items << " items");
+    REQUIRE(kills >= enough);
     REQUIRE(pool.stats().workersLost > 0);
   }
   testing::requireCleanShutdown(before);
