@@ -2,6 +2,7 @@
 // the pool replaces the worker and keeps serving. (CPython's Pool.map hangs here, bpo-22393.)
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <future>
@@ -110,6 +111,104 @@ TEST_CASE("only the chunks the dead worker held fail; the others complete") {
     }
     REQUIRE(results == std::vector<Int>(40, 5));
     REQUIRE(pool.stats().workersLost == 5);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+// --- where a crash happened ---------------------------------------------------------------
+
+namespace {
+
+// The index of the first frame whose function contains `name`, or -1.
+int frameOf(const plugpool::WorkerCrashed& e, const std::string& name) {
+  for (std::size_t i = 0; i < e.stack().size(); ++i) {
+    if (e.stack()[i].function.find(name) != std::string::npos) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("a crash names the item that was running and the worker's stack at the crash") {
+  testing::ProcessSnapshot before;
+  for (auto method : {plugpool::StartMethod::SPAWN, plugpool::StartMethod::FORK}) {
+    INFO((method == plugpool::StartMethod::FORK ? "fork" : "spawn"));
+    auto options = testing::options(1, {testing::fixture("faults")});
+    options.startMethod = method;
+    Pool pool(options);
+    auto nullDeref = pool.task<Int(Int)>("faults", "null_deref");
+    // Chunks of 2: the item that crashes is the first of the second chunk, item 2 of the call.
+    auto e = crashOf([&] { pool.map(nullDeref, std::vector<Int>{1, 2, -3, 4}, 2); });
+    INFO(e.what() << "\n" << e.stackTrace());
+    REQUIRE(e.signal() == SIGSEGV);
+    REQUIRE(e.item() == 2u);
+    // Innermost first: the faulting function, then its caller, both with their source line
+    // (the fixture has debug information), demangled. (null_deref is inlined into the SDK's
+    // entry, so debug information names it without its namespace and parameters.)
+    REQUIRE(frameOf(e, "(anonymous namespace)::read_through(long const*)") == 0);
+    REQUIRE(frameOf(e, "null_deref") == 1);
+    REQUIRE(e.stack()[1].line > e.stack()[0].line);
+    REQUIRE_THAT(e.stack()[0].file, Catch::EndsWith("faults.cc"));
+    REQUIRE(e.stack()[0].line > 0);
+    REQUIRE_THAT(e.what(), Catch::StartsWith("worker ") &&
+                               Catch::Contains("was killed by signal 11 (SIGSEGV) while running "
+                                               "faults.null_deref on item 2, in (anonymous "
+                                               "namespace)::read_through(long const*) at ") &&
+                               Catch::Contains("faults.cc:"));
+    REQUIRE_THAT(e.stackTrace(2), Catch::StartsWith("#0 (anonymous namespace)::read_through") &&
+                                      Catch::Contains("\n#1 null_deref at "));
+    const std::string top = e.stackTrace(2);
+    REQUIRE(std::count(top.begin(), top.end(), '\n') == 2);
+    // The pool goes on as before.
+    REQUIRE(pool.map(nullDeref, std::vector<Int>{5, 6}, 1) == std::vector<Int>{5, 6});
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("an abort is reported where the task called it, past the C library's frames") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {testing::fixture("faults")});
+    auto abortTask = pool.task<Int(Int)>("faults", "abort_task");
+    auto e = crashOf([&] { pool.apply(abortTask, 0); });
+    INFO(e.what() << "\n" << e.stackTrace());
+    REQUIRE(e.signal() == SIGABRT);
+    REQUIRE(e.item() == 0u);
+    REQUIRE(frameOf(e, "abort_task") >= 1);  // abort() and raise() above it
+    REQUIRE_THAT(e.what(),
+                 Catch::Contains("on item 0, in abort_task at ") && Catch::Contains("faults.cc:"));
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a stack overflow is reported too: the handler runs on its own stack") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {testing::fixture("faults")});
+    auto overflow = pool.task<Int(Int)>("faults", "overflow_stack");
+    auto e = crashOf([&] { pool.apply(overflow, -1); });
+    INFO(e.what() << "\n" << e.stackTrace(8));
+    REQUIRE(e.signal() == SIGSEGV);
+    REQUIRE(e.item() == 0u);
+    REQUIRE(frameOf(e, "recurse(long)") == 0);
+    REQUIRE(e.stack().size() == 64u);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a worker killed from outside has no stack and names no item") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(1, {testing::fixture("faults")});
+    auto sleep = pool.task<Int(Int)>("faults", "sleep_ms");
+    auto pending = std::async(std::launch::async, [&] { return pool.apply(sleep, 30'000); });
+    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 1; }));
+    ::kill(testing::childProcesses().at(0), SIGKILL);
+    auto e = crashOf([&] { pending.get(); });
+    REQUIRE(e.signal() == SIGKILL);
+    REQUIRE(e.stack().empty());
+    REQUIRE(!e.item());
+    REQUIRE_THAT(e.what(), Catch::EndsWith("while running faults.sleep_ms"));
   }
   testing::requireCleanShutdown(before);
 }

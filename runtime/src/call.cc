@@ -139,16 +139,19 @@ Call::~Call() = default;
 
 std::size_t Call::submit(ChunkRequest chunk) {
   std::size_t index;
+  std::uint64_t firstItem;
   {
     std::lock_guard lock(mutex_);
     if (sealed_) throwUsage("submit after seal");
     index = count_++;
+    firstItem = items_;
+    items_ += chunk.size();
     slots_.emplace_back();
   }
   try {
     auto core = core_.lock();
     if (!core) throw PoolClosed("the pool is gone; no more work can be submitted");
-    core->submit(shared_from_this(), index, std::move(chunk));
+    core->submit(shared_from_this(), index, firstItem, std::move(chunk));
   } catch (...) {
     // Not sent: the chunk ends here, so a reader waiting for it is not left hanging.
     ChunkOutcome outcome;

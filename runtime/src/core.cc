@@ -129,7 +129,8 @@ Stats Core::stats() const {
   return stats_;
 }
 
-void Core::submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest chunk) {
+void Core::submit(std::shared_ptr<Call> call, std::size_t index, std::uint64_t firstItem,
+                  ChunkRequest chunk) {
   unsigned items = chunk.size();
   bool first;
   {
@@ -137,7 +138,7 @@ void Core::submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest ch
     if (broken_) std::rethrow_exception(broken_);
     if (closeRequested_) throw PoolClosed("the pool is closed; it takes no new work");
     first = incoming_.empty();
-    incoming_.push_back({std::move(call), index, chunk.release(), items});
+    incoming_.push_back({std::move(call), index, chunk.release(), items, firstItem});
   }
   // Only the first chunk of a batch wakes the dispatcher: until it takes the batch (after it
   // has consumed that wake-up), later ones join the same batch.
@@ -692,6 +693,10 @@ void Core::handleMessage(Worker& w, kj::Array<capnp::word> words) {
           return violate(w, "sent ChunkDone before Hello");
         }
         return handleChunkDone(w, root.getChunkDone(), received);
+      case wire::WorkerMessage::CRASH:
+        if (w.crash) return violate(w, "sent Crash twice");
+        w.crash = decodeCrash(root.getCrash());
+        return;
     }
     violate(w, "sent a message of unknown kind");
   } catch (const ProtocolViolation& e) {
@@ -859,6 +864,9 @@ void Core::reap(std::size_t slot) {
   const State state = w.state;
   const bool onPurpose = w.stoppedOnPurpose;
   const std::exception_ptr runningError = w.runningError;
+  // What a worker that died of a signal said as it died (a crash report from one that exited
+  // is no crash: ignored).
+  const std::optional<CrashContent> crash = sig != 0 ? std::move(w.crash) : std::nullopt;
   std::deque<InFlight> lost = std::move(w.inFlight);
 
   // Settle the pool's state (counters, the replacement worker) before failing the lost
@@ -907,6 +915,12 @@ void Core::reap(std::size_t slot) {
       fail(f, errorPtr<ProtocolError>("worker " + std::to_string(pid) + " " + violation +
                                       "; it was killed while running " + task.pluginName + "." +
                                       task.taskName));
+    } else if (crash) {
+      // The item it named, if it names one of the chunk that was running.
+      std::optional<std::uint64_t> item;
+      if (crash->runId == f.id && crash->item < f.job.items) item = f.job.firstItem + crash->item;
+      fail(f, errorPtr<WorkerCrashed>(pid, sig, exitStatus, task.pluginName, task.taskName, item,
+                                      crash->frames));
     } else {
       fail(f, errorPtr<WorkerCrashed>(pid, sig, exitStatus, task.pluginName, task.taskName));
     }

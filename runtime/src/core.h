@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "big_buffers.h"
+#include "decode.h"
 #include "fd.h"
 #include "framing.h"
 #include "launcher.h"
@@ -71,8 +72,10 @@ class Core {
   const std::vector<PluginInfo>& plugins() const { return plugins_; }
   Stats stats() const;
 
-  // Queues chunk `index` of `call`. Never blocks on workers. Throws PoolClosed after close().
-  void submit(std::shared_ptr<Call> call, std::size_t index, ChunkRequest chunk);
+  // Queues chunk `index` of `call`, whose first item is item `firstItem` of the call. Never
+  // blocks on workers. Throws PoolClosed after close().
+  void submit(std::shared_ptr<Call> call, std::size_t index, std::uint64_t firstItem,
+              ChunkRequest chunk);
   // Ends `call`'s chunks with Cancelled: the queued ones, and if `running`, the ones sent to
   // workers too (a worker running one is killed and replaced). Returns once done.
   void cancel(std::shared_ptr<Call> call, bool running);
@@ -102,7 +105,8 @@ class Core {
     std::size_t index;
     std::shared_ptr<capnp::MallocMessageBuilder> message;  // a Run; its id set per sending
     unsigned items;
-    unsigned attempts = 0;  // times resent after its worker crashed running it
+    std::uint64_t firstItem;  // the call's index of its first item
+    unsigned attempts = 0;    // times resent after its worker crashed running it
   };
   // Counts a chunk as on a worker for Call::running() while it lives (in a worker's inFlight).
   class OnWorker {
@@ -158,6 +162,7 @@ class Core {
     std::string truncated;
     std::optional<Clock::time_point> endBy;
     std::exception_ptr runningError;  // set: how its running chunk fails when it is reaped
+    std::optional<CrashContent> crash;  // what it said as it died of a fatal signal
     Clock::time_point frontSince;     // when the first unanswered chunk started running
     std::uint64_t chunkNs = 0;        // its chunks' smoothed run time; 0 until one ends
     // Shared segments (shared_memory.h): our region and the worker's, passed with Setup; used

@@ -1,5 +1,10 @@
 #include "decode.h"
 
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <set>
 #include <string>
 #include <utility>
@@ -43,7 +48,41 @@ PluginInfo toPluginInfo(wire::PluginManifest::Reader m) {
   return info;
 }
 
+// At most CRASH_MAX_TEXT bytes of `text`, printable: control characters become '?'.
+std::string printable(capnp::Text::Reader text) {
+  std::string out(text.begin(), std::min<std::size_t>(text.size(), CRASH_MAX_TEXT));
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  return out;
+}
+
+// The demangled form of a C++ linkage name; other names as they are.
+std::string demangled(std::string name) {
+  if (!name.starts_with("_Z")) return name;
+  int status = 0;
+  std::unique_ptr<char, decltype(&std::free)> plain(
+      ::abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), &std::free);
+  return status == 0 && plain ? std::string(plain.get()) : name;
+}
+
 }  // namespace
+
+CrashContent decodeCrash(wire::Crash::Reader crash) {
+  return checked([&] {
+    CrashContent content;
+    content.runId = crash.getRunId();
+    content.item = crash.getItem();
+    content.signal = crash.getSignal();
+    content.address = crash.getAddress();
+    for (auto f : crash.getFrames()) {
+      if (content.frames.size() == CRASH_MAX_FRAMES) break;
+      content.frames.push_back(
+          {demangled(printable(f.getFunction())), printable(f.getFile()), f.getLine(), f.getPc()});
+    }
+    return content;
+  });
+}
 
 HelloContent decodeHello(wire::Hello::Reader hello, std::size_t expectedPlugins) {
   return checked([&] {

@@ -24,8 +24,10 @@
 #include <capnp/serialize.h>
 #include <kj/array.h>
 
+#include "crash_handler.h"
 #include "framing.h"
 #include "plugpool/detail/call.h"
+#include "plugpool/errors.h"
 #include "plugpool/manifest.h"
 #include "wire.capnp.h"
 
@@ -53,6 +55,19 @@ HelloContent decodeHello(wire::Hello::Reader hello, std::size_t expectedPlugins)
 // `items` tuple structs, errors name strictly increasing indices below `items`. Fills
 // results, errors and elapsedNs of the outcome; the caller sets keepAlive.
 ChunkOutcome decodeChunkDone(wire::ChunkDone::Reader done, std::uint64_t id, std::size_t items);
+
+// A worker's Crash (wire.capnp), as text for a human: at most CRASH_MAX_FRAMES frames, each
+// text cut to CRASH_MAX_TEXT bytes with control characters replaced by '?', C++ names
+// demangled. Nothing in it is trusted further: runId and item only name a call if they match
+// what the host sent.
+struct CrashContent {
+  std::uint64_t runId = 0;
+  std::uint32_t item = 0;
+  int signal = 0;
+  std::uint64_t address = 0;
+  std::vector<StackFrame> frames;
+};
+CrashContent decodeCrash(wire::Crash::Reader crash);
 
 // --- what a worker reads from the host --------------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 #include <string.h>
 
+#include <algorithm>
+#include <iterator>
+#include <string_view>
+
 #include "termination.h"
 
 namespace plugpool {
@@ -22,10 +26,35 @@ std::string describeTermination(int signal, int exitStatus) {
 
 namespace {
 
+// "f(int) at src/a.cc:12", or what of it is known.
+std::string describeFrame(const StackFrame& f) {
+  std::string text = f.function.empty() ? "??" : f.function;
+  if (!f.file.empty()) text += " at " + f.file + ":" + std::to_string(f.line);
+  return text;
+}
+
+// The frame where the crash happened, for the message: the innermost one outside the C
+// library's signal-raising calls (abort() and raise() put those on top).
+const StackFrame* crashSite(const std::vector<StackFrame>& stack) {
+  static constexpr std::string_view RAISING[] = {"raise", "abort", "gsignal", "pthread_kill"};
+  for (const StackFrame& f : stack) {
+    const std::string_view name = f.function;
+    const bool raising = name.starts_with("__") || std::find(std::begin(RAISING), std::end(RAISING),
+                                                             name) != std::end(RAISING);
+    if (!raising) return &f;
+  }
+  return stack.empty() ? nullptr : &stack.front();
+}
+
 std::string crashMessage(int pid, int signal, int exitStatus, const std::string& plugin,
-                         const std::string& task) {
-  return "worker " + std::to_string(pid) + " " + detail::describeTermination(signal, exitStatus) +
-         " while running " + plugin + "." + task;
+                         const std::string& task, const std::optional<std::uint64_t>& item,
+                         const std::vector<StackFrame>& stack) {
+  std::string message = "worker " + std::to_string(pid) + " " +
+                        detail::describeTermination(signal, exitStatus) + " while running " +
+                        plugin + "." + task;
+  if (item) message += " on item " + std::to_string(*item);
+  if (const StackFrame* site = crashSite(stack)) message += ", in " + describeFrame(*site);
+  return message;
 }
 
 }  // namespace
@@ -43,14 +72,25 @@ TaskError::TaskError(std::string plugin, std::string task, std::string remoteTyp
 TaskError::~TaskError() = default;
 
 WorkerCrashed::WorkerCrashed(int pid, int signal, int exitStatus, std::string plugin,
-                             std::string task)
-    : Error(crashMessage(pid, signal, exitStatus, plugin, task)),
+                             std::string task, std::optional<std::uint64_t> item,
+                             std::vector<StackFrame> stack)
+    : Error(crashMessage(pid, signal, exitStatus, plugin, task, item, stack)),
       pid_(pid),
       signal_(signal),
       exitStatus_(exitStatus),
       plugin_(std::move(plugin)),
-      task_(std::move(task)) {}
+      task_(std::move(task)),
+      item_(item),
+      stack_(std::move(stack)) {}
 WorkerCrashed::~WorkerCrashed() = default;
+
+std::string WorkerCrashed::stackTrace(std::size_t maxFrames) const {
+  std::string text;
+  for (std::size_t i = 0; i < stack_.size() && i < maxFrames; ++i) {
+    text += "#" + std::to_string(i) + " " + describeFrame(stack_[i]) + "\n";
+  }
+  return text;
+}
 
 PluginError::~PluginError() = default;
 StartError::~StartError() = default;

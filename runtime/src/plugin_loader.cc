@@ -82,6 +82,9 @@ LoadedPlugin loadPlugin(const std::string& path) {
     if (plugin.schemas != nullptr && plugin.schemas->count > 0 && plugin.schemas->nodes == nullptr)
       refuse(path, "its schema table is missing its nodes");
   }
+  if (library.has(abi::RUNNING_ITEM_SYMBOL)) {
+    plugin.runningItem = library.get<volatile std::uint32_t*()>(abi::RUNNING_ITEM_SYMBOL)();
+  }
   if (library.has(abi::CHUNKS_SYMBOL)) {
     plugin.chunks = library.get<const abi::ChunkTable*()>(abi::CHUNKS_SYMBOL)();
     if (plugin.chunks != nullptr &&

@@ -32,6 +32,7 @@ struct LoadedPlugin {
   const abi::PluginDescriptor* descriptor = nullptr;
   const abi::SchemaTable* schemas = nullptr;  // null: the plugin ships none (convention 8)
   const abi::ChunkTable* chunks = nullptr;    // null: the plugin ships none (convention 9)
+  volatile std::uint32_t* runningItem = nullptr;  // null: not told (convention 10)
 
   // Task `task`'s chunk entry, or null: call it item by item through invoke.
   // REQUIRES: task < descriptor->taskCount.

@@ -27,6 +27,7 @@
 #include <kj/exception.h>
 
 #include "big_buffers.h"
+#include "crash_handler.h"
 #include "decode.h"
 #include "framing.h"
 #include "plugin_loader.h"
@@ -155,6 +156,7 @@ std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& mess
       WorkerSession* self;
       unsigned items;
     } chunk{this, args.size()};
+    noteRunning(run.id, CRASH_ITEM_UNKNOWN, plugins_[run.plugin].loaded.runningItem);
     abi::ChunkErrorSink sink{
         &chunk, [](void* context, std::uint32_t index, const char* type, std::size_t typeSize,
                    const char* message, std::size_t messageSize) noexcept {
@@ -171,12 +173,14 @@ std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& mess
     abi::ErrorSink sink{this, &WorkerSession::recordFailure};
     for (unsigned i = 0; i < args.size(); ++i) {
       current_ = i;
+      noteRunning(run.id, i);
       capnp::AnyStruct::Reader in = args[i];
       capnp::AnyStruct::Builder out = results[i];
       task.invoke(&in, &out, &sink);
     }
   }
   const auto elapsed = std::chrono::steady_clock::now() - started;
+  noteRunning(0, CRASH_ITEM_UNKNOWN);
 
   if (capnp::computeSerializedSizeInWords(*reply) > maxWords_) {
     // Too big to send: fail every item of this chunk rather than break the protocol.
@@ -230,6 +234,7 @@ int converse(int fd) {
     writeMessage(fd, *session.setUp(message.reader(), std::move(passed)));
   }
   if (!session.loaded()) return EXIT_LOAD_FAILED;
+  installCrashHandler(fd);  // from here a crashed task says where (crash_handler.h)
   reader.setMaxWords(session.maxWords());
   reader.acceptShared(session.inbound());
   // Each reply leaves as soon as it is made, before the next chunk runs: if that chunk

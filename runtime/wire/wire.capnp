@@ -54,6 +54,8 @@
 #                                         one chunk's reply before sending the next
 #   worker → host   ChunkDone …           one per Run, in the order the Runs were received
 #   host closes its end                   the worker finishes nothing more and exits 0
+#   worker → host   Crash                 at most once, last: the worker is dying of a fatal
+#                                         signal (a crashed task) and says where
 #
 # ## Values
 #
@@ -83,6 +85,7 @@ struct WorkerMessage {
   union {
     hello @0 :Hello;
     chunkDone @1 :ChunkDone;
+    crash @2 :Crash;
   }
 }
 
@@ -216,4 +219,44 @@ struct ItemError {
 
   message @2 :Text;
   # what() of the exception, or a description.
+}
+
+struct Crash {
+  # Written by the worker's fatal-signal handler (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT)
+  # with async-signal-safe steps only, after the replies it had finished and before it dies
+  # of that signal. The host takes it as text for a human and nothing more: it checks the
+  # sizes, never follows what the text names, and reports the crash only once the worker
+  # has died of a signal (a Crash from a worker that lives on, or that then exits, changes
+  # nothing). Nothing follows it on the stream.
+
+  runId @0 :UInt64;
+  # The Run being run, or 0 if none was.
+
+  item @1 :UInt32;
+  # The index in that Run's items of the call that was running; 0xffffffff if unknown (a
+  # plugin that takes whole chunks, abi.h convention 9).
+
+  signal @2 :Int32;
+  address @3 :UInt64;
+  # The faulting address the kernel gave (siginfo's si_addr), for SIGSEGV, SIGBUS, SIGFPE and
+  # SIGILL; 0 otherwise.
+
+  frames @4 :List(StackFrame);
+  # The crashed thread's stack, innermost first, starting at the instruction that faulted
+  # (or, for a raised signal, inside the call that raised it). At most 64.
+}
+
+struct StackFrame {
+  pc @0 :UInt64;
+  # The program counter, in the worker's address space (meaningless to the host).
+
+  function @1 :Text;
+  # The function's linkage name (mangled for C++), from debug information or, without it,
+  # the symbol table; empty if unknown. An inlined call is a frame of its own, with the pc of
+  # the function it was inlined into. At most 1024 bytes.
+
+  file @2 :Text;
+  line @3 :UInt32;
+  # The source position, where the code has debug information; empty and 0 otherwise. At
+  # most 1024 bytes.
 }

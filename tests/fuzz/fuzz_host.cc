@@ -111,6 +111,13 @@ void handleMessage(kj::Array<capnp::word> words, std::size_t items) {
         decodeResults(decodeChunkDone(done, done.getId(), items));
         return;
       }
+      case wire::WorkerMessage::CRASH: {
+        // As Core reports it: the frames become a WorkerCrashed and its text.
+        CrashContent crash = decodeCrash(root.getCrash());
+        WorkerCrashed error(1, crash.signal, -1, "p", "t", crash.item, std::move(crash.frames));
+        static_cast<void>(error.stackTrace().size() + std::string_view(error.what()).size());
+        return;
+      }
     }
   } catch (const ProtocolViolation&) {
   } catch (const kj::Exception&) {

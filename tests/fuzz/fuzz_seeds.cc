@@ -100,6 +100,22 @@ class SeedWriter {
               capnp::messageToFlatArray(*done));
   }
 
+  // Writes a Crash as a worker's crash handler sends it (crash_handler.cc).
+  void crash() {
+    capnp::MallocMessageBuilder builder;
+    auto crash = builder.initRoot<wire::WorkerMessage>().initCrash();
+    crash.setRunId(id_);
+    crash.setItem(1);
+    crash.setSignal(11);
+    auto frames = crash.initFrames(3);
+    frames[0].setFunction("_ZN12_GLOBAL__N_112read_throughEPKl");
+    frames[0].setFile("../tests/fixtures/faults.cc");
+    frames[0].setLine(31);
+    frames[1].setFunction("null_deref");
+    frames[2].setPc(0x7f0000001234);
+    writeFile(dir_ + "/host/crash", std::string(1, '\2'), capnp::messageToFlatArray(builder));
+  }
+
  private:
   unsigned indexOf(const std::string& task) const {
     for (unsigned i = 0; i < tasks_.size(); ++i) {
@@ -129,6 +145,7 @@ int main(int argc, char** argv) {
   seeds.run<std::string>("word_count", {{"the cat and the hat"}});
   seeds.run<Bytes>("echo_bytes", {{Bytes{std::byte{1}, std::byte{2}, std::byte{3}}}});
   seeds.run<std::int64_t>("fail", {{42}});
+  seeds.crash();
   seeds.run<std::vector<std::int64_t>>("sum", {{{1, 2, 3}}});
   seeds.run<std::vector<std::string>>("sort_words", {{{"b", "a", "c"}}});
   seeds.run<std::vector<double>>("min_max", {{{3.5, -1, 8}}, {{}}});

@@ -6,7 +6,9 @@
 //   TaskError      the task itself threw (or its arguments did not decode). The remote type
 //                  name and message say why. Other items are unaffected. Fix the input or task.
 //   WorkerCrashed  the worker process running the item died (signal or exit status). The
-//                  items it held fail; the pool replaces the worker and keeps serving.
+//                  items it held fail; the pool replaces the worker and keeps serving. After
+//                  a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) it names the item
+//                  that was running and carries the worker's stack at the crash.
 //   PluginError    a plugin cannot be used as asked: file missing or not a plugin, ABI or Cap'n
 //                  Proto version mismatch, unknown plugin or task, or a signature that does not
 //                  match the manifest. Raised early: at pool start or at bind time, before any
@@ -35,8 +37,13 @@
 // Thread safety: these are immutable values; copy and rethrow them freely across threads.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "plugpool/export.h"
 
@@ -65,10 +72,22 @@ class PLUGPOOL_API TaskError : public Error {
   std::string plugin_, task_, remoteType_, remoteMessage_;
 };
 
+// One frame of a crashed worker's stack, as the worker reported it: text for a human.
+struct StackFrame {
+  std::string function;  // demangled; empty if unknown
+  std::string file;      // the source file, where the code has debug information; else empty
+  unsigned line = 0;     // 0 if unknown
+  std::uint64_t pc = 0;  // the program counter, in the worker's address space
+};
+
 class PLUGPOOL_API WorkerCrashed : public Error {
  public:
   // signal is the terminating signal number, or 0 if the worker exited with exitStatus.
-  WorkerCrashed(int pid, int signal, int exitStatus, std::string plugin, std::string task);
+  // `item`: the index in its call of the item that was running, if known; `stack`: the
+  // worker's stack at the crash, innermost first, if it reported one.
+  WorkerCrashed(int pid, int signal, int exitStatus, std::string plugin, std::string task,
+                std::optional<std::uint64_t> item = std::nullopt,
+                std::vector<StackFrame> stack = {});
   ~WorkerCrashed() override;
 
   int pid() const { return pid_; }
@@ -76,10 +95,22 @@ class PLUGPOOL_API WorkerCrashed : public Error {
   int exitStatus() const { return exitStatus_; }
   const std::string& plugin() const { return plugin_; }
   const std::string& task() const { return task_; }
+  // The index in the call (as in map's input) of the item that was running when the worker
+  // died of a fatal signal; nullopt if unknown (another death, or a plugin that takes whole
+  // chunks at once).
+  const std::optional<std::uint64_t>& item() const { return item_; }
+  // The worker's stack when a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) ended it,
+  // innermost first, from the faulting instruction (for abort() and raise(), from inside the
+  // C library); empty for other deaths (SIGKILL, an exit).
+  const std::vector<StackFrame>& stack() const { return stack_; }
+  // The first `maxFrames` frames, one per line: "#0 f(int) at src/plugin.cc:12".
+  std::string stackTrace(std::size_t maxFrames = std::numeric_limits<std::size_t>::max()) const;
 
  private:
   int pid_, signal_, exitStatus_;
   std::string plugin_, task_;
+  std::optional<std::uint64_t> item_;
+  std::vector<StackFrame> stack_;
 };
 
 class PLUGPOOL_API PluginError : public Error {

@@ -52,6 +52,14 @@
 //     as plain arrays of words. A loader treats a missing symbol as "no chunk entries" (and
 //     calls invoke per item), calls it only after the version check, and refuses a table
 //     whose count differs from the descriptor's taskCount. The table obeys convention 2.
+// 10. Optionally (added within ABI version 1), a plugin also exports, with C linkage and
+//     default visibility,
+//       volatile std::uint32_t* plugpool_running_item_v1();
+//     the address of a word its chunk entries set to the index in the chunk of each item just
+//     before they call the task for it. The worker reads it only when a task has crashed the
+//     process, to say which item was running (wire.capnp's Crash); it writes
+//     0xffffffff ("unknown") there before each chunk. A loader treats a missing symbol as
+//     "unknown".
 #pragma once
 
 #include <cstddef>
@@ -137,8 +145,10 @@ inline constexpr const char* ABI_VERSION_SYMBOL = "plugpool_abi_version";
 inline constexpr const char* DESCRIPTOR_SYMBOL = "plugpool_plugin_v1";
 inline constexpr const char* SCHEMAS_SYMBOL = "plugpool_schemas_v1";  // optional
 inline constexpr const char* CHUNKS_SYMBOL = "plugpool_chunks_v1";    // optional
+inline constexpr const char* RUNNING_ITEM_SYMBOL = "plugpool_running_item_v1";  // optional
 using DescriptorFn = const PluginDescriptor* (*)();
 using SchemasFn = const SchemaTable* (*)();
 using ChunksFn = const ChunkTable* (*)();
+using RunningItemFn = volatile std::uint32_t* (*)();
 
 }  // namespace plugpool::abi

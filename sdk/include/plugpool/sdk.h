@@ -35,6 +35,7 @@
 #include <cxxabi.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -99,6 +100,17 @@ inline void reportCurrentException(const abi::ChunkErrorSink* sink, std::uint32_
   });
 }
 
+// The item a chunk entry is running, for the worker's crash report (abi.h convention 10). One
+// per plugin (hidden: never shared with another library through symbol interposition).
+__attribute__((visibility("hidden"))) inline volatile std::uint32_t runningItem = 0;
+
+inline void startingItem(std::uint32_t index) noexcept {
+  runningItem = index;
+  // Stored before the task's first instruction, even one inlined here: a crash in it must
+  // find this index.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
 // A chunk entry's general path: Invoke on each item, its failures reported with the item's
 // index. For any layout of arguments and results.
 template <abi::InvokeFn Invoke>
@@ -117,6 +129,7 @@ void invokeEach(const capnp::List<capnp::AnyStruct>::Reader& args,
                                 }};
   for (unsigned i = 0; i < args.size(); ++i) {
     item.index = i;
+    startingItem(i);
     capnp::AnyStruct::Reader in = args[i];
     capnp::AnyStruct::Builder out = results[i];
     Invoke(&in, &out, &itemSink);
@@ -178,6 +191,7 @@ struct Invoker<Fn, Result, std::tuple<P...>, void> {
       if (in != nullptr && out != nullptr && results->size() == args->size()) {
         const unsigned n = args->size();
         for (unsigned i = 0; i < n; ++i, in += WORDS * 8, out += 8) {
+          startingItem(i);
           try {
             codec::writeWords<Out>(out,
                                    std::apply(Fn, codec::readWords<std::remove_cvref_t<P>...>(in)));
@@ -426,5 +440,9 @@ struct ChunkStore {
   plugpool_chunks_v1() {                                                                       \
     static const ::plugpool::sdk::ChunkStore store(plugpoolTaskEntries());                     \
     return &store.table;                                                                       \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) volatile std::uint32_t*                    \
+  plugpool_running_item_v1() {                                                                 \
+    return &::plugpool::sdk::runningItem;                                                      \
   }                                                                                            \
   static_assert(true, "PLUGPOOL_PLUGIN ends with a semicolon")

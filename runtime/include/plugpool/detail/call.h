@@ -187,6 +187,7 @@ class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
   std::deque<Slot> slots_;                       // GUARDED_BY(mutex_); chunk base_ + i
   std::size_t base_ = 0;                         // GUARDED_BY(mutex_)
   std::size_t count_ = 0;                        // GUARDED_BY(mutex_); chunks submitted
+  std::uint64_t items_ = 0;                      // GUARDED_BY(mutex_); their items
   std::size_t ended_ = 0;                        // GUARDED_BY(mutex_)
   std::deque<std::size_t> arrived_;              // GUARDED_BY(mutex_); ended, not taken
   bool sealed_ = false;                          // GUARDED_BY(mutex_)
