@@ -239,7 +239,28 @@ class Map(CliTest):
         status, out, err = plugpool("map", faults, "segfault_if_negative", "-c", "1", "-w", "2",
                                     input="1\n-1\n3\n")
         self.assertEqual((status, out), (1, "1\n3\n"))
-        self.assertRegex(err, r"^plugpool: standard input, line 2: .*SIGSEGV.*\n$")
+        self.assertRegex(err, r"^plugpool: standard input, line 2: .*SIGSEGV.*\n"
+                              r"(plugpool:   #\d+ .*\n)+$")
+
+    def test_a_crash_shows_the_line_and_the_top_frames_of_the_stack(self):
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        status, out, err = plugpool("map", faults, "null_deref", "-c", "1", "-o", "jsonl",
+                                    input="1\n-2\n3\n")
+        self.assertEqual(status, 1)
+        lines = err.splitlines()
+        self.assertRegex(lines[0], r"^plugpool: standard input, line 2: worker \d+ was killed by "
+                                   r"signal 11 \(SIGSEGV\) while running faults.null_deref on "
+                                   r"line 2, in \(anonymous namespace\)::read_through\(long "
+                                   r"const\*\) at .*faults.cc:\d+$")
+        # The plugin's frames, innermost first, and nothing of plugpool's own code below them.
+        self.assertRegex(lines[1], r"^plugpool:   #0 \(anonymous namespace\)::read_through\(long "
+                                   r"const\*\) at .*faults.cc:\d+$")
+        self.assertRegex(lines[2], r"^plugpool:   #1 null_deref at .*faults.cc:\d+$")
+        self.assertEqual(len(lines), 3, err)
+        record = [json.loads(l) for l in out.splitlines()][1]
+        self.assertEqual(record["error"]["kind"], "WorkerCrashed")
+        self.assertEqual(len(record["error"]["stack"]), 2)
+        self.assertTrue(record["error"]["stack"][0].startswith("#0 (anonymous namespace)::"))
 
     def test_timeout_fails_the_item_and_the_rest_goes_on(self):
         # 2 s: 100 times the healthy items, so that a loaded machine cannot time them out.

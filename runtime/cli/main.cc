@@ -384,6 +384,40 @@ std::string errorKind(std::exception_ptr error) {
   }
 }
 
+// How many frames of a crashed worker's stack a failed line shows (WorkerCrashed::stack()).
+constexpr std::size_t CRASH_FRAMES_SHOWN = 5;
+
+// A crash's message, the item it names told as its input line.
+std::string crashText(const WorkerCrashed& e) {
+  std::string text = e.what();
+  if (e.item()) {
+    const std::string item = " on item " + std::to_string(*e.item());
+    if (auto at = text.find(item); at != std::string::npos) {
+      text.replace(at, item.size(), " on line " + std::to_string(*e.item() + 1));
+    }
+  }
+  return text;
+}
+
+// The top frames of a crash that belong to the plugin, formatted as stackTrace() does: the
+// standard library's templates inlined between them (std::apply, std::__invoke) are left
+// out, and so is everything from plugpool's own code on (the SDK's entry, the worker).
+std::vector<std::string> taskFrames(const WorkerCrashed& e) {
+  std::vector<std::string> frames;
+  for (std::size_t i = 0; i < e.stack().size() && frames.size() < CRASH_FRAMES_SHOWN; ++i) {
+    const StackFrame& f = e.stack()[i];
+    if (f.function.find("plugpool::sdk::") != std::string::npos ||
+        f.function.find("plugpool::detail::") != std::string::npos) {
+      break;
+    }
+    if (f.file.starts_with("/usr/include/")) continue;
+    std::string text = "#" + std::to_string(i) + " " + (f.function.empty() ? "??" : f.function);
+    if (!f.file.empty()) text += " at " + f.file + ":" + std::to_string(f.line);
+    frames.push_back(std::move(text));
+  }
+  return frames;
+}
+
 struct MapOptions {
   std::string input = "-";
   unsigned workers = 0;
@@ -429,18 +463,24 @@ std::uint64_t writeResults(Stream<DynamicResult>& stream, Values& values, bool j
     if (error) {
       ++failed;
       std::string message, remoteType;
+      std::vector<std::string> frames;  // a crash's top frames, innermost first
       try {
         std::rethrow_exception(error);
       } catch (const TaskError& e) {
         message = e.what();
         remoteType = e.remoteType();
+      } catch (const WorkerCrashed& e) {
+        message = crashText(e);
+        frames = taskFrames(e);
       } catch (const kj::Exception& e) {
         message = std::string("the result does not decode: ") + e.getDescription().cStr();
       } catch (const std::exception& e) {
         message = e.what();
       }
-      progress.message("plugpool: " + inputName + ", line " + std::to_string(line) + ": " +
-                       message);
+      std::string report =
+          "plugpool: " + inputName + ", line " + std::to_string(line) + ": " + message;
+      for (const std::string& frame : frames) report += "\nplugpool:   " + frame;
+      progress.message(report);
       if (jsonl) {
         out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + errorKind(error) +
                "\"";
@@ -450,6 +490,14 @@ std::uint64_t writeResults(Stream<DynamicResult>& stream, Values& values, bool j
         }
         out += ",\"message\":";
         appendJsonString(message, out);
+        if (!frames.empty()) {
+          out += ",\"stack\":[";
+          for (std::size_t i = 0; i < frames.size(); ++i) {
+            if (i != 0) out += ',';
+            appendJsonString(frames[i], out);
+          }
+          out += ']';
+        }
         out += "}}";
         output.endLine();
       }
