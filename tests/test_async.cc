@@ -1,5 +1,6 @@
 // Futures with real workers: submit / applyAsync / mapAsync / starmapAsync, get with timeouts,
-// callbacks and the thread they run on, waiting on many results, cancellation.
+// callbacks and the thread they run on, waiting on many results (waitAny, waitAll,
+// asCompleted, wait), cancellation.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -195,6 +196,136 @@ TEST_CASE("waitAny, waitAll and asCompleted follow completion order") {
     auto timed = plugpool::asCompleted(slow, 1ms);
     REQUIRE_THROWS_AS(timed.next(), plugpool::WaitTimeout);
     later.open();
+  }
+  testing::requireCleanShutdown(before);
+}
+
+namespace {
+
+using Indices = std::vector<std::size_t>;
+
+// Options for calls that run until their gates open, each on a worker of its own: `workers`
+// workers loading examples and faults, one chunk in flight per worker.
+plugpool::Options gatedOptions(unsigned workers) {
+  auto o = testing::options(workers, {"examples", testing::fixture("faults")});
+  o.chunksInFlight = 1;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("wait with FIRST_EXCEPTION returns once a call fails, while a slow one still runs") {
+  testing::ProcessSnapshot before;
+  testing::Gate gate;  // (outlives the pool, whose destructor waits for the call it holds)
+  {
+    Pool pool(gatedOptions(2));
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    auto fail = pool.task<Int(Int)>("examples", "fail");
+    std::vector futures{pool.submit(waiting, gate.path()), pool.submit(fail, 1)};
+    auto r = plugpool::wait(futures, plugpool::ReturnWhen::FIRST_EXCEPTION);
+    REQUIRE(r.done == Indices{1});
+    REQUIRE(r.notDone == Indices{0});
+    REQUIRE_THROWS_AS(futures[1].get(), plugpool::TaskError);
+    REQUIRE_FALSE(futures[0].ready());
+    gate.open();
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("wait with FIRST_EXCEPTION waits for all when none fails but by cancellation") {
+  testing::ProcessSnapshot before;
+  testing::Gate never, gate;
+  {
+    Pool pool(gatedOptions(2));
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto cancelled = pool.submit(waiting, never.path());
+    REQUIRE(cancelled.cancel());
+    auto result = pool.submit(square, 3);
+    REQUIRE(result.get() == 9);
+    std::vector futures{cancelled, result, pool.submit(waiting, gate.path())};
+    // (Python: a cancelled future is not one that raised.)
+    const auto start = std::chrono::steady_clock::now();
+    auto timed = plugpool::wait(futures, plugpool::ReturnWhen::FIRST_EXCEPTION, 100ms);
+    REQUIRE(std::chrono::steady_clock::now() - start >= 100ms);  // it waited for the third
+    REQUIRE(timed.done == Indices{0, 1});
+    REQUIRE(timed.notDone == Indices{2});
+    gate.open();
+    auto all = plugpool::wait(futures, plugpool::ReturnWhen::FIRST_EXCEPTION);
+    REQUIRE(all.done == Indices{0, 1, 2});
+    REQUIRE(all.notDone.empty());
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("wait with FIRST_COMPLETED returns every call done once one is") {
+  testing::ProcessSnapshot before;
+  testing::Gate first, second;
+  {
+    Pool pool(gatedOptions(2));
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto quick = pool.submit(square, 2);
+    REQUIRE(quick.get() == 4);
+    std::vector gated{pool.submit(waiting, first.path()), pool.submit(waiting, second.path())};
+    auto r = plugpool::wait(std::vector{gated[0], quick, gated[1]},
+                            plugpool::ReturnWhen::FIRST_COMPLETED);
+    REQUIRE(r.done == Indices{1});  // at once: one is done already
+    REQUIRE(r.notDone == Indices{0, 2});
+    second.open();
+    r = plugpool::wait(gated, plugpool::ReturnWhen::FIRST_COMPLETED);
+    REQUIRE(r.done == Indices{1});
+    REQUIRE(r.notDone == Indices{0});
+    first.open();
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("wait with a timeout returns what is done by then, without throwing") {
+  testing::ProcessSnapshot before;
+  testing::Gate gate;
+  {
+    Pool pool(gatedOptions(2));
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto quick = pool.submit(square, 2);
+    REQUIRE(quick.get() == 4);
+    std::vector futures{pool.submit(waiting, gate.path()), quick};
+    auto r = plugpool::wait(futures, plugpool::ReturnWhen::ALL_COMPLETED, 50ms);
+    REQUIRE(r.done == Indices{1});
+    REQUIRE(r.notDone == Indices{0});
+    gate.open();
+    r = plugpool::wait(futures);  // ALL_COMPLETED, no timeout
+    REQUIRE(r.done == Indices{0, 1});
+    REQUIRE(r.notDone.empty());
+    r = plugpool::wait(std::vector<plugpool::Future<Int>>{});
+    REQUIRE(r.done.empty());
+    REQUIRE(r.notDone.empty());
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("wait lists a future named several times once, at its first index") {
+  testing::ProcessSnapshot before;
+  testing::Gate gate;
+  {
+    Pool pool(gatedOptions(2));
+    auto waiting = pool.task<Int(std::string)>("faults", "wait_for_file");
+    auto square = pool.task<Int(Int)>("examples", "square");
+    auto done = pool.submit(square, 2);
+    REQUIRE(done.get() == 4);
+    auto slow = pool.submit(waiting, gate.path());
+    std::vector futures{slow, done, slow, done, slow};
+    auto r = plugpool::wait(futures, plugpool::ReturnWhen::ALL_COMPLETED, 10ms);
+    REQUIRE(r.done == Indices{1});
+    REQUIRE(r.notDone == Indices{0});
+    r = plugpool::wait(futures, plugpool::ReturnWhen::FIRST_COMPLETED);
+    REQUIRE(r.done == Indices{1});
+    REQUIRE(r.notDone == Indices{0});
+    gate.open();
+    r = plugpool::wait(futures);
+    REQUIRE(r.done == Indices{0, 1});
+    REQUIRE(r.notDone.empty());
   }
   testing::requireCleanShutdown(before);
 }

@@ -1,16 +1,21 @@
 // imap and imapUnordered with real workers: order, laziness and backpressure, unbounded
-// input, per-item errors, adaptive chunking, and streams meeting a closed pool.
+// input, per-item errors, adaptive chunking, streams meeting a closed pool, and inputs that
+// fail.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <optional>
 #include <ranges>
 #include <set>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <plugpool/dynamic.h>
 #include <plugpool/pool.h>
 #include <catch2/catch.hpp>
 
@@ -300,6 +305,226 @@ TEST_CASE("a stream over an endless input whose pool is closed reports PoolClose
     REQUIRE(closed >= 100'000 - 30);
     // The items not sent were read past, never made: the transform ran only for those sent.
     REQUIRE(pulled <= sent + 10);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+namespace {
+
+// The error of an input that fails (Python's SayWhenError).
+struct SayWhenError : std::runtime_error {
+  explicit SayWhenError(Int at) : std::runtime_error("input failed at " + std::to_string(at)) {}
+};
+
+// 0, 1, ..., total - 1 read through a transform that throws SayWhenError for element `when`
+// (Python's exception_throwing_generator(total, when)); `reads` counts the elements read.
+auto failingAt(Int total, Int when, std::atomic<Int>& reads) {
+  return std::views::iota(Int{0}, total) | std::views::transform([when, &reads](Int i) {
+           ++reads;
+           if (i == when) throw SayWhenError(i);
+           return i;
+         });
+}
+
+// An input range 0, 1, ..., total - 1 whose iterator throws SayWhenError when it moves on to
+// element `when`, and again at every later try: an input that, once it fails, fails on every
+// element from there on. `tries` counts the moves asked of it.
+class FailingInput {
+ public:
+  FailingInput(Int total, Int when) : total_(total), when_(when) {}
+
+  class iterator {
+   public:
+    using value_type = Int;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(FailingInput* input) : input_(input) {}
+    Int operator*() const { return at_; }
+    iterator& operator++() {
+      ++input_->tries;
+      if (at_ + 1 >= input_->when_) throw SayWhenError(at_ + 1);
+      ++at_;
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return at_ == input_->total_; }
+
+   private:
+    FailingInput* input_ = nullptr;
+    Int at_ = 0;
+  };
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+  Int tries = 0;
+
+ private:
+  Int total_;
+  Int when_;
+};
+
+}  // namespace
+
+TEST_CASE("imap yields the results read before an input error, then the error, then ends") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    // (CPython test_imap_handle_iterable_exception; the items read before the error in its
+    // chunk are sent in a shorter chunk, where Python loses them.)
+    for (auto [when, chunksize] : {std::pair<Int, std::size_t>{3, 1}, {3, 2}, {7, 2}, {7, 4}}) {
+      CAPTURE(when, chunksize);
+      std::atomic<Int> reads{0};
+      auto stream = pool.imap(square, failingAt(20, when, reads), chunksize);
+      for (Int i = 0; i < when; ++i) {
+        REQUIRE(stream.next() == i * i);
+        REQUIRE(stream.index() == std::uint64_t(i));
+      }
+      REQUIRE_THROWS_MATCHES(stream.next(), SayWhenError,
+                             Catch::Message("input failed at " + std::to_string(when)));
+      REQUIRE(stream.index() == std::uint64_t(when));
+      REQUIRE(stream.next() == std::nullopt);  // a failed input is finished, as in Python
+      REQUIRE(stream.next() == std::nullopt);
+      REQUIRE(reads == when + 1);  // nothing read after the error
+    }
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("imapUnordered yields every result read before an input error, and the error once") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    for (std::size_t chunksize : {1, 2}) {
+      CAPTURE(chunksize);
+      std::atomic<Int> reads{0};
+      auto stream = pool.imapUnordered(square, failingAt(10, 3, reads), chunksize);
+      std::set<std::uint64_t> results;
+      int errors = 0;
+      for (int k = 0; k < 20; ++k) {
+        try {
+          auto v = stream.next();  // outside REQUIRE, which would catch what it throws
+          if (!v) break;
+          REQUIRE(errors == 0);  // the error comes after the results of the items before it
+          REQUIRE(*v == Int(stream.index() * stream.index()));
+          results.insert(stream.index());
+        } catch (const SayWhenError& e) {
+          REQUIRE(std::string(e.what()) == "input failed at 3");
+          REQUIRE(stream.index() == 3u);
+          ++errors;
+        }
+      }
+      REQUIRE(errors == 1);
+      REQUIRE(results == std::set<std::uint64_t>{0, 1, 2});
+      REQUIRE(stream.next() == std::nullopt);
+      REQUIRE(reads == 4);
+    }
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a stream stops reading an input that fails on every element from its error on") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    for (bool ordered : {true, false}) {
+      for (std::size_t chunksize : {1, 2}) {
+        CAPTURE(ordered, chunksize);
+        FailingInput input(1000, 3);
+        auto stream = ordered ? pool.imap(square, input, chunksize)
+                              : pool.imapUnordered(square, input, chunksize);
+        std::vector<Int> got;
+        for (int i = 0; i < 3; ++i) got.push_back(*stream.next());
+        if (!ordered) std::ranges::sort(got);
+        REQUIRE(got == std::vector<Int>{0, 1, 4});
+        REQUIRE_THROWS_AS(stream.next(), SayWhenError);
+        REQUIRE(stream.index() == 3u);
+        const Int tries = input.tries;
+        REQUIRE(stream.next() == std::nullopt);
+        REQUIRE(stream.next() == std::nullopt);
+        REQUIRE(input.tries == tries);  // not asked again
+      }
+    }
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("an input error met while a closed pool's stream reads past its input ends it there") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    FailingInput input(1000, 50);
+    auto stream = pool.imap(square, input, 10, 2);
+    REQUIRE(*stream.next() == 0);
+    pool.close();
+    // What was sent arrives, each unsent item before the error reports the closed pool, then
+    // comes the input's error at its place, then the end.
+    Int results = 1, closed = 0;
+    for (;;) {
+      try {
+        auto v = stream.next();  // outside REQUIRE, which would catch what it throws
+        REQUIRE(v);              // the error comes before the end
+        REQUIRE(closed == 0);    // results only before the first PoolClosed
+        REQUIRE(stream.index() == std::uint64_t(results));
+        REQUIRE(*v == results * results);
+        ++results;
+      } catch (const plugpool::PoolClosed&) {
+        REQUIRE(stream.index() == std::uint64_t(results + closed));
+        ++closed;
+      } catch (const SayWhenError& e) {
+        REQUIRE(std::string(e.what()) == "input failed at 50");
+        break;
+      }
+      REQUIRE(results + closed <= 50);  // no item twice, nothing past the error
+    }
+    CAPTURE(results, closed);
+    REQUIRE(stream.index() == 50u);
+    REQUIRE(results >= 10);
+    REQUIRE(results + closed == 50);
+    REQUIRE(stream.next() == std::nullopt);
+    REQUIRE(input.tries == 50);  // not asked again
+    pool.join();
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a dynamic stream whose Encode throws sends the items before it, then the error") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.dynamicTask("examples", "square");
+    std::vector<Int> items(20);
+    std::iota(items.begin(), items.end(), 0);
+    int encoded = 0;
+    auto encode = [&encoded](capnp::AnyStruct::Builder args, Int x) {
+      ++encoded;
+      if (x == 5) throw SayWhenError(x);
+      std::memcpy(args.getDataSection().begin(), &x, 8);
+    };
+    for (bool ordered : {true, false}) {
+      for (std::size_t chunksize : {1, 4}) {  // 4: the chunk of 4, 5, 6, 7 goes as 4 alone
+        CAPTURE(ordered, chunksize);
+        auto stream = ordered ? pool.imap(square, items, encode, chunksize)
+                              : pool.imapUnordered(square, items, encode, chunksize);
+        std::set<std::uint64_t> results;
+        for (int i = 0; i < 5; ++i) {
+          auto r = stream.next();
+          REQUIRE(r);
+          Int x;
+          std::memcpy(&x, r->tuple().getDataSection().begin(), 8);
+          REQUIRE(x == Int(stream.index() * stream.index()));
+          if (ordered) REQUIRE(stream.index() == std::uint64_t(i));
+          results.insert(stream.index());
+        }
+        REQUIRE(results == std::set<std::uint64_t>{0, 1, 2, 3, 4});
+        REQUIRE_THROWS_MATCHES(stream.next(), SayWhenError, Catch::Message("input failed at 5"));
+        REQUIRE(stream.index() == 5u);
+        REQUIRE(stream.next() == std::nullopt);
+      }
+    }
   }
   testing::requireCleanShutdown(before);
 }

@@ -1,5 +1,5 @@
 // plugpool/future.h — the result of work submitted without waiting: Future<T>, and waiting on
-// many of them (waitAll, waitAny, asCompleted).
+// many of them (wait, waitAll, waitAny, asCompleted).
 //
 // A Future is what Pool::submit, applyAsync, mapAsync and starmapAsync return: Python's
 // AsyncResult and concurrent.futures.Future in one type. It is a small handle to shared state;
@@ -32,7 +32,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ranges>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -181,7 +183,7 @@ class Future {
     return *this;
   }
 
-  // For waitAll / waitAny / asCompleted.
+  // For wait / waitAll / waitAny / asCompleted: copies of one Future have the same call.
   detail::Call& call() const { return state_->call(); }
 
  private:
@@ -199,7 +201,54 @@ std::vector<Call*> callsOf(const Futures& futures) {
 }
 }  // namespace detail
 
-// Waits until every future is ready, or `timeout` passes; true if all are ready.
+// When wait() returns. (Python: concurrent.futures.FIRST_COMPLETED, ...)
+enum class ReturnWhen {
+  FIRST_COMPLETED,  // once any future is ready
+  FIRST_EXCEPTION,  // once any has ended with an error other than Cancelled; if none does, as
+                    // ALL_COMPLETED (Python: not cancelled and exception() is not None)
+  ALL_COMPLETED,    // once every future is ready
+};
+
+// What wait() found: indices into its list, ascending. A future named several times (copies
+// of one Future) is listed once, at its first index.
+struct DoneAndNotDone {
+  std::vector<std::size_t> done;     // ready when wait() returned
+  std::vector<std::size_t> notDone;  // not ready then
+};
+
+// Waits until `when` holds for `futures`, or `timeout` passes, then says which are ready:
+// `done` holds every future ready by then, not only the one that ended the wait. A timeout is
+// no error (the futures not ready are in notDone); the work goes on. Blocks without polling.
+// (Python: concurrent.futures.wait(fs, timeout, return_when). waitAll and waitAny below are
+// shorthands for ALL_COMPLETED and FIRST_COMPLETED.) Only ranges match, so under `using
+// namespace plugpool` POSIX ::wait(int*) is still the one other arguments call.
+template <std::ranges::input_range Futures>
+DoneAndNotDone wait(const Futures& futures, ReturnWhen when = ReturnWhen::ALL_COMPLETED,
+                    std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
+  const detail::Deadline deadline = detail::deadlineAfter(timeout);
+  // Copies, which are handles: the range may make its elements as it is iterated.
+  std::vector<std::remove_cvref_t<std::ranges::range_reference_t<const Futures&>>> all;
+  for (const auto& f : futures) all.push_back(f);
+  detail::CompletionOrder order(detail::callsOf(all));
+  try {
+    while (std::optional<std::size_t> i = order.next(deadline)) {
+      if (when == ReturnWhen::FIRST_COMPLETED) break;
+      if (when == ReturnWhen::FIRST_EXCEPTION && all[*i].error() && !all[*i].cancelled()) break;
+    }
+  } catch (const WaitTimeout&) {
+    // Time is up: what is ready now is the answer.
+  }
+  DoneAndNotDone result;
+  std::unordered_set<const detail::Call*> seen;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (!seen.insert(&all[i].call()).second) continue;
+    (all[i].ready() ? result.done : result.notDone).push_back(i);
+  }
+  return result;
+}
+
+// Waits until every future is ready, or `timeout` passes; true if all are ready. A shorthand
+// for wait(futures, ReturnWhen::ALL_COMPLETED, timeout).notDone.empty().
 // (Python: concurrent.futures.wait(fs, return_when=ALL_COMPLETED).)
 template <typename Futures>
 bool waitAll(const Futures& futures,
@@ -212,7 +261,9 @@ bool waitAll(const Futures& futures,
 }
 
 // Waits until any future is ready; returns its index (the lowest index if several already
-// are), or nullopt if `timeout` passed first. (Python: wait(fs, return_when=FIRST_COMPLETED).)
+// are), or nullopt if `timeout` passed first. A shorthand for wait(futures,
+// ReturnWhen::FIRST_COMPLETED, timeout) when one index is enough.
+// (Python: wait(fs, return_when=FIRST_COMPLETED).)
 template <typename Futures>
 std::optional<std::size_t> waitAny(
     const Futures& futures, std::optional<std::chrono::milliseconds> timeout = std::nullopt) {

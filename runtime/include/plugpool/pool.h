@@ -362,9 +362,9 @@ class PLUGPOOL_API Pool {
   // Streams over `items` as imap / imapUnordered do, for a DynamicTask: `encode(args, item)`
   // writes each element's argument tuple into `args`, a struct already allocated with
   // task.argumentShape(). It runs on the reading thread, inside Stream::next(), as chunks are
-  // filled; an exception it throws propagates from that next() and the chunk being filled is
-  // not sent (the stream may be read on, from the items after it). Results are the calls'
-  // result tuples.
+  // filled; an exception it throws is an input error (stream.h): the items before that one
+  // are sent, then next() throws the exception at its place and the stream ends. Results are
+  // the calls' result tuples.
   template <typename Range, typename Encode>
   Stream<DynamicResult> imap(const DynamicTask& task, Range&& items, Encode encode,
                              std::size_t chunksize = 0, std::size_t window = 0);
@@ -471,9 +471,9 @@ template <typename Encode>
 concept PackedEncoder = Encode::PACKED;
 
 // Fills the argument tuples of `list`, allocated with the layout of `encode`'s argument types,
-// from the elements at `it` (one per tuple; `it` ends past them). A packed encoder writes a
-// list laid out as one array of words (codec.h packedWords) directly; anything else goes tuple
-// by tuple.
+// from the elements at `it` (one per tuple; `it` ends past them, or at the one whose encoding
+// threw). A packed encoder writes a list laid out as one array of words (codec.h packedWords)
+// directly; anything else goes tuple by tuple.
 template <typename Encode, typename It>
 void encodeChunk(capnp::List<capnp::AnyStruct>::Builder list, It& it, const Encode& encode) {
   const unsigned n = list.size();
@@ -689,27 +689,56 @@ Stream<Value> Pool::streamOf(const detail::TaskRef& task, Range&& items, bool or
     std::vector<std::ranges::range_value_t<View>> buffer;  // unsized inputs: one chunk's items
   };
   auto input = std::make_shared<Input>(std::views::all(std::forward<Range>(items)));
-  auto feed = [input, task, encode, shape](std::size_t n) -> std::optional<detail::ChunkRequest> {
-    if (!input->at) input->at.emplace(std::ranges::begin(input->view));
-    auto& it = *input->at;
-    const auto end = std::ranges::end(input->view);
-    if (it == end) return std::nullopt;
+  using Fed = typename Stream<Value>::Fed;
+  auto feed = [input, task, encode, shape](std::size_t n) -> Fed {
     auto& buffer = input->buffer;
     buffer.clear();
-    for (; buffer.size() < n && it != end; ++it) buffer.push_back(*it);
-    detail::ChunkRequest chunk(task, static_cast<unsigned>(buffer.size()), shape.dataWords,
-                               shape.pointers);
-    auto from = buffer.begin();
-    detail::encodeChunk(chunk.items(), from, encode);
-    return chunk;
+    Fed fed;
+    try {
+      if (!input->at) input->at.emplace(std::ranges::begin(input->view));
+      auto& it = *input->at;
+      const auto end = std::ranges::end(input->view);
+      for (; buffer.size() < n && it != end; ++it) buffer.push_back(*it);
+    } catch (...) {
+      fed.error = std::current_exception();  // after the items in `buffer`
+    }
+    // Encodes the items read; if item j fails, the j before it, in a chunk of their own.
+    for (std::size_t count = buffer.size(); count != 0;) {
+      detail::ChunkRequest chunk(task, static_cast<unsigned>(count), shape.dataWords,
+                                 shape.pointers);
+      auto from = buffer.begin();
+      try {
+        detail::encodeChunk(chunk.items(), from, encode);
+        fed.chunk.emplace(std::move(chunk));
+        break;
+      } catch (...) {
+        fed.error = std::current_exception();  // comes first: it is at an earlier item
+        count = static_cast<std::size_t>(from - buffer.begin());
+      }
+    }
+    return fed;
   };
-  auto skip = [input](std::size_t n) -> std::size_t {
-    if (!input->at) input->at.emplace(std::ranges::begin(input->view));
-    using Difference = std::ranges::range_difference_t<View>;
-    const auto asked = static_cast<Difference>(n);
-    // In one step for a random-access input with a sized end; item by item otherwise.
-    const Difference left = std::ranges::advance(*input->at, asked, std::ranges::end(input->view));
-    return static_cast<std::size_t>(asked - left);
+  using Skipped = typename Stream<Value>::Skipped;
+  auto skip = [input](std::size_t n) -> Skipped {
+    Skipped skipped;
+    try {
+      if (!input->at) input->at.emplace(std::ranges::begin(input->view));
+      auto& it = *input->at;
+      const auto end = std::ranges::end(input->view);
+      if constexpr (std::sized_sentinel_for<std::ranges::sentinel_t<View>,
+                                            std::ranges::iterator_t<View>>) {
+        // In one step for a random-access input with a sized end (if that step throws, the
+        // error counts as at the first item).
+        using Difference = std::ranges::range_difference_t<View>;
+        const auto asked = static_cast<Difference>(n);
+        skipped.items = static_cast<std::size_t>(asked - std::ranges::advance(it, asked, end));
+      } else {
+        for (; skipped.items < n && it != end; ++it) ++skipped.items;
+      }
+    } catch (...) {
+      skipped.error = std::current_exception();  // after the items counted
+    }
+    return skipped;
   };
   using Item = typename Stream<Value>::Item;
   auto decode = [task, decodeOne](const detail::ChunkOutcome& outcome, unsigned items,

@@ -10,6 +10,13 @@
 // (TaskError, WorkerCrashed, Cancelled, ...) for that item only; calling next() again goes on
 // with the following item. A range-for loop stops at the first error it meets.
 //
+// An input that fails — its iterator's increment or dereference throws, or encoding an item
+// does (a DynamicTask's Encode function included) — is finished, as a Python generator that
+// raised is: the stream reads no more of it. The items read before the failing one are still
+// sent (the last chunk shorter), their results come as usual, and after every one of them,
+// in either kind of stream, next() throws the input's own exception, unchanged, with index()
+// the failing item's input position. After it the stream ends (next() returns nullopt).
+//
 // Chunk size: fixed if given; else adaptive — the first chunks hold 1, 2, 4, ... items, then
 // each chunk is sized to take about TARGET_CHUNK of worker time, measured from the chunks
 // already run, and at most MAX_ADAPTIVE_CHUNK items. The cap bounds memory (window × cap
@@ -21,9 +28,11 @@
 // sent ends as usual (under terminate(), unfinished chunks with Cancelled), and every item not
 // sent ends with PoolClosed at its place, so each input item still ends as exactly one result
 // or one error. Those items are read past without being used (their iterators are advanced,
-// not dereferenced) and never encoded or sent. Over an endless input the PoolClosed errors
-// never end either: a reader that goes on after errors needs its own stop (a range-for loop
-// stops at the first). A stream may outlive its Pool and be read to its end afterwards.
+// not dereferenced) and never encoded or sent; an increment that throws there is an input
+// error as above, after the PoolClosed of the items before it. Over an endless input the
+// PoolClosed errors never end either: a reader that goes on after errors needs its own stop
+// (a range-for loop stops at the first). A stream may outlive its Pool and be read to its end
+// afterwards.
 //
 // Thread safety: a Stream belongs to one reader thread at a time. Lifetime: the input range is
 // held as std::views::all holds it: a container passed as an lvalue must outlive the stream.
@@ -82,7 +91,13 @@ class Stream {
       topUp();
       if (outstanding_ == 0) {
         if (closed_ && !inputDone_ && skipClosed()) continue;
-        return std::nullopt;
+        if (!inputError_) return std::nullopt;
+        // Every item before the failing one has been delivered: now its error, once.
+        buffer_.clear();
+        buffer_.emplace_back(Item{std::nullopt, std::exchange(inputError_, nullptr)});
+        bufferStart_ = inputErrorAt_;
+        pos_ = 0;
+        continue;
       }
       std::size_t index = ordered_ ? nextIndex_++ : *call_->takeAny();
       const detail::ChunkOutcome& outcome = *call_->wait(index);
@@ -140,11 +155,24 @@ class Stream {
     std::optional<T> value;
     std::exception_ptr error;
   };
-  // Builds the next chunk of at most n items from the input; nullopt at its end.
-  using Feed = std::function<std::optional<detail::ChunkRequest>(std::size_t n)>;
-  // Reads past at most n items of the input without using them; returns how many (0 at its
-  // end). For the input left when the pool has closed.
-  using Skip = std::function<std::size_t(std::size_t n)>;
+  // What a Feed read: a chunk of the items read and encoded (none if there were none), and the
+  // input's error if it failed after them. Neither: the input has ended.
+  struct Fed {
+    std::optional<detail::ChunkRequest> chunk;
+    std::exception_ptr error;
+  };
+  // Builds the next chunk of at most n items from the input. Never throws what the input or
+  // the encoding throws: that is Fed::error.
+  using Feed = std::function<Fed(std::size_t n)>;
+  // What a Skip read past: how many items (0 at the end of the input), and the input's error
+  // if it failed after them.
+  struct Skipped {
+    std::size_t items = 0;
+    std::exception_ptr error;
+  };
+  // Reads past at most n items of the input without using them. For the input left when the
+  // pool has closed. Never throws what the input throws: that is Skipped::error.
+  using Skip = std::function<Skipped(std::size_t n)>;
   // Appends one Item per item of a finished chunk of `items` items.
   using Decode = std::function<void(const detail::ChunkOutcome&, unsigned, std::vector<Item>&)>;
 
@@ -168,48 +196,60 @@ class Stream {
     return window_ * growth;
   }
 
-  // Sends chunks until the window is full, the input ends or the pool is closed.
+  // Sends chunks until the window is full, the input ends or fails, or the pool is closed.
   void topUp() {
     while (!inputDone_ && !closed_ && outstanding_ < currentWindow()) {
       std::size_t n = nextChunkSize();
-      auto chunk = feed_(n);
-      if (!chunk) {
-        inputDone_ = true;
-        call_->seal();
+      Fed fed = feed_(n);
+      if (fed.chunk) {
+        if (fixedChunk_ == 0 && perItemNs_ == 0) rampChunk_ = std::min(2 * n, MAX_ADAPTIVE_CHUNK);
+        send(std::move(*fed.chunk));
+      }
+      if (!fed.chunk || fed.error) {
+        endInput(fed.error);
         return;
       }
-      if (fixedChunk_ == 0 && perItemNs_ == 0) rampChunk_ = std::min(2 * n, MAX_ADAPTIVE_CHUNK);
-      unsigned items = chunk->size();
-      try {
-        std::size_t index = call_->submit(std::move(*chunk));
-        sizes_.emplace(index, Sent{items, fed_});
-      } catch (const PoolClosed&) {
-        // The chunk ended with PoolClosed: its items report it, and nothing more is sent;
-        // once the chunks before it are read, so does the rest of the input (skipClosed).
-        sizes_.emplace(call_->chunks() - 1, Sent{items, fed_});
-        closed_ = std::current_exception();
-      }
-      fed_ += items;
-      ++outstanding_;
     }
   }
 
-  // With the pool closed and every chunk sent before read: reads past the next items of the
-  // input into buffer_, each with closed_ as its error. False at the end of the input.
-  bool skipClosed() {
-    const std::size_t n = skip_(MAX_ADAPTIVE_CHUNK);
-    if (n == 0) {
-      inputDone_ = true;
-      call_->seal();
-      return false;
+  // Submits the chunk of the next items of the input; it is outstanding until read.
+  void send(detail::ChunkRequest chunk) {
+    unsigned items = chunk.size();
+    try {
+      std::size_t index = call_->submit(std::move(chunk));
+      sizes_.emplace(index, Sent{items, fed_});
+    } catch (const PoolClosed&) {
+      // The chunk ended with PoolClosed: its items report it, and nothing more is sent;
+      // once the chunks before it are read, so does the rest of the input (skipClosed).
+      sizes_.emplace(call_->chunks() - 1, Sent{items, fed_});
+      closed_ = std::current_exception();
     }
+    fed_ += items;
+    ++outstanding_;
+  }
+
+  // Nothing more is read from the input: it has ended, or failed with `error` at the item
+  // after those read so far, which next() throws once every item before it is delivered.
+  void endInput(std::exception_ptr error) {
+    inputDone_ = true;
+    inputError_ = std::move(error);
+    inputErrorAt_ = fed_;
+    call_->seal();
+  }
+
+  // With the pool closed and every chunk sent before read: reads past the next items of the
+  // input into buffer_, each with closed_ as its error. False if there were none: the input
+  // has ended or failed.
+  bool skipClosed() {
+    Skipped skipped = skip_(MAX_ADAPTIVE_CHUNK);
     buffer_.clear();
-    buffer_.resize(n);
+    buffer_.resize(skipped.items);
     for (Item& item : buffer_) item.error = closed_;
     bufferStart_ = fed_;
     pos_ = 0;
-    fed_ += n;
-    return true;
+    fed_ += skipped.items;
+    if (skipped.items == 0 || skipped.error) endInput(std::move(skipped.error));
+    return skipped.items != 0;
   }
 
   void observe(std::uint64_t perItemNs) {
@@ -226,9 +266,11 @@ class Stream {
   std::size_t window_;
   bool growWindow_;
   std::size_t rampChunk_ = 1;
-  std::uint64_t perItemNs_ = 0;  // smoothed measure; 0 until the first chunk ends
-  bool inputDone_ = false;
-  std::exception_ptr closed_;  // the PoolClosed a submit met; then nothing more is sent
+  std::uint64_t perItemNs_ = 0;     // smoothed measure; 0 until the first chunk ends
+  bool inputDone_ = false;          // the input has ended or failed: nothing more is read
+  std::exception_ptr inputError_;   // how it failed, until next() has thrown it
+  std::uint64_t inputErrorAt_ = 0;  // the input position of the item that failed
+  std::exception_ptr closed_;       // the PoolClosed a submit met; then nothing more is sent
   std::size_t outstanding_ = 0;
   std::size_t nextIndex_ = 0;  // ordered: the next chunk to read
   struct Sent {
