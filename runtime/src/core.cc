@@ -368,11 +368,17 @@ void Core::retireIdle() {
 }
 
 void Core::dispatch() {
+  // Options::workers bounds the workers running tasks, not only those taking work: one that
+  // runs none takes work only while fewer run. So a retiring worker's replacement waits until
+  // the retiring one has answered all it holds.
+  std::size_t running = static_cast<std::size_t>(
+      std::count_if(slots_.begin(), slots_.end(), [](const auto& w) { return runsTasks(*w); }));
   while (!pending_.empty()) {
     Worker* best = nullptr;
     for (auto& w : slots_) {
       if (w->state != State::READY || !w->channelOpen || w->retiring) continue;
       if (w->inFlight.size() >= inFlightLimit(*w)) continue;
+      if (!runsTasks(*w) && running >= options_.workers) continue;
       if (best == nullptr || w->inFlight.size() < best->inFlight.size()) best = w.get();
     }
     if (best == nullptr) break;
@@ -385,6 +391,7 @@ void Core::dispatch() {
                                     "use a smaller chunksize or raise the limit"));
       continue;
     }
+    if (!runsTasks(*best)) ++running;
     send(*best, std::move(job));
   }
   // Everything dispatched to a worker in this round leaves in one write where it fits.
@@ -411,8 +418,8 @@ void Core::send(Worker& w, Job job) {
   Call* call = job.call.get();
   w.inFlight.push_back({id, std::move(job), false, OnWorker(call)});
   if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild && !w.retiring) {
-    // supervise() replaces it now, so the new worker starts while this one finishes what it
-    // holds.
+    // supervise() starts its replacement now, so that it is ready by the time this one has
+    // finished what it holds; dispatch() gives the replacement work only then.
     w.retiring = true;
     std::lock_guard lock(mutex_);
     ++stats_.workersRetired;
@@ -494,6 +501,10 @@ std::size_t Core::serving() const {
   return static_cast<std::size_t>(std::count_if(slots_.begin(), slots_.end(), [](const auto& w) {
     return w->state != State::CLOSING && !w->retiring;
   }));
+}
+
+bool Core::runsTasks(const Worker& w) {
+  return !w.inFlight.empty() && !w.stoppedOnPurpose;
 }
 
 bool Core::canServe() const {

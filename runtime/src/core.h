@@ -7,7 +7,11 @@
 //
 // Supervision: each worker is watched through its pidfd, so a death is seen even while the
 // worker is silent, and it is reaped with waitpid on its own pid only. The pool keeps
-// Options::workers workers: one that dies, times out or retires is replaced. A start that
+// Options::workers workers: one that dies, times out or retires is replaced. Options::workers
+// also bounds the workers running tasks at once (runsTasks): a retiring worker's replacement
+// starts at once, warm, but takes work only once the retiring one has answered all it holds.
+// A worker stopped on purpose (its running chunk timed out or was cancelled, and has ended)
+// runs no task of the pool's any more: its replacement takes work at once. A start that
 // fails (the launcher fails, the worker dies before it is ready, its plugins do not load, its
 // initializer fails) is tried again after a backoff, START_BACKOFF doubling to
 // MAX_START_BACKOFF, never in a loop; once MAX_START_FAILURES have failed in a row (or one
@@ -181,6 +185,11 @@ class Core {
   void startFailed(std::exception_ptr error, bool final = false);
   bool startsFailing() const { return startFailures_ >= MAX_START_FAILURES; }
   std::size_t serving() const;  // workers not stopping or retiring
+  // Whether `w` may be running a task: it holds chunks it has not answered (even ones that
+  // have ended, e.g. cancelled while queued in it: it still runs them), unless the pool is
+  // stopping it on purpose (timeout, cancel, terminate). A worker that crashed counts until it
+  // is reaped. At most Options::workers workers run tasks; see dispatch().
+  static bool runsTasks(const Worker& w);
   bool canServe() const;        // a ready worker takes work
   bool loneChunk() const;       // exactly one chunk is out and none waits
   void pollOnce();

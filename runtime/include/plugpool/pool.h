@@ -173,7 +173,8 @@ struct Options {
   // Replace a worker after it has been sent this many items (0: never), to bound what a
   // leaky task can accumulate (Python's maxtasksperchild). A chunk is never split, so a
   // worker may run up to chunksize - 1 items more. The replacement starts as soon as the
-  // limit is reached; the old worker finishes what it holds, then exits. No work is lost.
+  // limit is reached, but takes work only once the old worker has finished what it holds
+  // (then the old one exits): never more than `workers` run tasks at once. No work is lost.
   std::uint64_t maxTasksPerChild = 0;
 
   // Chunks a stream (imap, imapUnordered) keeps outstanding when its call gives no window.
