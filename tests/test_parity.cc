@@ -194,3 +194,20 @@ TEST_CASE("maxTasksPerChild never runs more tasks at once than there are workers
   }
   testing::requireCleanShutdown(before);
 }
+
+TEST_CASE("a negative worker count is a UsageError, thrown before any worker starts") {
+  // Python: Pool(processes=-1) raises ValueError. The count is signed, so -1 is refused
+  // instead of being taken for 4294967295 workers.
+  static_assert(std::is_same_v<decltype(plugpool::Options::workers), int>);
+  testing::ProcessSnapshot before;
+  REQUIRE_THROWS_MATCHES(
+      Pool(-1, {"examples"}), plugpool::UsageError,
+      Catch::Matchers::Message("workers must be 1 or more, or 0 for one per core; got -1"));
+  auto o = testing::options(1, {"examples"});
+  o.workers = -3;
+  REQUIRE_THROWS_MATCHES(
+      Pool(o), plugpool::UsageError,
+      Catch::Matchers::Message("workers must be 1 or more, or 0 for one per core; got -3"));
+  REQUIRE(testing::childProcesses().empty());
+  testing::requireCleanShutdown(before);
+}

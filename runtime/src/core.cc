@@ -47,6 +47,7 @@ std::exception_ptr errorPtr(Args&&... args) {
 Core::Core(Options options, std::vector<std::string> pluginPaths, std::string workerExecutable,
            std::unique_ptr<Launcher> launcher)
     : options_(std::move(options)),
+      workers_(static_cast<unsigned>(options_.workers)),
       pluginPaths_(std::move(pluginPaths)),
       workerExecutable_(std::move(workerExecutable)),
       launcher_(std::move(launcher)),
@@ -225,7 +226,7 @@ void Core::abandon(std::exception_ptr error) noexcept {
 }
 
 bool Core::startUp() {
-  for (unsigned i = 0; i < options_.workers && !startError_; ++i) {
+  for (unsigned i = 0; i < workers_ && !startError_; ++i) {
     if (!spawnWorker()) break;
   }
   auto anyStarting = [&] {
@@ -378,7 +379,7 @@ void Core::dispatch() {
     for (auto& w : slots_) {
       if (w->state != State::READY || !w->channelOpen || w->retiring) continue;
       if (w->inFlight.size() >= inFlightLimit(*w)) continue;
-      if (!runsTasks(*w) && running >= options_.workers) continue;
+      if (!runsTasks(*w) && running >= workers_) continue;
       if (best == nullptr || w->inFlight.size() < best->inFlight.size()) best = w.get();
     }
     if (best == nullptr) break;
@@ -479,7 +480,7 @@ void Core::becomeReady(Worker& w) {
 void Core::supervise() {
   if (starting_ || closing_) return;
   const auto now = Clock::now();
-  while (serving() < options_.workers && now >= nextStartAt_) {
+  while (serving() < workers_ && now >= nextStartAt_) {
     if (!spawnWorker()) return;
   }
 }
@@ -609,7 +610,7 @@ void Core::pollOnce() {
     if (w->endBy) next = std::min(next, *w->endBy);
   }
   if (closeDeadline_ && !closing_) next = std::min(next, *closeDeadline_);
-  if (!starting_ && !closing_ && serving() < options_.workers) next = std::min(next, nextStartAt_);
+  if (!starting_ && !closing_ && serving() < workers_) next = std::min(next, nextStartAt_);
   int timeout = -1;
   if (next != Clock::time_point::max()) {
     auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();

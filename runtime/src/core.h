@@ -63,13 +63,14 @@ namespace plugpool::detail {
 class Core {
  public:
   // Starts the dispatcher and the workers; returns once all are ready.
+  // REQUIRES: options.workers >= 1 (Pool::Pool refuses a negative count and resolves 0).
   // Throws PluginError or StartError (see Pool::Pool).
   Core(Options options, std::vector<std::string> pluginPaths, std::string workerExecutable,
        std::unique_ptr<Launcher> launcher);
   // close(), then join().
   ~Core();
 
-  unsigned workers() const { return options_.workers; }
+  unsigned workers() const { return workers_; }
   const Options& options() const { return options_; }
   // Immutable once the constructor has returned.
   const std::vector<PluginInfo>& plugins() const { return plugins_; }
@@ -238,6 +239,7 @@ class Core {
 
   KeepFreedBuffers keepBuffers_;  // large message buffers are reused while the pool lives
   Options options_;
+  const unsigned workers_;  // options_.workers: the workers kept, and at most running tasks
   std::vector<std::string> pluginPaths_;
   std::string workerExecutable_;
   std::unique_ptr<Launcher> launcher_;
