@@ -10,8 +10,9 @@
 // Options::workers workers: one that dies, times out or retires is replaced. Options::workers
 // also bounds the workers running tasks at once (runsTasks): a retiring worker's replacement
 // starts at once, warm, but takes work only once the retiring one has answered all it holds.
-// A worker stopped on purpose (its running chunk timed out or was cancelled, and has ended)
-// runs no task of the pool's any more: its replacement takes work at once. A start that
+// A worker stopped on purpose no longer counts: its running chunk has ended (timed out,
+// cancelled) and it has been signalled, so its replacement takes work at once, even while a
+// task that ignores SIGTERM runs on until the SIGKILL after stopTimeout. A start that
 // fails (the launcher fails, the worker dies before it is ready, its plugins do not load, its
 // initializer fails) is tried again after a backoff, START_BACKOFF doubling to
 // MAX_START_BACKOFF, never in a loop; once MAX_START_FAILURES have failed in a row (or one
