@@ -31,6 +31,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -72,7 +73,7 @@ struct Params {
 struct Settings {
   bool quick = false;
   int reps = 5;
-  unsigned workers = 0;  // 0: one per core
+  int workers = 0;  // 0: one per core
   std::string jsonPath;
   std::string python = "python3";
   std::string script = PLUGPOOL_BENCH_SCRIPT;
@@ -585,7 +586,8 @@ struct CommandLine {
         ->type_name("PATH");
     reps = app.add_option("--reps", s.reps, "repetitions; medians are reported (default 5)")
                ->check(CLI::PositiveNumber);
-    app.add_option("--workers", s.workers, "workers on both sides (default: one per core)");
+    app.add_option("--workers", s.workers, "workers on both sides (default: one per core)")
+        ->check(CLI::Range(0, std::numeric_limits<int>::max()));
     app.add_option("--only", s.only, "only these workloads (comma-separated keys)")
         ->delimiter(',')
         ->check(CLI::IsMember(keys));
@@ -603,7 +605,9 @@ struct CommandLine {
 
   void finish() {
     Settings& s = settings;
-    if (s.workers == 0) s.workers = std::max(1u, std::thread::hardware_concurrency());
+    if (s.workers == 0) {
+      s.workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    }
     if (!s.quick) return;
     if (reps->count() == 0) s.reps = 1;
     s.params.mapItems = 200'000;

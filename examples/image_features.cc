@@ -42,7 +42,11 @@ int main(int argc, char** argv) {
     if (entry.is_regular_file()) paths.push_back(entry.path().string());
   }
   std::sort(paths.begin(), paths.end());
-  unsigned workers = argc == 3 ? static_cast<unsigned>(std::stoul(argv[2])) : 0;
+  const int workers = argc == 3 ? std::stoi(argv[2]) : 0;
+  if (workers < 0) {
+    std::cerr << "image_features: WORKERS must be 1 or more, or 0 for one per core\n";
+    return 2;
+  }
 
   plugpool::Pool pool(workers, {"imagefeatures"});
   auto features = pool.task<imagefeatures::ImageFeatures(std::string)>("imagefeatures", "features");

@@ -169,7 +169,9 @@ class Run(CliTest):
     def test_command_line_errors(self):
         for args, pattern in [([], "subcommand"), (["frobnicate"], "frobnicate"),
                               (["map", "examples", "square", "-", "--output", "xml"], "xml"),
-                              (["map", "examples", "square", "--workers", "many"], "many")]:
+                              (["map", "examples", "square", "--workers", "many"], "many"),
+                              (["map", "examples", "square", "--workers", "-1"],
+                               "workers must be 1 or more, or 0 for one per core; got -1")]:
             with self.subTest(args=args):
                 self.assertUsageError(*plugpool(*args), pattern)
 

@@ -41,7 +41,7 @@ void report(const std::string& line) {
   (void)!::write(reportFd, out.data(), out.size());
 }
 
-plugpool::Options options(std::string_view method, const std::string& plugin, unsigned workers) {
+plugpool::Options options(std::string_view method, const std::string& plugin, int workers) {
   plugpool::Options o;
   o.workers = workers;
   o.plugins = {plugin};

@@ -22,7 +22,7 @@ inline std::vector<Int> range(Int n) {
 }
 
 // Options with `workers` workers loading `plugins`, everything else default.
-inline plugpool::Options options(unsigned workers, std::vector<std::string> plugins) {
+inline plugpool::Options options(int workers, std::vector<std::string> plugins) {
   plugpool::Options o;
   o.workers = workers;
   o.plugins = std::move(plugins);

@@ -36,7 +36,7 @@ using Int = std::int64_t;
 
 namespace {
 
-plugpool::Options forkOptions(unsigned workers, std::vector<std::string> plugins) {
+plugpool::Options forkOptions(int workers, std::vector<std::string> plugins) {
   auto options = testing::options(workers, std::move(plugins));
   options.startMethod = StartMethod::FORK;
   return options;

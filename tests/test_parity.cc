@@ -1,11 +1,17 @@
 // Behaviours of Python's pools and futures that plugpool keeps (CPython's test suites for
 // multiprocessing.Pool and concurrent.futures, ported case by case), named after them.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <plugpool/pool.h>
@@ -18,6 +24,55 @@ using namespace std::chrono_literals;
 using plugpool::Future;
 using plugpool::Pool;
 using Int = std::int64_t;
+
+namespace {
+
+// A file that faults.sleep_logged tasks append to: when each ran. Removed when it goes.
+class RunLog {
+ public:
+  RunLog() : path_("/tmp/plugpool-test-runs-" + std::to_string(::getpid()) + "-" + next()) {
+    std::remove(path_.c_str());
+  }
+  ~RunLog() { std::remove(path_.c_str()); }
+  RunLog(const RunLog&) = delete;
+  RunLog& operator=(const RunLog&) = delete;
+
+  const std::string& path() const { return path_; }
+  // How many runs were logged.
+  std::size_t runs() const { return read().size(); }
+  // The most tasks that ran at one moment. A run that started after another ended did not
+  // overlap it, however close the two are.
+  std::size_t mostAtOnce() const {
+    std::vector<std::pair<long long, int>> events;  // (time, +1 start or -1 end)
+    for (auto [start, end] : read()) {
+      events.emplace_back(start, +1);
+      events.emplace_back(end, -1);
+    }
+    std::sort(events.begin(), events.end());  // at one time, ends (-1) before starts
+    std::size_t running = 0, most = 0;
+    for (auto [time, change] : events) {
+      running = change > 0 ? running + 1 : running - 1;
+      most = std::max(most, running);
+    }
+    return most;
+  }
+
+ private:
+  std::vector<std::pair<long long, long long>> read() const {
+    std::vector<std::pair<long long, long long>> runs;
+    std::ifstream in(path_);
+    long long start, end;
+    while (in >> start >> end) runs.emplace_back(start, end);
+    return runs;
+  }
+  static std::string next() {
+    static int count = 0;
+    return std::to_string(count++);
+  }
+  std::string path_;
+};
+
+}  // namespace
 
 TEST_CASE("asCompleted yields each future once, even if the list names it several times") {
   testing::ProcessSnapshot before;
@@ -106,5 +161,53 @@ TEST_CASE("get() on a temporary future returns the value, so a reference to it n
     REQUIRE(taken.size() == 10);
     REQUIRE(kept.get().size() == 10);
   }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("maxTasksPerChild never runs more tasks at once than there are workers") {
+  // Python's maxtasksperchild replaces a worker once it has finished its tasks; the pool's
+  // size bounds what runs at once all along.
+  testing::ProcessSnapshot before;
+  for (unsigned workers : {1u, 2u}) {
+    INFO(workers << " workers");
+    const std::size_t tasks = 4 * workers;
+    RunLog log;
+    {
+      auto o = testing::options(workers, {testing::fixture("faults")});
+      o.maxTasksPerChild = 1;
+      Pool pool(o);
+      auto sleep = pool.task<Int(std::string, Int)>("faults", "sleep_logged");
+      std::vector<std::tuple<std::string, Int>> args(tasks, {log.path(), 300});
+      const auto start = std::chrono::steady_clock::now();
+      auto slept = pool.starmap(sleep, args, 1);
+      const auto elapsed = std::chrono::steady_clock::now() - start;
+      REQUIRE(slept == std::vector<Int>(tasks, 300));
+      REQUIRE(log.runs() == tasks);
+      REQUIRE(log.mostAtOnce() <= workers);
+      // Four tasks per worker, one after the other.
+      REQUIRE(elapsed >= 4 * 300ms);
+      // One worker per task (each retires after its first), and at most one warm replacement
+      // for each of those.
+      REQUIRE(pool.stats().workersRetired == tasks);
+      REQUIRE(pool.stats().workersStarted <= workers + tasks);
+    }
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a negative worker count is a UsageError, thrown before any worker starts") {
+  // Python: Pool(processes=-1) raises ValueError. The count is signed, so -1 is refused
+  // instead of being taken for 4294967295 workers.
+  static_assert(std::is_same_v<decltype(plugpool::Options::workers), int>);
+  testing::ProcessSnapshot before;
+  REQUIRE_THROWS_MATCHES(
+      Pool(-1, {"examples"}), plugpool::UsageError,
+      Catch::Matchers::Message("workers must be 1 or more, or 0 for one per core; got -1"));
+  auto o = testing::options(1, {"examples"});
+  o.workers = -3;
+  REQUIRE_THROWS_MATCHES(
+      Pool(o), plugpool::UsageError,
+      Catch::Matchers::Message("workers must be 1 or more, or 0 for one per core; got -3"));
+  REQUIRE(testing::childProcesses().empty());
   testing::requireCleanShutdown(before);
 }

@@ -26,6 +26,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -130,7 +131,7 @@ class Output {
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
-std::unique_ptr<Pool> startPool(const std::string& plugin, unsigned workers) {
+std::unique_ptr<Pool> startPool(const std::string& plugin, int workers) {
   Options options;
   options.workers = workers;
   options.plugins = {plugin};
@@ -418,9 +419,22 @@ std::vector<std::string> taskFrames(const WorkerCrashed& e) {
   return frames;
 }
 
+// -w: what Options::workers takes, refused as a usage error that says so.
+CLI::Validator workerCount() {
+  return CLI::Validator(
+      [](std::string& input) {
+        int n = -1;
+        const char* end = input.data() + input.size();
+        auto [at, error] = std::from_chars(input.data(), end, n);
+        if (error == std::errc() && at == end && n >= 0) return std::string();
+        return "workers must be 1 or more, or 0 for one per core; got " + input;
+      },
+      "0 or more");
+}
+
 struct MapOptions {
   std::string input = "-";
-  unsigned workers = 0;
+  int workers = 0;
   std::size_t chunksize = 0;
   bool unordered = false;
   double timeout = 0;
@@ -618,7 +632,8 @@ int run(int argc, char** argv) {
   map->add_option("PLUGIN", plugin, "A plugin path or name")->required();
   map->add_option("TASK", taskName, "The task's name")->required();
   map->add_option("INPUT", opt.input, "Input file, one item per line; - or none: standard input");
-  map->add_option("-w,--workers", opt.workers, "Worker processes (default: one per core)");
+  map->add_option("-w,--workers", opt.workers, "Worker processes (default: one per core)")
+      ->check(workerCount());
   map->add_option("-c,--chunksize", opt.chunksize, "Items per message (default: adaptive)");
   map->add_flag("-u,--unordered", opt.unordered, "Write results as they finish, not in order");
   map->add_option("-t,--timeout", opt.timeout, "Seconds an item may run (default: no limit)")

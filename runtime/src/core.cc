@@ -47,6 +47,7 @@ std::exception_ptr errorPtr(Args&&... args) {
 Core::Core(Options options, std::vector<std::string> pluginPaths, std::string workerExecutable,
            std::unique_ptr<Launcher> launcher)
     : options_(std::move(options)),
+      workers_(static_cast<unsigned>(options_.workers)),
       pluginPaths_(std::move(pluginPaths)),
       workerExecutable_(std::move(workerExecutable)),
       launcher_(std::move(launcher)),
@@ -226,7 +227,7 @@ void Core::abandon(std::exception_ptr error) noexcept {
 }
 
 bool Core::startUp() {
-  for (unsigned i = 0; i < options_.workers && !startError_; ++i) {
+  for (unsigned i = 0; i < workers_ && !startError_; ++i) {
     if (!spawnWorker()) break;
   }
   auto anyStarting = [&] {
@@ -369,11 +370,17 @@ void Core::retireIdle() {
 }
 
 void Core::dispatch() {
+  // Options::workers bounds the workers running tasks, not only those taking work: one that
+  // runs none takes work only while fewer run. So a retiring worker's replacement waits until
+  // the retiring one has answered all it holds.
+  std::size_t running = static_cast<std::size_t>(
+      std::count_if(slots_.begin(), slots_.end(), [](const auto& w) { return runsTasks(*w); }));
   while (!pending_.empty()) {
     Worker* best = nullptr;
     for (auto& w : slots_) {
       if (w->state != State::READY || !w->channelOpen || w->retiring) continue;
       if (w->inFlight.size() >= inFlightLimit(*w)) continue;
+      if (!runsTasks(*w) && running >= workers_) continue;
       if (best == nullptr || w->inFlight.size() < best->inFlight.size()) best = w.get();
     }
     if (best == nullptr) break;
@@ -386,6 +393,7 @@ void Core::dispatch() {
                                     "use a smaller chunksize or raise the limit"));
       continue;
     }
+    if (!runsTasks(*best)) ++running;
     send(*best, std::move(job));
   }
   // Everything dispatched to a worker in this round leaves in one write where it fits.
@@ -412,8 +420,8 @@ void Core::send(Worker& w, Job job) {
   Call* call = job.call.get();
   w.inFlight.push_back({id, std::move(job), false, OnWorker(call)});
   if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild && !w.retiring) {
-    // supervise() replaces it now, so the new worker starts while this one finishes what it
-    // holds.
+    // supervise() starts its replacement now, so that it is ready by the time this one has
+    // finished what it holds; dispatch() gives the replacement work only then.
     w.retiring = true;
     std::lock_guard lock(mutex_);
     ++stats_.workersRetired;
@@ -473,7 +481,7 @@ void Core::becomeReady(Worker& w) {
 void Core::supervise() {
   if (starting_ || closing_) return;
   const auto now = Clock::now();
-  while (serving() < options_.workers && now >= nextStartAt_) {
+  while (serving() < workers_ && now >= nextStartAt_) {
     if (!spawnWorker()) return;
   }
 }
@@ -495,6 +503,10 @@ std::size_t Core::serving() const {
   return static_cast<std::size_t>(std::count_if(slots_.begin(), slots_.end(), [](const auto& w) {
     return w->state != State::CLOSING && !w->retiring;
   }));
+}
+
+bool Core::runsTasks(const Worker& w) {
+  return !w.inFlight.empty() && !w.stoppedOnPurpose;
 }
 
 bool Core::canServe() const {
@@ -599,7 +611,7 @@ void Core::pollOnce() {
     if (w->endBy) next = std::min(next, *w->endBy);
   }
   if (closeDeadline_ && !closing_) next = std::min(next, *closeDeadline_);
-  if (!starting_ && !closing_ && serving() < options_.workers) next = std::min(next, nextStartAt_);
+  if (!starting_ && !closing_ && serving() < workers_) next = std::min(next, nextStartAt_);
   int timeout = -1;
   if (next != Clock::time_point::max()) {
     auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();

@@ -7,7 +7,12 @@
 //
 // Supervision: each worker is watched through its pidfd, so a death is seen even while the
 // worker is silent, and it is reaped with waitpid on its own pid only. The pool keeps
-// Options::workers workers: one that dies, times out or retires is replaced. A start that
+// Options::workers workers: one that dies, times out or retires is replaced. Options::workers
+// also bounds the workers running tasks at once (runsTasks): a retiring worker's replacement
+// starts at once, warm, but takes work only once the retiring one has answered all it holds.
+// A worker stopped on purpose no longer counts: its running chunk has ended (timed out,
+// cancelled) and it has been signalled, so its replacement takes work at once, even while a
+// task that ignores SIGTERM runs on until the SIGKILL after stopTimeout. A start that
 // fails (the launcher fails, the worker dies before it is ready, its plugins do not load, its
 // initializer fails) is tried again after a backoff, START_BACKOFF doubling to
 // MAX_START_BACKOFF, never in a loop; once MAX_START_FAILURES have failed in a row (or one
@@ -60,13 +65,14 @@ namespace plugpool::detail {
 class Core {
  public:
   // Starts the dispatcher and the workers; returns once all are ready.
+  // REQUIRES: options.workers >= 1 (Pool::Pool refuses a negative count and resolves 0).
   // Throws PluginError or StartError (see Pool::Pool).
   Core(Options options, std::vector<std::string> pluginPaths, std::string workerExecutable,
        std::unique_ptr<Launcher> launcher);
   // close(), then join().
   ~Core();
 
-  unsigned workers() const { return options_.workers; }
+  unsigned workers() const { return workers_; }
   const Options& options() const { return options_; }
   // Immutable once the constructor has returned.
   const std::vector<PluginInfo>& plugins() const { return plugins_; }
@@ -186,6 +192,11 @@ class Core {
   void startFailed(std::exception_ptr error, bool final = false);
   bool startsFailing() const { return startFailures_ >= MAX_START_FAILURES; }
   std::size_t serving() const;  // workers not stopping or retiring
+  // Whether `w` may be running a task: it holds chunks it has not answered (even ones that
+  // have ended, e.g. cancelled while queued in it: it still runs them), unless the pool is
+  // stopping it on purpose (timeout, cancel, terminate). A worker that crashed counts until it
+  // is reaped. At most Options::workers workers run tasks; see dispatch().
+  static bool runsTasks(const Worker& w);
   bool canServe() const;        // a ready worker takes work
   bool loneChunk() const;       // exactly one chunk is out and none waits
   void pollOnce();
@@ -234,6 +245,7 @@ class Core {
 
   KeepFreedBuffers keepBuffers_;  // large message buffers are reused while the pool lives
   Options options_;
+  const unsigned workers_;  // options_.workers: the workers kept, and at most running tasks
   std::vector<std::string> pluginPaths_;
   std::string workerExecutable_;
   std::unique_ptr<Launcher> launcher_;

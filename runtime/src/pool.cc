@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <string>
 #include <thread>
 
 #include "core.h"
@@ -17,7 +18,13 @@ std::size_t defaultChunksize(std::size_t items, unsigned workers) {
 }
 
 Pool::Pool(Options options) {
-  if (options.workers == 0) options.workers = std::max(1u, std::thread::hardware_concurrency());
+  if (options.workers < 0) {
+    throw UsageError("workers must be 1 or more, or 0 for one per core; got " +
+                     std::to_string(options.workers));
+  }
+  if (options.workers == 0) {
+    options.workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
   std::vector<std::string> paths;
   for (const auto& spec : options.plugins) paths.push_back(detail::findPlugin(spec));
   const bool fork = options.startMethod == StartMethod::FORK;
@@ -30,7 +37,7 @@ Pool::Pool(Options options) {
 }
 
 namespace {
-Options withWorkers(unsigned workers, std::vector<std::string> plugins) {
+Options withWorkers(int workers, std::vector<std::string> plugins) {
   Options options;
   options.workers = workers;
   options.plugins = std::move(plugins);
@@ -38,7 +45,7 @@ Options withWorkers(unsigned workers, std::vector<std::string> plugins) {
 }
 }  // namespace
 
-Pool::Pool(unsigned workers, std::vector<std::string> plugins)
+Pool::Pool(int workers, std::vector<std::string> plugins)
     : Pool(withWorkers(workers, std::move(plugins))) {}
 
 Pool::~Pool() {

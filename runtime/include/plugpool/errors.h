@@ -32,7 +32,8 @@
 //   WaitTimeout    get(timeout) or asCompleted(…, timeout) stopped waiting. Only the wait
 //                  ended: the work goes on, and its result can still be waited for.
 //   UsageError     the call is not allowed in the object's current state, e.g. join() before
-//                  close(), successful() before the result is ready. A bug in the caller.
+//                  close(), successful() before the result is ready, or its arguments are
+//                  invalid (a negative worker count). A bug in the caller.
 //
 // Thread safety: these are immutable values; copy and rethrow them freely across threads.
 #pragma once

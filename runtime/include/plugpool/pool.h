@@ -138,8 +138,10 @@ struct WorkerLimits {
 };
 
 struct Options {
-  // Number of worker processes. 0: one per core (std::thread::hardware_concurrency()).
-  unsigned workers = 0;
+  // Number of worker processes: 1 or more, or 0 for one per core
+  // (std::thread::hardware_concurrency()); a negative count is a UsageError. At most this
+  // many run tasks at once, also while one is being replaced (see maxTasksPerChild).
+  int workers = 0;
 
   // The plugins every worker loads. Each entry is a path (if it contains a '/') or a bare name
   // such as "examples", looked for as lib<name>.so or <name>.so in each directory of
@@ -173,7 +175,8 @@ struct Options {
   // Replace a worker after it has been sent this many items (0: never), to bound what a
   // leaky task can accumulate (Python's maxtasksperchild). A chunk is never split, so a
   // worker may run up to chunksize - 1 items more. The replacement starts as soon as the
-  // limit is reached; the old worker finishes what it holds, then exits. No work is lost.
+  // limit is reached, but takes work only once the old worker has finished what it holds
+  // (then the old one exits): never more than `workers` run tasks at once. No work is lost.
   std::uint64_t maxTasksPerChild = 0;
 
   // Chunks a stream (imap, imapUnordered) keeps outstanding when its call gives no window.
@@ -273,13 +276,14 @@ class PLUGPOOL_API Pool {
  public:
   // Starts the workers and waits until every one has loaded every plugin (and run the
   // initializer, if any).
-  // Throws PluginError if a plugin cannot be loaded (missing, not a plugin, wrong ABI, two
-  // plugins with one name) or the initializer does not match its task; StartError if the
-  // workers cannot be started or the initializer fails.
+  // Throws UsageError if Options::workers is negative (before anything starts); PluginError
+  // if a plugin cannot be loaded (missing, not a plugin, wrong ABI, two plugins with one name)
+  // or the initializer does not match its task; StartError if the workers cannot be started
+  // or the initializer fails.
   explicit Pool(Options options = {});
-  // Shorthand for the common case: `workers` processes (0: one per core) loading `plugins`,
-  // everything else as in Options.
-  Pool(unsigned workers, std::vector<std::string> plugins);
+  // Shorthand for the common case: `workers` processes (0: one per core; negative: UsageError)
+  // loading `plugins`, everything else as in Options.
+  Pool(int workers, std::vector<std::string> plugins);
 
   // shutdown(true): waits for submitted work to finish, then closes every worker's channel; a
   // worker exits when it sees its channel close, and one still running after
@@ -291,6 +295,7 @@ class PLUGPOOL_API Pool {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
+  // How many workers the pool keeps: Options::workers, with 0 resolved to the number of cores.
   unsigned workers() const;
   const std::vector<PluginInfo>& plugins() const;
   Stats stats() const;
