@@ -233,8 +233,11 @@ TEST_CASE("forked workers start with default signal handling, whatever the host 
       INFO("worker " << child);
       REQUIRE(signalSet(child, "SigBlk") == 0);
       REQUIRE(signalSet(child, "SigIgn") == bit(SIGPIPE));  // the worker's own choice
-      // The worker's own choice: its death signal, caught (worker.h, hostGoneSignal).
-      REQUIRE((signalSet(child, "SigCgt") & ~glibcInternal) == bit(SIGRTMIN + 3));
+      // The worker's own choices: its death signal (worker.h, hostGoneSignal) and the fatal
+      // signals its crash report comes from (crash_handler.h), caught.
+      const std::uint64_t fatal =
+          bit(SIGSEGV) | bit(SIGBUS) | bit(SIGFPE) | bit(SIGILL) | bit(SIGABRT);
+      REQUIRE((signalSet(child, "SigCgt") & ~glibcInternal) == (bit(SIGRTMIN + 3) | fatal));
     }
     // And the host's settings are untouched.
     REQUIRE((signalSet(::getpid(), "SigIgn") & bit(SIGUSR1)) != 0);

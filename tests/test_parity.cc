@@ -211,3 +211,34 @@ TEST_CASE("a negative worker count is a UsageError, thrown before any worker sta
   REQUIRE(testing::childProcesses().empty());
   testing::requireCleanShutdown(before);
 }
+
+TEST_CASE("a TaskError says which item threw and which worker ran it") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.task<Int(Int)>("examples", "square");
+    // Chunks of 2: item 3 is the second of the second chunk; its square overflows.
+    try {
+      pool.map(square, std::vector<Int>{1, 2, 3, 4'000'000'000, 5}, 2);
+      FAIL("no TaskError");
+    } catch (const plugpool::TaskError& e) {
+      REQUIRE(e.item() == 3u);
+      REQUIRE(e.remoteType() == "std::overflow_error");
+      auto workers = testing::childProcesses();
+      REQUIRE(std::find(workers.begin(), workers.end(), e.workerPid()) != workers.end());
+    }
+    // Each item of a stream that fails names its own index.
+    auto fail = pool.task<Int(Int)>("examples", "fail");
+    auto stream = pool.imap(fail, std::vector<Int>{10, 11, 12, 13, 14}, 2);
+    for (std::uint64_t i = 0; i < 5; ++i) {
+      try {
+        stream.next();
+        FAIL("no TaskError");
+      } catch (const plugpool::TaskError& e) {
+        REQUIRE(e.item() == i);
+        REQUIRE(e.remoteMessage() == "fail called with " + std::to_string(10 + i));
+      }
+    }
+  }
+  testing::requireCleanShutdown(before);
+}

@@ -331,12 +331,14 @@ std::optional<std::size_t> CompletionOrder::next(Deadline deadline) {
 
 // --- errors -------------------------------------------------------------------------------
 
-std::exception_ptr itemError(const TaskRef& task, const ItemFailure& f) {
-  return std::make_exception_ptr(TaskError(task.pluginName, task.taskName, f.type, f.message));
+std::exception_ptr itemError(const TaskRef& task, const ChunkOutcome& outcome,
+                             const ItemFailure& f) {
+  return std::make_exception_ptr(TaskError(task.pluginName, task.taskName, f.type, f.message,
+                                           outcome.firstItem + f.index, outcome.workerPid));
 }
 
-void throwItemFailure(const TaskRef& task, const ItemFailure& f) {
-  std::rethrow_exception(itemError(task, f));
+void throwItemFailure(const TaskRef& task, const ChunkOutcome& outcome, const ItemFailure& f) {
+  std::rethrow_exception(itemError(task, outcome, f));
 }
 
 void throwUndecodable(const TaskRef& task, const char* why) {

@@ -778,6 +778,8 @@ void Core::handleChunkDone(Worker& w, wire::ChunkDone::Reader done,
   InFlight& front = w.inFlight.front();
   ChunkOutcome outcome = decodeChunkDone(done, front.id, front.job.items);
   outcome.keepAlive = std::move(keep);
+  outcome.firstItem = front.job.firstItem;
+  outcome.workerPid = w.process.pid;
   const std::uint64_t ns = std::max<std::uint64_t>(1, outcome.elapsedNs);
   w.chunkNs = w.chunkNs == 0 ? ns : (3 * w.chunkNs + ns) / 4;
   InFlight f = std::move(front);

@@ -63,12 +63,14 @@ Error::Error(const std::string& what) : std::runtime_error(what) {}
 Error::~Error() = default;
 
 TaskError::TaskError(std::string plugin, std::string task, std::string remoteType,
-                     std::string remoteMessage)
+                     std::string remoteMessage, std::optional<std::uint64_t> item, int workerPid)
     : Error(plugin + "." + task + " raised " + remoteType + ": " + remoteMessage),
       plugin_(std::move(plugin)),
       task_(std::move(task)),
       remoteType_(std::move(remoteType)),
-      remoteMessage_(std::move(remoteMessage)) {}
+      remoteMessage_(std::move(remoteMessage)),
+      item_(item),
+      workerPid_(workerPid) {}
 TaskError::~TaskError() = default;
 
 WorkerCrashed::WorkerCrashed(int pid, int signal, int exitStatus, std::string plugin,

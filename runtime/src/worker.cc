@@ -231,10 +231,13 @@ int converse(int fd) {
   reader.acceptDescriptors(nullptr);
   {
     Received message(std::move(words));
-    writeMessage(fd, *session.setUp(message.reader(), std::move(passed)));
+    auto hello = session.setUp(message.reader(), std::move(passed));
+    // From here a crashed task says where (crash_handler.h); set before Hello, so a ready
+    // worker has it.
+    if (session.loaded()) installCrashHandler(fd);
+    writeMessage(fd, *hello);
   }
   if (!session.loaded()) return EXIT_LOAD_FAILED;
-  installCrashHandler(fd);  // from here a crashed task says where (crash_handler.h)
   reader.setMaxWords(session.maxWords());
   reader.acceptShared(session.inbound());
   // Each reply leaves as soon as it is made, before the next chunk runs: if that chunk

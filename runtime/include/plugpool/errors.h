@@ -58,8 +58,8 @@ class PLUGPOOL_API Error : public std::runtime_error {
 
 class PLUGPOOL_API TaskError : public Error {
  public:
-  TaskError(std::string plugin, std::string task, std::string remoteType,
-            std::string remoteMessage);
+  TaskError(std::string plugin, std::string task, std::string remoteType, std::string remoteMessage,
+            std::optional<std::uint64_t> item = std::nullopt, int workerPid = 0);
   ~TaskError() override;
 
   const std::string& plugin() const { return plugin_; }
@@ -68,9 +68,16 @@ class PLUGPOOL_API TaskError : public Error {
   const std::string& remoteType() const { return remoteType_; }
   // The thrown exception's what().
   const std::string& remoteMessage() const { return remoteMessage_; }
+  // Where it was thrown: the index in its call (as in map's input) of the item whose task
+  // threw, and the worker process that ran it; nullopt and 0 where there was no such item
+  // (a reply the host could not receive, a task run in-process by LocalPlugin).
+  const std::optional<std::uint64_t>& item() const { return item_; }
+  int workerPid() const { return workerPid_; }
 
  private:
   std::string plugin_, task_, remoteType_, remoteMessage_;
+  std::optional<std::uint64_t> item_;
+  int workerPid_;
 };
 
 // One frame of a crashed worker's stack, as the worker reported it: text for a human.

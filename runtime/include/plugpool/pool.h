@@ -574,7 +574,8 @@ std::vector<typename Codec<W>::Value> Pool::collect(detail::Call& call) {
   for (std::size_t c = 0; c < chunks; ++c) {
     const detail::ChunkOutcome& outcome = *call.wait(c);
     if (outcome.failure) std::rethrow_exception(outcome.failure);
-    if (!outcome.errors.empty()) detail::throwItemFailure(call.task(), outcome.errors.front());
+    if (!outcome.errors.empty())
+      detail::throwItemFailure(call.task(), outcome, outcome.errors.front());
     // Every chunk but the last has the first one's size (send()), so one reservation holds
     // them all; reserving chunk by chunk would reallocate and copy the results so far each time.
     if (c == 0) out.reserve(chunks * outcome.results.size());
@@ -753,7 +754,7 @@ Stream<Value> Pool::streamOf(const detail::TaskRef& task, Range&& items, bool or
       if (outcome.failure) {
         out.push_back({std::nullopt, outcome.failure});
       } else if (e < outcome.errors.size() && outcome.errors[e].index == i) {
-        out.push_back({std::nullopt, detail::itemError(task, outcome.errors[e++])});
+        out.push_back({std::nullopt, detail::itemError(task, outcome, outcome.errors[e++])});
       } else {
         try {
           out.push_back({decodeOne(task, outcome, i), nullptr});

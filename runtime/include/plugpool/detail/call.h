@@ -86,6 +86,8 @@ struct ChunkOutcome {
   std::vector<ItemFailure> errors;                // increasing index
   std::shared_ptr<const void> keepAlive;          // the received message behind `results`
   std::uint64_t elapsedNs = 0;                    // the worker's time for the chunk
+  std::uint64_t firstItem = 0;                    // the call's index of the chunk's first item
+  int workerPid = 0;                              // the worker that ran it
 };
 
 // The pool's callback thread: runs posted functions one at a time, in posting order, on one
@@ -195,9 +197,12 @@ class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
   std::vector<std::function<void()>> watchers_;  // GUARDED_BY(mutex_)
 };
 
-// The right plugpool error for item failure `f` of `task`, and throwing it.
-PLUGPOOL_API std::exception_ptr itemError(const TaskRef& task, const ItemFailure& f);
-[[noreturn]] PLUGPOOL_API void throwItemFailure(const TaskRef& task, const ItemFailure& f);
+// The right plugpool error for item failure `f` of a chunk of `task` that ended as `outcome`,
+// and throwing it.
+PLUGPOOL_API std::exception_ptr itemError(const TaskRef& task, const ChunkOutcome& outcome,
+                                          const ItemFailure& f);
+[[noreturn]] PLUGPOOL_API void throwItemFailure(const TaskRef& task, const ChunkOutcome& outcome,
+                                                const ItemFailure& f);
 // Throws ProtocolError: the results of `task` from a worker could not be decoded.
 [[noreturn]] PLUGPOOL_API void throwUndecodable(const TaskRef& task, const char* why);
 // Throws UsageError(what).
