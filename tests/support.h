@@ -86,23 +86,19 @@ bool eventually(F&& condition, std::chrono::seconds limit = std::chrono::seconds
   return true;
 }
 
-// A file that fixture tasks wait for (faults.wait_for_file): a task that runs until the test
-// says so, instead of a sleep the test hopes is long enough. Removed when it goes.
-class Gate {
+// A path under /tmp that no other test (or test process) uses, for a file the test and its
+// fixture tasks share; removed when it goes.
+class TempPath {
  public:
-  Gate() : path_("/tmp/plugpool-test-gate-" + std::to_string(::getpid()) + "-" + next()) {
+  explicit TempPath(const std::string& kind)
+      : path_("/tmp/plugpool-test-" + kind + "-" + std::to_string(::getpid()) + "-" + next()) {
     std::remove(path_.c_str());
   }
-  ~Gate() { std::remove(path_.c_str()); }
-  Gate(const Gate&) = delete;
-  Gate& operator=(const Gate&) = delete;
+  ~TempPath() { std::remove(path_.c_str()); }
+  TempPath(const TempPath&) = delete;
+  TempPath& operator=(const TempPath&) = delete;
 
   const std::string& path() const { return path_; }
-  // Lets every task waiting for this gate (and any later one) finish.
-  void open() const {
-    std::FILE* f = std::fopen(path_.c_str(), "w");
-    if (f) std::fclose(f);
-  }
 
  private:
   static std::string next() {
@@ -110,6 +106,18 @@ class Gate {
     return std::to_string(count++);
   }
   std::string path_;
+};
+
+// A file that fixture tasks wait for (faults.wait_for_file): a task that runs until the test
+// says so, instead of a sleep the test hopes is long enough.
+class Gate : public TempPath {
+ public:
+  Gate() : TempPath("gate") {}
+  // Lets every task waiting for this gate (and any later one) finish.
+  void open() const {
+    std::FILE* f = std::fopen(path().c_str(), "w");
+    if (f) std::fclose(f);
+  }
 };
 
 inline std::string fixture(const std::string& name) {

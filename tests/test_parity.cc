@@ -27,17 +27,10 @@ using Int = std::int64_t;
 
 namespace {
 
-// A file that faults.sleep_logged tasks append to: when each ran. Removed when it goes.
-class RunLog {
+// A file that faults.sleep_logged tasks append to: when each ran.
+class RunLog : public testing::TempPath {
  public:
-  RunLog() : path_("/tmp/plugpool-test-runs-" + std::to_string(::getpid()) + "-" + next()) {
-    std::remove(path_.c_str());
-  }
-  ~RunLog() { std::remove(path_.c_str()); }
-  RunLog(const RunLog&) = delete;
-  RunLog& operator=(const RunLog&) = delete;
-
-  const std::string& path() const { return path_; }
+  RunLog() : TempPath("runs") {}
   // How many runs were logged.
   std::size_t runs() const { return read().size(); }
   // The most tasks that ran at one moment. A run that started after another ended did not
@@ -60,16 +53,11 @@ class RunLog {
  private:
   std::vector<std::pair<long long, long long>> read() const {
     std::vector<std::pair<long long, long long>> runs;
-    std::ifstream in(path_);
+    std::ifstream in(path());
     long long start, end;
     while (in >> start >> end) runs.emplace_back(start, end);
     return runs;
   }
-  static std::string next() {
-    static int count = 0;
-    return std::to_string(count++);
-  }
-  std::string path_;
 };
 
 }  // namespace

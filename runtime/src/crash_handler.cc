@@ -1,6 +1,5 @@
 #include "crash_handler.h"
 
-#include <backtrace.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <ucontext.h>
@@ -15,6 +14,12 @@
 #include <capnp/message.h>
 
 #include "wire.capnp.h"
+
+#if PLUGPOOL_HAVE_BACKTRACE
+#include <backtrace.h>
+#else
+#include <unwind.h>
+#endif
 
 namespace plugpool::detail {
 namespace {
@@ -44,7 +49,9 @@ struct Report {
   capnp::word words[MESSAGE_WORDS];
 };
 
+#if PLUGPOOL_HAVE_BACKTRACE
 backtrace_state* backtraces = nullptr;
+#endif
 Report* report = nullptr;
 int channelFd = -1;
 std::atomic<std::uint64_t> runningId{0};
@@ -75,12 +82,30 @@ int onFrame(void*, std::uintptr_t pc, const char* file, int line, const char* fu
   return 0;
 }
 
+#if PLUGPOOL_HAVE_BACKTRACE
 void onSymbol(void* data, std::uintptr_t, const char* name, std::uintptr_t, std::uintptr_t) {
   if (name != nullptr) copyText(static_cast<Frame*>(data)->function, name);
 }
 
 // Missing debug information and the like: the frame is reported with what there is.
 void onError(void*, const char*, int) {}
+
+void walkStack() {
+  backtrace_full(backtraces, 0, onFrame, onError, nullptr);
+}
+#else
+// Without libbacktrace: bare program counters, from the unwinder.
+_Unwind_Reason_Code onUnwound(_Unwind_Context* context, void*) {
+  int beforeInstruction = 0;
+  std::uintptr_t pc = _Unwind_GetIPInfo(context, &beforeInstruction);
+  if (pc != 0 && beforeInstruction == 0) --pc;  // a return address: the call is before it
+  return onFrame(nullptr, pc, nullptr, 0, nullptr) == 0 ? _URC_NO_REASON : _URC_END_OF_STACK;
+}
+
+void walkStack() {
+  _Unwind_Backtrace(onUnwound, nullptr);
+}
+#endif
 
 // Ends the process with `signal`, as its default action does.
 [[noreturn]] void die(int signal) {
@@ -140,9 +165,13 @@ void writeReport(int signal, const siginfo_t* info, std::uintptr_t pc) {
   for (unsigned i = first; i < first + count; ++i) {
     Frame& f = report->frames[i];
     const bool outermost = i + 1 == report->count || report->frames[i + 1].pc != f.pc;
+#if PLUGPOOL_HAVE_BACKTRACE
     if (outermost || f.function[0] == '\0') {
       backtrace_syminfo(backtraces, f.pc, onSymbol, onError, &f);
     }
+#else
+    (void)outermost;
+#endif
   }
 
   std::memset(report->words, 0, sizeof report->words);
@@ -184,7 +213,7 @@ void onFatal(int signal, siginfo_t* info, void* context) {
   ::alarm(CRASH_REPORT_SECONDS);
 
   report->count = 0;
-  backtrace_full(backtraces, 0, onFrame, onError, nullptr);
+  walkStack();
   writeReport(signal, info, faultingPc(context));
   die(signal);
 }
@@ -193,10 +222,13 @@ void onFatal(int signal, siginfo_t* info, void* context) {
 
 void installCrashHandler(int channel) noexcept {
   if (report != nullptr) return;
+#if PLUGPOOL_HAVE_BACKTRACE
   backtraces = backtrace_create_state(nullptr, /*threaded=*/0, onError, nullptr);
+  if (backtraces == nullptr) return;  // no reports
+#endif
   report = new (std::nothrow) Report;
   auto* stack = new (std::nothrow) char[ALT_STACK_BYTES];
-  if (backtraces == nullptr || report == nullptr || stack == nullptr) return;  // no reports
+  if (report == nullptr || stack == nullptr) return;
   channelFd = channel;
   stack_t alternate = {};
   alternate.ss_sp = stack;

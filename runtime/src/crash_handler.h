@@ -8,8 +8,9 @@
 // too) and takes async-signal-safe steps only: the stack is walked and symbolised by GCC's
 // libbacktrace, which was set up beforehand and allocates with mmap, never malloc; the
 // message is built in a static buffer (capnp::FlatMessageBuilder) and written with send().
-// Names stay mangled: the host demangles them. Then the worker dies of the same signal, as
-// it would have without the handler (a core dump, if enabled, shows the handler on top).
+// Names stay mangled: the host demangles them. (Built without libbacktrace, by another
+// compiler than g++, a report has bare program counters.) Then the worker dies of the same signal,
+// as it would have without the handler (a core dump, if enabled, shows the handler on top).
 //
 // If the report cannot be made within CRASH_REPORT_SECONDS (a stack walk that never ends,
 // a lock a second thread holds), an alarm ends the worker with the original signal anyway.
