@@ -143,8 +143,8 @@ TEST_CASE("a crash names the item that was running and the worker's stack at the
     REQUIRE(e.signal() == SIGSEGV);
     REQUIRE(e.item() == 2u);
     // Innermost first: the faulting function, then its caller, both with their source line
-    // (the fixture has debug information), demangled. (null_deref is inlined into the SDK's
-    // entry, so debug information names it without its namespace and parameters.)
+    // (the fixture has debug information), demangled. (Optimised, null_deref is inlined into
+    // the SDK's entry, and debug information names it without namespace and parameters.)
     REQUIRE(frameOf(e, "(anonymous namespace)::read_through(long const*)") == 0);
     REQUIRE(frameOf(e, "null_deref") == 1);
     REQUIRE(e.stack()[1].line > e.stack()[0].line);
@@ -156,7 +156,7 @@ TEST_CASE("a crash names the item that was running and the worker's stack at the
                                                "namespace)::read_through(long const*) at ") &&
                                Catch::Contains("faults.cc:"));
     REQUIRE_THAT(e.stackTrace(2), Catch::StartsWith("#0 (anonymous namespace)::read_through") &&
-                                      Catch::Contains("\n#1 null_deref at "));
+                                      Catch::Contains("\n#1 ") && Catch::Contains("null_deref"));
     const std::string top = e.stackTrace(2);
     REQUIRE(std::count(top.begin(), top.end(), '\n') == 2);
     // The pool goes on as before.
@@ -175,8 +175,9 @@ TEST_CASE("an abort is reported where the task called it, past the C library's f
     REQUIRE(e.signal() == SIGABRT);
     REQUIRE(e.item() == 0u);
     REQUIRE(frameOf(e, "abort_task") >= 1);  // abort() and raise() above it
-    REQUIRE_THAT(e.what(),
-                 Catch::Contains("on item 0, in abort_task at ") && Catch::Contains("faults.cc:"));
+    // (Inlined, as in an optimised build, it is named "abort_task"; else by its full name.)
+    REQUIRE_THAT(e.what(), Catch::Matches(".* on item 0, in (\\(anonymous namespace\\)::)?"
+                                          "abort_task(\\(long\\))? at .*faults\\.cc:[0-9]+"));
   }
   testing::requireCleanShutdown(before);
 }
