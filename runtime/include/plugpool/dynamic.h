@@ -98,6 +98,7 @@ class DynamicTask {
 
  private:
   friend class Pool;
+  friend struct detail::PoolImpl;
   DynamicTask(detail::TaskRef ref, TaskInfo info)
       : ref_(std::move(ref)),
         info_(std::move(info)),

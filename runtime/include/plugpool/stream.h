@@ -151,6 +151,7 @@ class Stream {
 
  private:
   friend class Pool;
+  friend struct detail::PoolImpl;
   struct Item {
     std::optional<T> value;
     std::exception_ptr error;

@@ -33,6 +33,7 @@
 namespace plugpool::detail {
 
 class Core;
+struct PoolImpl;  // pool.h's template helpers (detail/pool-inl.h)
 using Clock = std::chrono::steady_clock;
 using Deadline = std::optional<Clock::time_point>;  // nullopt: wait forever
 
