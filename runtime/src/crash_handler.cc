@@ -53,6 +53,7 @@ struct Report {
 backtrace_state* backtraces = nullptr;
 #endif
 Report* report = nullptr;
+char* alternateStack = nullptr;  // held here for the process's life (the kernel only has it)
 int channelFd = -1;
 std::atomic<std::uint64_t> runningId{0};
 std::atomic<std::uint32_t> runningItem{CRASH_ITEM_UNKNOWN};
@@ -227,11 +228,11 @@ void installCrashHandler(int channel) noexcept {
   if (backtraces == nullptr) return;  // no reports
 #endif
   report = new (std::nothrow) Report;
-  auto* stack = new (std::nothrow) char[ALT_STACK_BYTES];
-  if (report == nullptr || stack == nullptr) return;
+  alternateStack = new (std::nothrow) char[ALT_STACK_BYTES];
+  if (report == nullptr || alternateStack == nullptr) return;
   channelFd = channel;
   stack_t alternate = {};
-  alternate.ss_sp = stack;
+  alternate.ss_sp = alternateStack;
   alternate.ss_size = ALT_STACK_BYTES;
   ::sigaltstack(&alternate, nullptr);
   struct sigaction action = {};
