@@ -91,6 +91,7 @@ HelloContent decodeHello(wire::Hello::Reader hello, std::size_t expectedPlugins)
                               std::to_string(hello.getProtocolVersion()));
     }
     HelloContent content;
+    content.sharedMemory = hello.getSharedMemory();
     if (hello.isLoadError()) {
       content.loadError = hello.getLoadError().getMessage().cStr();
       if (content.loadError.empty()) content.loadError = "a plugin could not be loaded";

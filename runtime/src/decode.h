@@ -42,9 +42,11 @@ inline constexpr std::uint64_t FIRST_MESSAGE_MAX_WORDS = std::uint64_t{1} << 20;
 
 // A worker's Hello, checked. Exactly one of `plugins` (every plugin loaded, one manifest per
 // plugin asked for, in order) and `loadError` (why a plugin could not be used) is set.
+// `sharedMemory`: the worker mapped the regions Setup offered.
 struct HelloContent {
   std::vector<PluginInfo> plugins;
   std::string loadError;
+  bool sharedMemory = false;
 };
 
 // Checks the protocol version, that a manifest came for each of the `expectedPlugins` plugins

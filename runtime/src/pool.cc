@@ -1,13 +1,12 @@
 #include "plugpool/pool.h"
 
-#include <signal.h>
-
 #include <algorithm>
 #include <string>
 #include <thread>
 
 #include "core.h"
 #include "launcher.h"
+#include "local_link.h"
 #include "paths.h"
 
 namespace plugpool {
@@ -31,8 +30,11 @@ Pool::Pool(Options options) {
   std::string worker =
       fork ? std::string() : detail::findWorkerExecutable(options.workerExecutable);
   auto launcher = fork ? detail::newForkLauncher() : detail::newPosixLauncher();
-  core_ = std::make_shared<detail::Core>(std::move(options), std::move(paths), std::move(worker),
-                                         std::move(launcher));
+  auto transport = detail::newLocalTransport(
+      std::move(launcher), std::move(worker),
+      {options.stopTimeout, options.idleMemoryTimeout, options.maxMessageBytes});
+  core_ =
+      std::make_shared<detail::Core>(std::move(options), std::move(paths), std::move(transport));
   callbacks_ = std::make_shared<detail::CallbackQueue>();
 }
 
@@ -104,11 +106,11 @@ void Pool::shutdown(bool wait, bool cancelPending) {
 }
 
 void Pool::terminateWorkers() {
-  core_->terminate(SIGTERM);
+  core_->terminate(detail::Stop::TERMINATE);
 }
 
 void Pool::killWorkers() {
-  core_->terminate(SIGKILL);
+  core_->terminate(detail::Stop::KILL);
 }
 
 bool Pool::closed() const {

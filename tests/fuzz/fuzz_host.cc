@@ -1,29 +1,38 @@
 // fuzz_host.cc — libFuzzer target: everything the host does with the bytes a worker sends.
 //
-// The input's first byte is how many items the chunk being answered has (the host knows it;
-// the fuzzer chooses it); the rest is the worker's byte stream. Each message is framed by the
-// host's FrameReader, read with the host's reader limits and checked by decode.h exactly as
-// Core does. A ChunkDone that passes is then decoded as the results of tasks of several
-// types, the way pool.h decodes results for a caller. Whatever the bytes, the only outcomes
-// allowed are a result or one of the errors the pool turns into ProtocolError; anything else
-// (a crash, a sanitizer report, another exception) is a bug. Frames may also place segments
-// in a shared region (wire.capnp "Shared segments"), whose contents are the input's bytes.
+// The input's first byte sets up the conversation: its low 7 bits are how many items each
+// chunk the host sends has, and bit 7 says whether the worker's bytes start before its Hello
+// (set: the stream must begin with one) or after it (clear: a valid Hello has been taken
+// already, so the stream can answer chunks at once). The rest is the worker's byte stream.
+// Each message is framed by the host's FrameReader and handed to the host's own HostSession
+// (host_session.h), the code every LocalLink runs; the conversation ends at the first
+// ProtocolViolation, as a link stops its worker there. A reply that passes is then decoded as
+// the results of tasks of several types, the way pool.h decodes results for a caller. Whatever
+// the bytes, the only outcomes allowed are a result or one of the errors the pool turns into
+// ProtocolError; anything else (a crash, a sanitizer report, another exception) is a bug.
+// Frames may also place segments in a shared region (wire.capnp "Shared segments"), whose
+// contents are the input's bytes.
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
 #include <capnp/message.h>
+#include <capnp/serialize.h>
 #include <kj/exception.h>
 
 #include "decode.h"
 #include "fuzz_support.h"
 #include "geometry.capnp.h"
+#include "host_session.h"
 #include "plugpool/codec.h"
 #include "wire.capnp.h"
 
@@ -94,46 +103,81 @@ const std::shared_ptr<SharedRegion>& workerRegion() {
   return region;
 }
 
-void handleMessage(kj::Array<capnp::word> words, std::size_t items) {
+// A Hello for one plugin, as the session expects after Setup.
+std::shared_ptr<Received> validHello() {
+  capnp::MallocMessageBuilder builder;
+  auto hello = builder.initRoot<wire::WorkerMessage>().initHello();
+  hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+  hello.setSharedMemory(true);
+  auto plugin = hello.initPlugins(1)[0];
+  plugin.setName("fuzz");
+  plugin.setPath("/fuzz.so");
+  auto words = capnp::messageToFlatArray(builder);
+  auto copy = kj::heapArray<capnp::word>(words.size());
+  std::copy(words.begin(), words.end(), copy.begin());
+  return std::make_shared<Received>(std::move(copy));
+}
+
+// Numbers one more chunk of `items` items, as a link does when it sends a Run.
+void sendChunk(HostSession& session, unsigned items) {
+  capnp::MallocMessageBuilder run;
+  run.initRoot<wire::HostMessage>().initRun();
+  session.number(run, items, HostSession::RunKind::CHUNK);
+}
+
+// Returns false once the conversation is over (the session found a violation).
+bool handleMessage(HostSession& session, kj::Array<capnp::word> words, unsigned items) {
   try {
-    Received received(std::move(words), workerRegion());
-    auto root = received.reader().getRoot<wire::WorkerMessage>();
-    switch (root.which()) {
-      case wire::WorkerMessage::HELLO: {
-        HelloContent hello = decodeHello(root.getHello(), 1);
-        for (const PluginInfo& plugin : hello.plugins) {
+    auto in = session.receive(std::make_shared<Received>(std::move(words), workerRegion()));
+    switch (in.kind) {
+      case HostSession::Incoming::HELLO:
+        for (const PluginInfo& plugin : in.hello.plugins) {
           for (const TaskInfo& task : plugin.tasks) static_cast<void>(task.signature());
         }
-        return;
-      }
-      case wire::WorkerMessage::CHUNK_DONE: {
-        auto done = root.getChunkDone();
-        decodeResults(decodeChunkDone(done, done.getId(), items));
-        return;
-      }
-      case wire::WorkerMessage::CRASH: {
-        // As Core reports it: the frames become a WorkerCrashed and its text.
-        CrashContent crash = decodeCrash(root.getCrash());
-        WorkerCrashed error(1, crash.signal, -1, "p", "t", crash.item, std::move(crash.frames));
+        sendChunk(session, items);
+        return true;
+      case HostSession::Incoming::REPLY:
+      case HostSession::Incoming::INITIALIZED:
+        decodeResults(in.outcome);
+        sendChunk(session, items);
+        return true;
+      case HostSession::Incoming::CRASH: {
+        // As the scheduler reports it: the frames become a WorkerCrashed and its text.
+        std::optional<std::uint64_t> item;
+        if (in.crashItem) item = *in.crashItem;
+        WorkerCrashed error(1, in.crash.signal, -1, "p", "t", item, std::move(in.crash.frames));
         static_cast<void>(error.stackTrace().size() + std::string_view(error.what()).size());
-        return;
+        return true;
       }
     }
   } catch (const ProtocolViolation&) {
-  } catch (const kj::Exception&) {
   }
+  return false;
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
-  const std::size_t items = data[0];
+  const unsigned items = data[0] & 0x7f;
+  const bool beforeHello = (data[0] & 0x80) != 0;
   // The host maps the region read-only; write the contents through the descriptor.
   if (::pwrite(workerRegion()->fd(), data, std::min(size, REGION_BYTES), 4096) < 0) std::abort();
+  auto config = std::make_shared<SessionConfig>();
+  config->pluginPaths = {"/fuzz.so"};
+  config->maxWords = MAX_WORDS;
+  HostSession session(config);
+  static_cast<void>(session.setup(true));
+  if (!beforeHello) {
+    session.receive(validHello());
+    sendChunk(session, items);
+  }
+  bool going = true;
   fuzzing::forEachMessage(
       data + 1, size - 1, MAX_WORDS,
-      [&](kj::Array<capnp::word> words) { handleMessage(std::move(words), items); },
+      [&](kj::Array<capnp::word> words) {
+        if (going) going = handleMessage(session, std::move(words), items);
+      },
       workerRegion());
   return 0;
 }

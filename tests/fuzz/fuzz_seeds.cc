@@ -72,7 +72,7 @@ class SeedWriter {
           hello->getRoot<wire::WorkerMessage>().getHello().getLoadError().getMessage().cStr());
       std::exit(1);
     }
-    writeFile(dir_ + "/host/hello", std::string(1, '\0'), capnp::messageToFlatArray(*hello));
+    writeFile(dir_ + "/host/hello", std::string(1, '\x80'), capnp::messageToFlatArray(*hello));
     tasks_ = session_.plugins().at(0).tasks;
   }
 
@@ -83,7 +83,7 @@ class SeedWriter {
            const std::vector<std::tuple<typename HeldAs<T>::type...>>& items) {
     capnp::MallocMessageBuilder builder;
     auto run = builder.initRoot<wire::HostMessage>().initRun();
-    run.setId(++id_);
+    run.setId(1);  // each host seed is a conversation of its own: its first run
     run.setPlugin(0);
     run.setTask(indexOf(task));
     using Layout = codec::TupleLayout<T...>;
@@ -104,7 +104,7 @@ class SeedWriter {
   void crash() {
     capnp::MallocMessageBuilder builder;
     auto crash = builder.initRoot<wire::WorkerMessage>().initCrash();
-    crash.setRunId(id_);
+    crash.setRunId(1);
     crash.setItem(1);
     crash.setSignal(11);
     auto frames = crash.initFrames(3);
@@ -128,7 +128,6 @@ class SeedWriter {
   std::string dir_;
   WorkerSession session_;
   std::vector<TaskInfo> tasks_;
-  std::uint64_t id_ = 0;
 };
 
 }  // namespace

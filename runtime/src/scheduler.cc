@@ -1,0 +1,325 @@
+#include "scheduler.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+#include <capnp/serialize.h>
+
+#include "plugpool/errors.h"
+
+namespace plugpool::detail {
+
+namespace {
+
+template <typename E, typename... Args>
+std::exception_ptr errorPtr(Args&&... args) {
+  return std::make_exception_ptr(E(std::forward<Args>(args)...));
+}
+
+std::string name(const TaskRef& task) {
+  return task.pluginName + "." + task.taskName;
+}
+
+}  // namespace
+
+SchedulerOptions SchedulerOptions::of(const Options& options) {
+  SchedulerOptions s;
+  s.workers = static_cast<unsigned>(options.workers);
+  s.chunksInFlight = options.chunksInFlight;
+  s.crashRetries = options.crashRetries;
+  s.maxTasksPerChild = options.maxTasksPerChild;
+  s.maxWords = options.maxMessageBytes / sizeof(capnp::word);
+  return s;
+}
+
+Scheduler::Scheduler(SchedulerOptions options, StatsCounter& stats)
+    : options_(options), stats_(stats) {}
+
+void Scheduler::submit(Job job) {
+  queue_.push_back(std::move(job));
+}
+
+void Scheduler::addWorker(WorkerId w, int pid) {
+  Worker worker;
+  worker.id = w;
+  worker.pid = pid;
+  workers_.push_back(std::move(worker));
+}
+
+Scheduler::Worker* Scheduler::find(WorkerId w) {
+  auto it =
+      std::find_if(workers_.begin(), workers_.end(), [&](const Worker& x) { return x.id == w; });
+  return it == workers_.end() ? nullptr : &*it;
+}
+
+const Scheduler::Worker* Scheduler::find(WorkerId w) const {
+  return const_cast<Scheduler*>(this)->find(w);
+}
+
+void Scheduler::closed(WorkerId w) {
+  if (Worker* worker = find(w)) worker->closed = true;
+}
+
+void Scheduler::stopping(WorkerId w) {
+  if (Worker* worker = find(w)) worker->closed = worker->stopping = true;
+}
+
+bool Scheduler::retiring(WorkerId w) const {
+  const Worker* worker = find(w);
+  return worker != nullptr && worker->retiring;
+}
+
+std::size_t Scheduler::held(WorkerId w) const {
+  const Worker* worker = find(w);
+  return worker == nullptr ? 0 : worker->held.size();
+}
+
+std::size_t Scheduler::inFlightLimit(const Worker& w) const {
+  if (options_.chunksInFlight != 0) return options_.chunksInFlight;
+  if (w.chunkNs == 0) return AUTO_IN_FLIGHT;
+  const auto queued = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(QUEUED_WORK).count());
+  return std::clamp<std::size_t>(queued / w.chunkNs, AUTO_IN_FLIGHT, MAX_IN_FLIGHT);
+}
+
+std::vector<Assignment> Scheduler::assign(Clock::time_point now) {
+  std::vector<Assignment> out;
+  std::size_t running = static_cast<std::size_t>(std::count_if(
+      workers_.begin(), workers_.end(), [](const Worker& w) { return runsTasks(w); }));
+  while (!queue_.empty()) {
+    Worker* best = nullptr;
+    for (Worker& w : workers_) {
+      if (w.closed || w.retiring || w.held.size() >= inFlightLimit(w)) continue;
+      if (!runsTasks(w) && running >= options_.workers) continue;
+      if (best == nullptr || w.held.size() < best->held.size()) best = &w;
+    }
+    if (best == nullptr) break;
+    Job job = std::move(queue_.front());
+    queue_.pop_front();
+    if (capnp::computeSerializedSizeInWords(*job.message) > options_.maxWords) {
+      const TaskRef& task = job.call->task();
+      fail(job, errorPtr<TaskError>(task.pluginName, task.taskName, "plugpool::MessageTooLarge",
+                                    "the chunk's arguments exceed the pool's maxMessageBytes; "
+                                    "use a smaller chunksize or raise the limit"));
+      continue;
+    }
+    if (!runsTasks(*best)) ++running;
+    send(*best, std::move(job), now, out);
+  }
+  return out;
+}
+
+void Scheduler::send(Worker& w, Job job, Clock::time_point now, std::vector<Assignment>& out) {
+  stats_.add(&Stats::chunksSent);
+  stats_.add(&Stats::itemsSent, job.items);
+  out.push_back({w.id, job.message, job.items});
+  w.itemsSent += job.items;
+  if (w.held.empty()) w.frontSince = now;
+  Call* call = job.call.get();
+  w.held.push_back({std::move(job), false, OnWorker(call)});
+  if (options_.maxTasksPerChild != 0 && w.itemsSent >= options_.maxTasksPerChild) {
+    // It takes no more work; the dispatcher starts its replacement now, so that it is ready
+    // by the time this one has answered what it holds, and only then does it take work.
+    w.retiring = true;
+    stats_.add(&Stats::workersRetired);
+  }
+}
+
+void Scheduler::replied(WorkerId w, ChunkOutcome outcome, Clock::time_point now) {
+  Worker* worker = find(w);
+  if (worker == nullptr || worker->held.empty()) return;
+  outcome.firstItem = worker->held.front().job.firstItem;
+  outcome.workerPid = worker->pid;
+  const std::uint64_t ns = std::max<std::uint64_t>(1, outcome.elapsedNs);
+  worker->chunkNs = worker->chunkNs == 0 ? ns : (3 * worker->chunkNs + ns) / 4;
+  Held h = std::move(worker->held.front());
+  worker->held.pop_front();
+  worker->frontSince = now;  // the next chunk starts now
+  h.onWorker.reset();        // before complete(): a woken waiter sees it back
+  if (!h.ended) h.job.call->complete(h.job.index, std::move(outcome));
+}
+
+Clock::time_point Scheduler::timeoutAt(const Worker& w) const {
+  if (w.stopping || w.held.empty() || w.held.front().ended) return Clock::time_point::max();
+  const Job& job = w.held.front().job;
+  auto timeout = job.call->task().timeout;
+  if (timeout.count() == 0) return Clock::time_point::max();
+  return w.frontSince + timeout * job.items;
+}
+
+Clock::time_point Scheduler::nextDeadline() const {
+  auto next = Clock::time_point::max();
+  for (const Worker& w : workers_) next = std::min(next, timeoutAt(w));
+  return next;
+}
+
+std::vector<WorkerId> Scheduler::timedOut(Clock::time_point now) {
+  std::vector<WorkerId> stop;
+  for (Worker& w : workers_) {
+    if (timeoutAt(w) > now) continue;
+    Held& front = w.held.front();
+    const TaskRef& task = front.job.call->task();
+    end(front, errorPtr<TaskTimeout>(task.pluginName, task.taskName, task.timeout.count(),
+                                     front.job.items, w.pid));
+    // The chunks behind it never started: send them to other workers now, not after the grace.
+    requeueAfterFront(w);
+    w.closed = w.stopping = true;
+    stats_.add(&Stats::chunksTimedOut);
+    stop.push_back(w.id);
+  }
+  return stop;
+}
+
+void Scheduler::requeueAfterFront(Worker& w) {
+  std::deque<Job> again;
+  for (std::size_t i = 1; i < w.held.size(); ++i) {
+    if (!w.held[i].ended) again.push_back(std::move(w.held[i].job));
+  }
+  if (w.held.size() > 1) w.held.erase(w.held.begin() + 1, w.held.end());
+  queue_.insert(queue_.begin(), std::make_move_iterator(again.begin()),
+                std::make_move_iterator(again.end()));
+}
+
+std::vector<WorkerId> Scheduler::cancel(const Call* call, bool running) {
+  auto before = errorPtr<Cancelled>("cancelled before it ran");
+  std::deque<Job> keep;
+  for (auto& job : queue_) {
+    if (call != nullptr && job.call.get() != call) {
+      keep.push_back(std::move(job));
+    } else {
+      fail(job, before);
+    }
+  }
+  queue_.swap(keep);
+  std::vector<WorkerId> kill;
+  if (!running) return kill;
+  // Chunks already sent end now. The one a worker is running (the first unanswered) only
+  // stops with its worker.
+  auto during = errorPtr<Cancelled>("cancelled while it ran; its worker was killed and replaced");
+  for (Worker& w : workers_) {
+    for (std::size_t i = 0; i < w.held.size(); ++i) {
+      Held& h = w.held[i];
+      if (h.ended || h.job.call.get() != call) continue;
+      end(h, i == 0 ? during : before);
+      if (i == 0) {
+        w.closed = w.stopping = true;
+        kill.push_back(w.id);
+      }
+    }
+  }
+  return kill;
+}
+
+void Scheduler::failQueued(const std::exception_ptr& error) {
+  for (auto& job : queue_) fail(job, error);
+  queue_.clear();
+}
+
+void Scheduler::failUnfinished(const std::exception_ptr& queued,
+                               const std::exception_ptr& running) noexcept {
+  auto quietly = [](auto&& fn) {
+    try {
+      fn();
+    } catch (...) {  // a Call that cannot take its outcome cannot be helped here
+    }
+  };
+  for (auto& job : queue_) quietly([&] { fail(job, queued); });
+  queue_.clear();
+  for (Worker& w : workers_) {
+    // Only the first unanswered chunk is running; the others wait in the worker's queue.
+    for (std::size_t i = 0; i < w.held.size(); ++i) {
+      if (!w.held[i].ended) quietly([&] { end(w.held[i], i == 0 ? running : queued); });
+    }
+    w.closed = w.stopping = true;
+  }
+}
+
+std::vector<WorkerId> Scheduler::takeRetiring() {
+  std::vector<WorkerId> idle;
+  for (Worker& w : workers_) {
+    if (!w.retiring || w.stopping || !w.held.empty()) continue;
+    w.closed = w.stopping = true;
+    idle.push_back(w.id);
+  }
+  return idle;
+}
+
+void Scheduler::workerLost(WorkerId id, const WorkerEnd& e) {
+  auto it =
+      std::find_if(workers_.begin(), workers_.end(), [&](const Worker& x) { return x.id == id; });
+  if (it == workers_.end()) return;
+  Worker w = std::move(*it);
+  workers_.erase(it);
+  // Only the first unanswered chunk was running; the ones queued behind it go out again. A
+  // worker the pool stopped was running a chunk that has ended already; if it had moved on
+  // to the next one, that one is not to blame: it goes out again too.
+  std::deque<Job> again;
+  for (std::size_t i = 0; i < w.held.size(); ++i) {
+    Held& h = w.held[i];
+    if (h.ended) continue;
+    if (i != 0 || w.stopping) {
+      again.push_back(std::move(h.job));
+      continue;
+    }
+    const TaskRef& task = h.job.call->task();
+    if (e.unallocatableBytes != 0) {
+      char mib[32];
+      std::snprintf(mib, sizeof mib, "%.1f MiB",
+                    static_cast<double>(e.unallocatableBytes) / (1 << 20));
+      end(h, errorPtr<TaskError>(task.pluginName, task.taskName, "std::bad_alloc",
+                                 std::string("the host could not allocate ") + mib + " (" +
+                                     std::to_string(e.unallocatableBytes) +
+                                     " bytes) to receive the chunk's results from worker " +
+                                     std::to_string(w.pid) + "; that worker was replaced"));
+    } else if (e.violation.empty() && h.job.attempts < options_.crashRetries) {
+      ++h.job.attempts;
+      again.push_front(std::move(h.job));
+      stats_.add(&Stats::chunksRetried);
+    } else if (!e.violation.empty()) {
+      end(h, errorPtr<ProtocolError>("worker " + std::to_string(w.pid) + " " + e.violation +
+                                     "; it was killed while running " + name(task)));
+    } else if (e.crash) {
+      std::optional<std::uint64_t> item;
+      if (e.crashItem) item = h.job.firstItem + *e.crashItem;
+      end(h, errorPtr<WorkerCrashed>(w.pid, e.signal, e.exitStatus, task.pluginName, task.taskName,
+                                     item, e.crash->frames));
+    } else {
+      end(h,
+          errorPtr<WorkerCrashed>(w.pid, e.signal, e.exitStatus, task.pluginName, task.taskName));
+    }
+  }
+  queue_.insert(queue_.begin(), std::make_move_iterator(again.begin()),
+                std::make_move_iterator(again.end()));
+}
+
+bool Scheduler::idle() const {
+  return queue_.empty() && std::all_of(workers_.begin(), workers_.end(),
+                                       [](const Worker& w) { return w.held.empty(); });
+}
+
+bool Scheduler::loneChunk() const {
+  if (!queue_.empty()) return false;
+  std::size_t out = 0;
+  for (const Worker& w : workers_) out += w.held.size();
+  return out == 1;
+}
+
+bool Scheduler::canServe() const {
+  return std::any_of(workers_.begin(), workers_.end(),
+                     [](const Worker& w) { return !w.closed && !w.retiring; });
+}
+
+void Scheduler::end(Held& h, std::exception_ptr error) {
+  h.ended = true;
+  h.onWorker.reset();
+  fail(h.job, std::move(error));
+}
+
+void Scheduler::fail(Job& job, std::exception_ptr error) {
+  ChunkOutcome outcome;
+  outcome.failure = std::move(error);
+  job.call->complete(job.index, std::move(outcome));
+}
+
+}  // namespace plugpool::detail
