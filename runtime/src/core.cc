@@ -1,8 +1,6 @@
 #include "core.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -36,11 +34,6 @@ std::string describe(std::exception_ptr error) {
   }
 }
 
-void wake(const UniqueFd& eventfd) {
-  std::uint64_t one = 1;
-  (void)!::write(eventfd.get(), &one, sizeof one);
-}
-
 }  // namespace
 
 Core::Core(Options options, std::vector<std::string> pluginPaths,
@@ -52,9 +45,7 @@ Core::Core(Options options, std::vector<std::string> pluginPaths,
                         options_.limits})),
       transport_(std::move(transport)),
       scheduler_(SchedulerOptions::of(options_), stats_),
-      exitedFuture_(exitedPromise_.get_future().share()),
-      wake_(aboveStdio(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))) {
-  if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
+      exitedFuture_(exitedPromise_.get_future().share()) {
   std::promise<void> started;
   auto ready = started.get_future();
   thread_ = std::thread([this, &started] { run(started); });
@@ -74,22 +65,15 @@ Core::~Core() {
 // --- the callers' side ---------------------------------------------------------------------
 
 void Core::close() {
-  {
-    MutexLock lock(mutex_);
-    closeRequested_ = true;
-  }
-  wake(wake_);
+  mailbox_.close();
 }
 
 bool Core::closed() const {
-  MutexLock lock(mutex_);
-  return closeRequested_;
+  return mailbox_.closed();
 }
 
 void Core::checkOpen() const {
-  MutexLock lock(mutex_);
-  if (broken_) std::rethrow_exception(broken_);
-  if (closeRequested_) throw PoolClosed("the pool is closed; it takes no new work");
+  mailbox_.checkOpen();
 }
 
 void Core::join() {
@@ -99,30 +83,18 @@ void Core::join() {
 }
 
 void Core::cancel(std::shared_ptr<Call> call, bool running) {
-  post({running ? Control::CANCEL : Control::DISCARD, std::move(call), Stop::KILL, nullptr});
+  mailbox_.post({running ? Control::CANCEL : Control::DISCARD, std::move(call), Stop::KILL, {}});
 }
 
 void Core::cancelQueued() {
   close();
-  post({Control::CANCEL_QUEUED, nullptr, Stop::KILL, nullptr});
+  mailbox_.post({Control::CANCEL_QUEUED, nullptr, Stop::KILL, {}});
 }
 
 void Core::terminate(Stop how) {
   close();
-  post({Control::TERMINATE, nullptr, how, nullptr});
+  mailbox_.post({Control::TERMINATE, nullptr, how, {}});
   join();
-}
-
-void Core::post(Control control) {
-  control.done = std::make_shared<std::promise<void>>();
-  auto done = control.done->get_future();
-  {
-    MutexLock lock(mutex_);
-    if (exited_) return;  // nothing is left to act on
-    controls_.push_back(std::move(control));
-  }
-  wake(wake_);
-  done.wait();
 }
 
 Stats Core::stats() const {
@@ -131,18 +103,8 @@ Stats Core::stats() const {
 
 void Core::submit(std::shared_ptr<Call> call, std::size_t index, std::uint64_t firstItem,
                   ChunkRequest chunk) {
-  unsigned items = chunk.size();
-  bool first;
-  {
-    MutexLock lock(mutex_);
-    if (broken_) std::rethrow_exception(broken_);
-    if (closeRequested_) throw PoolClosed("the pool is closed; it takes no new work");
-    first = incoming_.empty();
-    incoming_.push_back({std::move(call), index, chunk.release(), items, firstItem});
-  }
-  // Only the first chunk of a batch wakes the dispatcher: until it takes the batch (after it
-  // has consumed that wake-up), later ones join the same batch.
-  if (first) wake(wake_);
+  const unsigned items = chunk.size();
+  mailbox_.submit({std::move(call), index, chunk.release(), items, firstItem});
 }
 
 // --- the dispatcher thread's life ----------------------------------------------------------
@@ -166,26 +128,13 @@ void Core::run(std::promise<void>& started) {
           "; its workers were stopped and it takes no more work"));
     }
   }
-  std::vector<Control> left;
-  {
-    MutexLock lock(mutex_);
-    exited_ = true;
-    closeRequested_ = true;
-    left.swap(controls_);
-  }
-  for (auto& c : left) c.done->set_value();
+  mailbox_.exit();
   if (!up) started.set_exception(startError_);
   exitedPromise_.set_value();
 }
 
 void Core::abandon(std::exception_ptr error) noexcept {
-  std::deque<Job> incoming;
-  {
-    MutexLock lock(mutex_);
-    broken_ = error;  // from now on submit() throws it
-    closeRequested_ = true;
-    incoming.swap(incoming_);
-  }
+  std::deque<Job> incoming = mailbox_.breakWith(error);  // from now on submit() throws it
   closing_ = true;
   for (auto& job : incoming) {
     try {
@@ -239,12 +188,7 @@ void Core::loop() {
 
 void Core::takeMailbox() {
   takeIncoming();
-  std::vector<Control> controls;
-  {
-    MutexLock lock(mutex_);
-    controls.swap(controls_);
-  }
-  for (auto& c : controls) {
+  for (auto& c : mailbox_.takeControls()) {
     runControl(c);
     c.done->set_value();
   }
@@ -254,12 +198,7 @@ void Core::takeMailbox() {
 }
 
 void Core::takeIncoming() {
-  std::deque<Job> incoming;
-  {
-    MutexLock lock(mutex_);
-    incoming.swap(incoming_);
-  }
-  for (auto& job : incoming) {
+  for (auto& job : mailbox_.takeJobs()) {
     if (closing_) {
       ChunkOutcome outcome;
       outcome.failure = errorPtr<PoolClosed>("the pool was shutting down; the chunk was not run");
@@ -337,14 +276,9 @@ void Core::flushAll() {
 }
 
 bool Core::windDown() {
-  bool stop, closed;
-  {
-    MutexLock lock(mutex_);
-    closed = closeRequested_;
-    stop = closed && incoming_.empty();
-  }
+  const Mailbox::Closing asked = mailbox_.closing();
   const auto now = Clock::now();
-  if (closed && !closeDeadline_ && options_.shutdownTimeout.count() != 0) {
+  if (asked.closed && !closeDeadline_ && options_.shutdownTimeout.count() != 0) {
     closeDeadline_ = now + options_.shutdownTimeout;
   }
   if (!closing_ && closeDeadline_ && now >= *closeDeadline_) {
@@ -352,16 +286,16 @@ bool Core::windDown() {
                                       std::to_string(options_.shutdownTimeout.count()) +
                                       " ms) passed");
   }
-  if (stop && !closing_ && scheduler_.idle()) {
+  if (asked.closed && asked.drained && !closing_ && scheduler_.idle()) {
     closing_ = true;
-    for (auto& w : slots_) this->stop(w, Stop::CLOSE);  // each exits when it reads the end
+    for (auto& w : slots_) stop(w, Stop::CLOSE);  // each exits when it reads the end
   }
   return closing_ && slots_.empty();
 }
 
 void Core::poll() {
   fds_.clear();
-  fds_.push_back({wake_.get(), POLLIN, 0});
+  fds_.push_back({mailbox_.fd(), POLLIN, 0});
   watched_.clear();
   auto next = scheduler_.nextDeadline();
   for (auto& w : slots_) {
@@ -386,10 +320,7 @@ void Core::poll() {
   if (n == 0) n = ::poll(fds_.data(), fds_.size(), timeout);
   if (n < 0 && errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
   if (n <= 0) return;
-  if ((fds_[0].revents & POLLIN) != 0) {
-    std::uint64_t count;
-    (void)!::read(wake_.get(), &count, sizeof count);
-  }
+  if ((fds_[0].revents & POLLIN) != 0) mailbox_.clearWake();
   // The links' events; those that ended are settled after all have been heard, so that
   // replies another worker sent in the meantime are taken first.
   for (std::size_t i = 0; i < watched_.size(); ++i) slots_[i].link->onEvents(&fds_[watched_[i]]);

@@ -54,6 +54,7 @@
 #include "big_buffers.h"
 #include "fd.h"
 #include "host_session.h"
+#include "mailbox.h"
 #include "plugpool/detail/call.h"
 #include "plugpool/manifest.h"
 #include "plugpool/pool.h"
@@ -114,12 +115,6 @@ class Core final : private LinkEvents {
     bool onPurpose = false;        // the pool stopped it: its end is no loss
     std::optional<WorkerEnd> end;  // it ended; settled after the poll round
   };
-  struct Control {
-    enum Kind { CANCEL, DISCARD, CANCEL_QUEUED, TERMINATE } kind;
-    std::shared_ptr<Call> call;
-    Stop how = Stop::TERMINATE;
-    std::shared_ptr<std::promise<void>> done;
-  };
 
   void run(std::promise<void>& started);
   bool startUp();  // the startup phase; false if the pool could not start
@@ -165,7 +160,6 @@ class Core final : private LinkEvents {
   // Ends everything unfinished with Cancelled ("<why> before/while it ran") and stops every
   // worker `how`. The pool then only winds down.
   void terminateNow(Stop how, const std::string& why);
-  void post(Control control);  // queues for the dispatcher and waits until it has run
 
   KeepFreedBuffers keepBuffers_;  // large message buffers are reused while the pool lives
   Options options_;
@@ -191,17 +185,10 @@ class Core final : private LinkEvents {
   std::vector<std::size_t> watched_;  // where each slot's entries start in fds_
 
   // Shared with callers.
-  mutable Mutex mutex_;
-  std::deque<Job> incoming_ GUARDED_BY(mutex_);
-  std::vector<Control> controls_ GUARDED_BY(mutex_);
-  bool closeRequested_ GUARDED_BY(mutex_) = false;
-  bool exited_ GUARDED_BY(mutex_) = false;
-  std::exception_ptr broken_ GUARDED_BY(mutex_);  // PoolBroken, once abandoned
+  Mailbox mailbox_;
   std::promise<void> exitedPromise_;
   std::shared_future<void> exitedFuture_;
   std::once_flag joined_;
-
-  UniqueFd wake_;  // eventfd: submit() and ~Core() wake the dispatcher
   std::thread thread_;
 };
 

@@ -112,10 +112,7 @@ std::shared_ptr<Received> validHello() {
   auto plugin = hello.initPlugins(1)[0];
   plugin.setName("fuzz");
   plugin.setPath("/fuzz.so");
-  auto words = capnp::messageToFlatArray(builder);
-  auto copy = kj::heapArray<capnp::word>(words.size());
-  std::copy(words.begin(), words.end(), copy.begin());
-  return std::make_shared<Received>(std::move(copy));
+  return std::make_shared<Received>(capnp::messageToFlatArray(builder));
 }
 
 // Numbers one more chunk of `items` items, as a link does when it sends a Run.
