@@ -137,17 +137,17 @@ Call::Call(TaskRef task, std::weak_ptr<Core> core, std::shared_ptr<CallbackQueue
 
 Call::~Call() = default;
 
+Call::Added Call::add(unsigned items) {
+  std::lock_guard lock(mutex_);
+  if (sealed_) throwUsage("submit after seal");
+  Added added{count_++, items_};
+  items_ += items;
+  slots_.emplace_back();
+  return added;
+}
+
 std::size_t Call::submit(ChunkRequest chunk) {
-  std::size_t index;
-  std::uint64_t firstItem;
-  {
-    std::lock_guard lock(mutex_);
-    if (sealed_) throwUsage("submit after seal");
-    index = count_++;
-    firstItem = items_;
-    items_ += chunk.size();
-    slots_.emplace_back();
-  }
+  const auto [index, firstItem] = add(chunk.size());
   try {
     auto core = core_.lock();
     if (!core) throw PoolClosed("the pool is gone; no more work can be submitted");

@@ -141,7 +141,9 @@ void Scheduler::replied(WorkerId w, ChunkOutcome outcome, Clock::time_point now)
 }
 
 Clock::time_point Scheduler::timeoutAt(const Worker& w) const {
-  if (w.stopping || w.held.empty() || w.held.front().ended) return Clock::time_point::max();
+  // A chunk that ended while it waited in the worker (cancelled) still runs there, and is
+  // bounded by its timeout as well: it holds up what waits behind it.
+  if (w.stopping || w.held.empty()) return Clock::time_point::max();
   const Job& job = w.held.front().job;
   auto timeout = job.call->task().timeout;
   if (timeout.count() == 0) return Clock::time_point::max();
@@ -160,12 +162,14 @@ std::vector<WorkerId> Scheduler::timedOut(Clock::time_point now) {
     if (timeoutAt(w) > now) continue;
     Held& front = w.held.front();
     const TaskRef& task = front.job.call->task();
-    end(front, errorPtr<TaskTimeout>(task.pluginName, task.taskName, task.timeout.count(),
-                                     front.job.items, w.pid));
+    if (!front.ended) {
+      end(front, errorPtr<TaskTimeout>(task.pluginName, task.taskName, task.timeout.count(),
+                                       front.job.items, w.pid));
+      stats_.add(&Stats::chunksTimedOut);
+    }
     // The chunks behind it never started: send them to other workers now, not after the grace.
     requeueAfterFront(w);
     w.closed = w.stopping = true;
-    stats_.add(&Stats::chunksTimedOut);
     stop.push_back(w.id);
   }
   return stop;

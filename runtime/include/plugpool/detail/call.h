@@ -132,6 +132,14 @@ class PLUGPOOL_API Call : public std::enable_shared_from_this<Call> {
   // Sends one more chunk; returns its index. Throws PoolClosed if the pool no longer takes
   // work (or is gone).
   std::size_t submit(ChunkRequest chunk);
+  // submit()'s first step: registers one more chunk of `items` items, without sending it, so
+  // that complete() can end it. For code that hands chunks to a dispatcher itself (the
+  // scheduler's tests).
+  struct Added {
+    std::size_t index;
+    std::uint64_t firstItem;  // the call's index of the chunk's first item
+  };
+  Added add(unsigned items);
   // No more chunks will be submitted: the call finishes once every chunk has ended.
   void seal();
 
