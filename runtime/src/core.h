@@ -1,19 +1,20 @@
-// core.h — the pool's dispatcher: workers, channels, scheduling. Internal.
+// core.h — the pool's dispatcher: one thread that carries out the pool's decisions. Internal.
 //
-// One dispatcher thread owns every worker process and socket. Callers hand it chunks through
-// submit(); it keeps up to Options::chunksInFlight chunks on each ready worker, reads replies
-// as they arrive, and completes each chunk's Call exactly once: with the worker's results, or
-// with an error if the chunk was lost (worker died, protocol error, pool broken).
+// Callers hand it chunks and controls through its Mailbox (mailbox.h). It keeps no policy and
+// makes no system call on a worker itself: the Scheduler (scheduler.h) says which chunk goes
+// where and what becomes of chunks when a worker is lost, times out or is cancelled; each
+// worker is a WorkerLink (worker_link.h) started by the pool's Transport, whose HostSession
+// checks every message. Each round of its loop is the same phases in order: take the mailbox,
+// expire (task timeouts, start and stop deadlines, the links' timers), supervise (retire idle
+// workers, start missing ones), assign, flush, wind down, poll (the links report in here).
+// It completes each chunk's Call exactly once: with the worker's results, or with an error if
+// the chunk was lost (worker died, protocol error, pool broken).
 //
-// Supervision: each worker is watched through its pidfd, so a death is seen even while the
-// worker is silent, and it is reaped with waitpid on its own pid only. The pool keeps
-// Options::workers workers: one that dies, times out or retires is replaced. Options::workers
-// also bounds the workers running tasks at once (runsTasks): a retiring worker's replacement
-// starts at once, warm, but takes work only once the retiring one has answered all it holds.
-// A worker stopped on purpose no longer counts: its running chunk has ended (timed out,
-// cancelled) and it has been signalled, so its replacement takes work at once, even while a
-// task that ignores SIGTERM runs on until the SIGKILL after stopTimeout. A start that
-// fails (the launcher fails, the worker dies before it is ready, its plugins do not load, its
+// Supervision: the pool keeps Options::workers workers: one that dies, times out or retires is
+// replaced. A worker is stopped in one way only, stop(): `Stop` now, then SIGKILL if it is
+// still there after stopTimeout; a worker the pool stops is no loss, and its replacement takes
+// work at once, even while a task that ignores SIGTERM runs on until that SIGKILL. A start that
+// fails (the transport fails, the worker dies before it is ready, its plugins do not load, its
 // initializer fails) is tried again after a backoff, START_BACKOFF doubling to
 // MAX_START_BACKOFF, never in a loop; once MAX_START_FAILURES have failed in a row (or one
 // that cannot succeed by trying again: plugins, initializer), work that no ready worker can
@@ -22,11 +23,6 @@
 // Nothing the dispatcher thread meets ends the host. A reply that cannot be allocated fails
 // its chunk and costs its worker; any other error escaping the loop breaks the pool: every
 // worker is killed and reaped, and every pending and later call ends with PoolBroken.
-//
-// Work that was sent to a worker that then died is not all lost: the worker runs its chunks in
-// order, so only the first unanswered chunk was running. That one fails (WorkerCrashed,
-// ProtocolError, or Cancelled if the caller killed it); the chunks queued behind it are sent
-// again to another worker.
 //
 // Life: open → closed (close(): no new work; queued work still runs) → closing (idle or
 // terminated: channels closed, workers exit or are killed after stopTimeout) → exited (the
