@@ -335,7 +335,7 @@ void Core::poll() {
 
 // --- what links report ---------------------------------------------------------------------
 
-void Core::received(WorkerLink& link, HostSession::Incoming message) {
+void Core::received(WorkerLink& link, HostSession::Incoming&& message) {
   Worker* w = find(link);
   if (w == nullptr) return;
   switch (message.kind) {

@@ -131,7 +131,7 @@ class Core final : private LinkEvents {
   void poll();      // waits; links report their events in here
 
   // LinkEvents.
-  void received(WorkerLink& link, HostSession::Incoming message) override;
+  void received(WorkerLink& link, HostSession::Incoming&& message) override;
   void closed(WorkerLink& link) override;
   void ended(WorkerLink& link, WorkerEnd end) override;
   void sharedMessage() override { stats_.add(&Stats::sharedMessages); }

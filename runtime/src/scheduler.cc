@@ -83,8 +83,9 @@ std::size_t Scheduler::inFlightLimit(const Worker& w) const {
   return std::clamp<std::size_t>(queued / w.chunkNs, AUTO_IN_FLIGHT, MAX_IN_FLIGHT);
 }
 
-std::vector<Assignment> Scheduler::assign(Clock::time_point now) {
-  std::vector<Assignment> out;
+std::vector<Assignment>& Scheduler::assign(Clock::time_point now) {
+  std::vector<Assignment>& out = assigned_;
+  out.clear();
   std::size_t running = static_cast<std::size_t>(std::count_if(
       workers_.begin(), workers_.end(), [](const Worker& w) { return runsTasks(w); }));
   while (!queue_.empty()) {
@@ -111,8 +112,7 @@ std::vector<Assignment> Scheduler::assign(Clock::time_point now) {
 }
 
 void Scheduler::send(Worker& w, Job job, Clock::time_point now, std::vector<Assignment>& out) {
-  stats_.add(&Stats::chunksSent);
-  stats_.add(&Stats::itemsSent, job.items);
+  stats_.sent(job.items);
   out.push_back({w.id, job.message, job.items});
   w.itemsSent += job.items;
   if (w.held.empty()) w.frontSince = now;
@@ -126,7 +126,7 @@ void Scheduler::send(Worker& w, Job job, Clock::time_point now, std::vector<Assi
   }
 }
 
-void Scheduler::replied(WorkerId w, ChunkOutcome outcome, Clock::time_point now) {
+void Scheduler::replied(WorkerId w, ChunkOutcome&& outcome, Clock::time_point now) {
   Worker* worker = find(w);
   if (worker == nullptr || worker->held.empty()) return;
   outcome.firstItem = worker->held.front().job.firstItem;

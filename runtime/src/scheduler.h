@@ -66,6 +66,12 @@ class StatsCounter {
     MutexLock lock(mutex_);
     stats_.*field += n;
   }
+  // A chunk of `items` items was sent (one lock for both counters: once per chunk).
+  void sent(std::uint64_t items) {
+    MutexLock lock(mutex_);
+    ++stats_.chunksSent;
+    stats_.itemsSent += items;
+  }
   Stats get() const {
     MutexLock lock(mutex_);
     return stats_;
@@ -114,11 +120,12 @@ class Scheduler {
   // Forgets `w`. A worker never added is ignored.
   void workerLost(WorkerId w, const WorkerEnd& end);
 
-  // The chunks to send now.
-  std::vector<Assignment> assign(Clock::time_point now);
+  // The chunks to send now; valid until the next call (its buffer is reused: this runs once
+  // per dispatcher round).
+  std::vector<Assignment>& assign(Clock::time_point now);
   // `w` answered its oldest unanswered chunk (HostSession checked that it did). Completes the
   // chunk's Call unless it has ended already (a reply to a cancelled chunk is dropped).
-  void replied(WorkerId w, ChunkOutcome outcome, Clock::time_point now);
+  void replied(WorkerId w, ChunkOutcome&& outcome, Clock::time_point now);
   // Fails the running chunks past their timeout; returns their workers, now stopping(), to
   // be stopped.
   std::vector<WorkerId> timedOut(Clock::time_point now);
@@ -198,6 +205,7 @@ class Scheduler {
   StatsCounter& stats_;
   std::deque<Job> queue_;
   std::deque<Worker> workers_;  // in the order they were added
+  std::vector<Assignment> assigned_;  // assign()'s answer
 };
 
 }  // namespace plugpool::detail

@@ -64,7 +64,7 @@ class LinkEvents {
  public:
   // A message from the worker, checked by its HostSession: Hello, the initializer's answer, or
   // a chunk's reply (replies come in the order the runs were sent).
-  virtual void received(WorkerLink& link, HostSession::Incoming message) = 0;
+  virtual void received(WorkerLink& link, HostSession::Incoming&& message) = 0;
   // The channel ended without the pool asking (the worker closed it, broke the protocol, a
   // reply could not be taken): nothing more can be sent; ended() follows.
   virtual void closed(WorkerLink& link) = 0;
