@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <span>
 #include <sstream>
@@ -84,6 +85,17 @@ std::int64_t sleep_ms(std::int64_t ms) {
 // The process id of the worker running the call: shows which worker ran what.
 std::int64_t worker_pid() {
   return ::getpid();
+}
+
+// The machine the worker runs on: the Slurm node's name inside a Slurm job step, else the
+// host name. Shows where the workers of a pool that spans machines (Options::remote) ran.
+std::string node() {
+  if (const char* name = std::getenv("SLURMD_NODENAME"); name != nullptr && *name != '\0') {
+    return name;
+  }
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return host;
 }
 
 // Per-process state, set by an initializer (or by a host that loaded the plugin in-process
@@ -172,6 +184,7 @@ PLUGPOOL_PLUGIN("examples", PLUGPOOL_TASK(square, "Returns x * x."),
                 PLUGPOOL_TASK(echo_bytes, "Returns its bytes unchanged."),
                 PLUGPOOL_TASK(sleep_ms, "Sleeps ms milliseconds, then returns ms."),
                 PLUGPOOL_TASK(worker_pid, "The process id of the worker that runs the call."),
+                PLUGPOOL_TASK(node, "The machine (Slurm node, else host name) it runs on."),
                 PLUGPOOL_TASK(set_offset, "Initializer: sets the offset add_offset adds."),
                 PLUGPOOL_TASK(add_offset, "Returns x plus the offset set by set_offset."),
                 PLUGPOOL_TASK(load_table, "Fills this process's table with n entries (3 * i)."),

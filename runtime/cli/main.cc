@@ -5,6 +5,7 @@
 //   plugpool run PLUGIN TASK [ARG...]
 //   plugpool map PLUGIN TASK [INPUT] [--workers N] [--chunksize N] [--unordered]
 //                [--timeout SECONDS] [--output text|jsonl]
+//                [--slurm | --launch 'PREFIX'...] [--address ADDRESS]
 //
 // PLUGIN is a path to a plugin (anything with a '/') or a bare name found as Options::plugins
 // says (pool.h). Values are converted from and to text and JSON as values.h says.
@@ -23,6 +24,7 @@
 #include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <wordexp.h>
 
 #include <atomic>
 #include <cerrno>
@@ -131,10 +133,12 @@ class Output {
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
-std::unique_ptr<Pool> startPool(const std::string& plugin, int workers) {
+std::unique_ptr<Pool> startPool(const std::string& plugin, int workers,
+                                std::optional<Remote> remote = std::nullopt) {
   Options options;
   options.workers = workers;
   options.plugins = {plugin};
+  options.remote = std::move(remote);
   try {
     return std::make_unique<Pool>(std::move(options));
   } catch (const PluginError& e) {
@@ -439,7 +443,46 @@ struct MapOptions {
   bool unordered = false;
   double timeout = 0;
   std::string output = "text";
+  bool slurm = false;
+  std::vector<std::string> launch;  // command prefixes, as a shell would split them
+  std::string address;
 };
+
+// A command prefix given as one string, split into words as the shell would (quotes,
+// backslashes, variables; never command substitution).
+std::vector<std::string> splitWords(const std::string& prefix) {
+  wordexp_t words;
+  const int rc = ::wordexp(prefix.c_str(), &words, WRDE_NOCMD);
+  if (rc != 0) {
+    if (rc == WRDE_NOSPACE) ::wordfree(&words);
+    throw UsageFailure("--launch '" + prefix + "': " +
+                       (rc == WRDE_CMDSUB    ? "command substitution is not allowed"
+                        : rc == WRDE_BADCHAR ? "unquoted | & ; < > ( ) { } or newline"
+                                             : "cannot split it into words"));
+  }
+  std::vector<std::string> argv(words.we_wordv, words.we_wordv + words.we_wordc);
+  ::wordfree(&words);
+  if (argv.empty()) throw UsageFailure("--launch needs a command, e.g. --launch 'ssh node7'");
+  return argv;
+}
+
+// Where --slurm, --launch and --address put the workers (none: this machine).
+std::optional<Remote> remoteOf(const MapOptions& opt) {
+  std::optional<Remote> remote;
+  if (opt.slurm) remote = Slurm{};
+  if (!opt.launch.empty()) {
+    std::vector<std::vector<std::string>> prefixes;
+    for (const auto& p : opt.launch) prefixes.push_back(splitWords(p));
+    remote = LaunchCommand{std::move(prefixes)};
+  }
+  if (remote) {
+    remote->address = opt.address;
+  } else if (!opt.address.empty()) {
+    throw UsageFailure(
+        "--address is where remote workers connect back to: give --slurm or --launch");
+  }
+  return remote;
+}
 
 // Writes each result of `stream` to `output` as it comes (a line of text, or a jsonl record),
 // and reports each failed item on stderr (and as a jsonl record); returns how many failed.
@@ -541,7 +584,7 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
     }
   } closer{file};
 
-  auto pool = startPool(plugin, opt.workers);
+  auto pool = startPool(plugin, opt.workers, remoteOf(opt));
   DynamicTask task = bindTask(*pool, taskName);
   if (opt.timeout > 0) {
     task = task.withTimeout(
@@ -640,6 +683,17 @@ int run(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   map->add_option("-o,--output", opt.output, "text (default) or jsonl")
       ->check(CLI::IsMember({"text", "jsonl"}));
+  auto* slurm = map->add_flag(
+      "--slurm", opt.slurm,
+      "Workers on other machines: each a Slurm job step of this allocation (inside salloc/sbatch)");
+  map->add_option("--launch", opt.launch,
+                  "Workers on other machines: each started by this command prefix, e.g. 'ssh "
+                  "node7' (repeat to spread them over several)")
+      ->excludes(slurm)
+      ->allow_extra_args(false);
+  map->add_option("--address", opt.address,
+                  "The address of this host remote workers connect back to (default: what its "
+                  "name resolves to)");
   map->footer(
       "Each input line is one item: the argument itself for a task of one scalar, text or\n"
       "data argument; otherwise a JSON array of the arguments (or the one argument's JSON).");

@@ -135,6 +135,7 @@ class Core final : private LinkEvents {
   void closed(WorkerLink& link) override;
   void ended(WorkerLink& link, WorkerEnd end) override;
   void sharedMessage() override { stats_.add(&Stats::sharedMessages); }
+  void refused(const std::string&) override { stats_.add(&Stats::connectionsRefused); }
 
   // Supervision.
   bool startWorker();  // false if no worker could be started (counted by startFailed)

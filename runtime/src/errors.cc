@@ -46,12 +46,11 @@ const StackFrame* crashSite(const std::vector<StackFrame>& stack) {
   return stack.empty() ? nullptr : &stack.front();
 }
 
-std::string crashMessage(int pid, int signal, int exitStatus, const std::string& plugin,
+std::string crashMessage(int pid, const std::string& how, const std::string& plugin,
                          const std::string& task, const std::optional<std::uint64_t>& item,
                          const std::vector<StackFrame>& stack) {
-  std::string message = "worker " + std::to_string(pid) + " " +
-                        detail::describeTermination(signal, exitStatus) + " while running " +
-                        plugin + "." + task;
+  std::string message =
+      "worker " + std::to_string(pid) + " " + how + " while running " + plugin + "." + task;
   if (item) message += " on item " + std::to_string(*item);
   if (const StackFrame* site = crashSite(stack)) message += ", in " + describeFrame(*site);
   return message;
@@ -75,8 +74,9 @@ TaskError::~TaskError() = default;
 
 WorkerCrashed::WorkerCrashed(int pid, int signal, int exitStatus, std::string plugin,
                              std::string task, std::optional<std::uint64_t> item,
-                             std::vector<StackFrame> stack)
-    : Error(crashMessage(pid, signal, exitStatus, plugin, task, item, stack)),
+                             std::vector<StackFrame> stack, const std::string& how)
+    : Error(crashMessage(pid, how.empty() ? detail::describeTermination(signal, exitStatus) : how,
+                         plugin, task, item, stack)),
       pid_(pid),
       signal_(signal),
       exitStatus_(exitStatus),

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "fd.h"
 
@@ -42,6 +43,14 @@ std::unique_ptr<Launcher> newPosixLauncher();
 // fork() without exec: the child serves as a worker from the host's memory image (see
 // StartMethod::FORK); `executable` is ignored. Implemented in launcher_fork.cc.
 std::unique_ptr<Launcher> newForkLauncher();
+
+// Starts `argv` (argv[0] looked up in PATH; a remote worker's launcher, such as srun) with
+// `environment` ("NAME=value") added to the host's, stdin from /dev/null (a launcher such as
+// ssh would otherwise read the host's), stdout and stderr the host's, and no other inherited
+// descriptor; it leads a process group of its own, as a worker does. The result has no
+// channel. Throws std::system_error.
+SpawnedProcess spawnCommand(const std::vector<std::string>& argv,
+                            const std::vector<std::string>& environment);
 
 // The descriptor a worker finds its channel on.
 inline constexpr int WORKER_CHANNEL_FD = 3;

@@ -47,7 +47,7 @@ SpawnedProcess adoptWorker(pid_t pid, UniqueFd hostEnd) {
     }
     throwSystemError(error, "pidfd_open");
   }
-  ::fcntl(hostEnd.get(), F_SETFL, ::fcntl(hostEnd.get(), F_GETFL) | O_NONBLOCK);
+  if (hostEnd) ::fcntl(hostEnd.get(), F_SETFL, ::fcntl(hostEnd.get(), F_GETFL) | O_NONBLOCK);
   process.channel = std::move(hostEnd);
   return process;
 }

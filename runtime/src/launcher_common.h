@@ -22,7 +22,7 @@ struct ChannelPair {
 ChannelPair newChannelPair();
 
 // Completes the start of worker `pid`, a child of this process that nobody has reaped yet:
-// opens its pidfd and makes `hostEnd` non-blocking. If the pidfd cannot be opened, kills and
+// opens its pidfd and makes `hostEnd` (if any) non-blocking. If the pidfd cannot be opened, kills and
 // reaps the child, then throws std::system_error: the caller is left with nothing to clean up.
 SpawnedProcess adoptWorker(pid_t pid, UniqueFd hostEnd);
 

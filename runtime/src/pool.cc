@@ -7,6 +7,7 @@
 #include "core.h"
 #include "launcher.h"
 #include "local_link.h"
+#include "remote_link.h"
 #include "paths.h"
 
 namespace plugpool {
@@ -27,12 +28,20 @@ Pool::Pool(Options options) {
   std::vector<std::string> paths;
   for (const auto& spec : options.plugins) paths.push_back(detail::findPlugin(spec));
   const bool fork = options.startMethod == StartMethod::FORK;
+  if (fork && options.remote) {
+    throw UsageError("remote workers are started by a launcher: StartMethod::FORK cannot be used");
+  }
   std::string worker =
       fork ? std::string() : detail::findWorkerExecutable(options.workerExecutable);
-  auto launcher = fork ? detail::newForkLauncher() : detail::newPosixLauncher();
-  auto transport = detail::newLocalTransport(
-      std::move(launcher), std::move(worker),
-      {options.stopTimeout, options.idleMemoryTimeout, options.maxMessageBytes});
+  const detail::LinkConfig links{options.stopTimeout, options.idleMemoryTimeout,
+                                 options.maxMessageBytes};
+  std::unique_ptr<detail::Transport> transport;
+  if (options.remote) {
+    transport = detail::newRemoteTransport(*options.remote, std::move(worker), links);
+  } else {
+    auto launcher = fork ? detail::newForkLauncher() : detail::newPosixLauncher();
+    transport = detail::newLocalTransport(std::move(launcher), std::move(worker), links);
+  }
   core_ =
       std::make_shared<detail::Core>(std::move(options), std::move(paths), std::move(transport));
   callbacks_ = std::make_shared<detail::CallbackQueue>();

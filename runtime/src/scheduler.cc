@@ -287,10 +287,10 @@ void Scheduler::workerLost(WorkerId id, const WorkerEnd& e) {
       std::optional<std::uint64_t> item;
       if (e.crashItem) item = h.job.firstItem + *e.crashItem;
       end(h, errorPtr<WorkerCrashed>(w.pid, e.signal, e.exitStatus, task.pluginName, task.taskName,
-                                     item, e.crash->frames));
+                                     item, e.crash->frames, e.how));
     } else {
-      end(h,
-          errorPtr<WorkerCrashed>(w.pid, e.signal, e.exitStatus, task.pluginName, task.taskName));
+      end(h, errorPtr<WorkerCrashed>(w.pid, e.signal, e.exitStatus, task.pluginName, task.taskName,
+                                     std::nullopt, std::vector<StackFrame>{}, e.how));
     }
   }
   queue_.insert(queue_.begin(), std::make_move_iterator(again.begin()),

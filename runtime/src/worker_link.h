@@ -72,6 +72,9 @@ class LinkEvents {
   virtual void ended(WorkerLink& link, WorkerEnd end) = 0;
   // A message went through shared memory (Stats::sharedMessages).
   virtual void sharedMessage() = 0;
+  // A connection that claimed to be this remote worker was refused, for the reason given
+  // (Stats::connectionsRefused); the link goes on waiting for its worker.
+  virtual void refused(const std::string& why) = 0;
 
  protected:
   ~LinkEvents() = default;

@@ -90,12 +90,15 @@ struct StackFrame {
 
 class PLUGPOOL_API WorkerCrashed : public Error {
  public:
-  // signal is the terminating signal number, or 0 if the worker exited with exitStatus.
-  // `item`: the index in its call of the item that was running, if known; `stack`: the
-  // worker's stack at the crash, innermost first, if it reported one.
+  // signal is the terminating signal number, or 0 if the worker exited with exitStatus (-1:
+  // unknown). `item`: the index in its call of the item that was running, if known; `stack`:
+  // the worker's stack at the crash, innermost first, if it reported one. `how`: what became
+  // of the worker, in words, where its signal and status cannot say (a remote worker whose
+  // connection was lost: "lost its connection to the host (Connection timed out)"); empty:
+  // said from them.
   WorkerCrashed(int pid, int signal, int exitStatus, std::string plugin, std::string task,
                 std::optional<std::uint64_t> item = std::nullopt,
-                std::vector<StackFrame> stack = {});
+                std::vector<StackFrame> stack = {}, const std::string& how = {});
   ~WorkerCrashed() override;
 
   int pid() const { return pid_; }

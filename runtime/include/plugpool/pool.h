@@ -50,6 +50,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <ranges>
 #include <span>
 #include <string>
@@ -67,6 +68,7 @@
 #include "plugpool/export.h"
 #include "plugpool/future.h"
 #include "plugpool/manifest.h"
+#include "plugpool/remote.h"
 #include "plugpool/shared_bytes.h"
 #include "plugpool/stream.h"
 
@@ -226,19 +228,27 @@ struct Options {
   // messages and returns them soon after a burst; raise it for bursts further apart, or in a
   // test that measures the pages while they are in use.
   std::chrono::milliseconds idleMemoryTimeout{1'000};
+
+  // Where the workers run. Absent (the default): on this machine. Slurm{} or
+  // LaunchCommand{...}: on other machines, each started by the cluster's engine or a launcher
+  // command and connected back over TCP; everything else works as in a local pool
+  // (remote.h). Needs StartMethod::SPAWN.
+  std::optional<Remote> remote;
 };
 
 // Counters since the pool started. Read with Pool::stats(); a consistent snapshot.
 struct Stats {
   std::uint64_t chunksSent = 0;
   std::uint64_t itemsSent = 0;
-  std::uint64_t workersStarted = 0;  // including the initial ones
-  std::uint64_t workersLost = 0;     // died unexpectedly (crash, kill, protocol error)
-  std::uint64_t workersRetired = 0;  // replaced after maxTasksPerChild items
-  std::uint64_t chunksTimedOut = 0;  // stopped by a task timeout
-  std::uint64_t chunksRetried = 0;   // resent after a crash (Options::crashRetries)
-  std::uint64_t sharedMessages = 0;  // messages (either way) whose large segments (1 MiB or
-                                     // more) went through shared memory, not the socket
+  std::uint64_t workersStarted = 0;      // including the initial ones
+  std::uint64_t workersLost = 0;         // died unexpectedly (crash, kill, protocol error)
+  std::uint64_t workersRetired = 0;      // replaced after maxTasksPerChild items
+  std::uint64_t chunksTimedOut = 0;      // stopped by a task timeout
+  std::uint64_t chunksRetried = 0;       // resent after a crash (Options::crashRetries)
+  std::uint64_t sharedMessages = 0;      // messages (either way) whose large segments (1 MiB or
+                                         // more) went through shared memory, not the socket
+  std::uint64_t connectionsRefused = 0;  // remote pools: connections that did not prove to
+                                         // be the worker expected (remote.h)
 };
 
 // Python's multiprocessing.Pool rule for map without a chunksize: ceil(n / (4 * workers)),
