@@ -17,7 +17,8 @@ cd "$(dirname "$0")"
 
 packages=(g++ libasan8 libubsan1 libtsan2 clang libclang-rt-14-dev meson ninja-build pkg-config
           python3 capnproto libcapnp-dev libboost1.81-dev catch2 libcli11-dev libpng-dev
-          libjpeg62-turbo-dev zlib1g-dev libssl-dev nlohmann-json3-dev)
+          libjpeg62-turbo-dev zlib1g-dev libssl-dev nlohmann-json3-dev
+          slurmctld slurmd slurm-client munge iproute2)
 
 install_missing() {
   local missing=()

@@ -78,7 +78,7 @@ class Tasks(CliTest):
     def test_lists_every_task_with_its_signature_and_doc(self):
         status, out, err = plugpool("tasks", "examples")
         self.assertEqual(status, 0, err)
-        self.assertRegex(out, r"^examples \(/.*libexamples\.so\): 17 tasks\n")
+        self.assertRegex(out, r"^examples \(/.*libexamples\.so\): 18 tasks\n")
         self.assertRegex(out, r"\n  square +\(int64\) -> int64\n +Returns x \* x\.\n")
         self.assertRegex(out, r"\n  add +\(float64, float64\) -> float64\n")
         self.assertRegex(out, r"\n  word_count +\(text\) -> list<\(text, int64\)>\n")
@@ -91,7 +91,7 @@ class Tasks(CliTest):
         manifest = json.loads(out)
         self.assertEqual(manifest["plugin"], "examples")
         tasks = {t["name"]: t for t in manifest["tasks"]}
-        self.assertEqual(len(tasks), 17)
+        self.assertEqual(len(tasks), 18)
         self.assertEqual(tasks["add"]["argTypes"], ["float64", "float64"])
         self.assertEqual(tasks["min_max"]["resultType"], "(float64, float64)")
         self.assertEqual(tasks["square"]["doc"], "Returns x * x.")
@@ -323,6 +323,35 @@ def feed_lines(proc, line, most):
 
 def ignoring_sigpipe():
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+class Remote(CliTest):
+    """--launch and --slurm: the same map, with workers that connect back over TCP."""
+
+    def test_launched_workers_give_what_local_ones_give(self):
+        lines = "".join(f"{i}\n" for i in range(1, 20001))
+        local = plugpool("map", "examples", "square", "--workers", "3", input=lines)
+        self.assertEqual(local[0], 0, local[2])
+        launched = plugpool("map", "examples", "square", "--workers", "3", "--launch", "env",
+                            "--address", "127.0.0.1", input=lines)
+        self.assertEqual(launched, local)
+        # Two prefixes, split as a shell would; the default address (the host's name).
+        spread = plugpool("map", "examples", "node", "--workers", "2",
+                          "--launch", "env 'SLURMD_NODENAME=n 1'", "--launch", "env SLURMD_NODENAME=n2",
+                          input="[]\n" * 200)
+        self.assertEqual(spread[0], 0, spread[2])
+        self.assertEqual(set(spread[1].splitlines()), {"n 1", "n2"})
+
+    def test_remote_options_that_cannot_work_say_so(self):
+        self.assertUsageError(*plugpool("map", "examples", "square", "--address", "127.0.0.1",
+                                        input="1\n"), "give --slurm or --launch")
+        self.assertUsageError(*plugpool("map", "examples", "square", "--launch", "env $(id)",
+                                        input="1\n"), "command substitution is not allowed")
+        self.assertUsageError(*plugpool("map", "examples", "square", "--launch", "",
+                                        input="1\n"), "--launch needs a command")
+        status, out, err = plugpool("map", "examples", "square", "--slurm", input="1\n")
+        self.assertEqual((status, out), (1, ""), err)
+        self.assertRegex(err, r"^plugpool: .*run the host inside salloc or sbatch")
 
 
 class WriteErrors(CliTest):
