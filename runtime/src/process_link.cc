@@ -17,6 +17,7 @@
 #include "plugpool/errors.h"
 #include "shared_memory.h"
 #include "termination.h"
+#include "worker.h"
 
 namespace plugpool::detail {
 
@@ -290,11 +291,14 @@ class ProcessLink final : public WorkerLink {
     end.exitStatus = known && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     if (config_.launcher && end.signal == 0) end.signal = signalByLauncher(end.exitStatus);
     end.how = describeTermination(end.signal, end.exitStatus);
-    if (!lost_.empty()) {
-      end = WorkerEnd{};  // what the launcher then said is our own SIGKILL
-      end.how = lost_;
-    } else if (rendezvous_) {
+    if (rendezvous_) {
       end.how += " (its launcher, before the worker connected)";
+    } else if (config_.launcher && lost_.empty() && end.exitStatus == EXIT_NO_HOST) {
+      lost_ = "lost its connection to the host (the worker saw it fail, and left)";
+    }
+    if (!lost_.empty()) {
+      end = WorkerEnd{};  // what the launcher said, if anything, is not what happened
+      end.how = lost_;
     }
     // A stream that ended inside a message is a crash only if a signal ended the worker then
     // (it was killed while it wrote); a worker that broke off and exited broke the protocol.

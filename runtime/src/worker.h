@@ -81,7 +81,7 @@ inline constexpr int EXIT_LOAD_FAILED = 1;   // a plugin could not be loaded (af
 inline constexpr int EXIT_USAGE = 2;         // started by hand, or with bad arguments
 inline constexpr int EXIT_PROTOCOL = 70;     // the host sent something malformed
 inline constexpr int EXIT_CHILD_SETUP = 71;  // a fork-started worker could not set up its fds
-inline constexpr int EXIT_NO_HOST = 72;      // a remote worker could not connect to its host
+inline constexpr int EXIT_NO_HOST = 72;      // a remote worker could not reach its host, or lost it
 
 // Runs the whole conversation on the connected, blocking stream `fd`: reads Setup, loads the
 // plugins and answers Hello, then runs each Run and answers with a ChunkDone, until the host

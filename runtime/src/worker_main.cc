@@ -14,7 +14,8 @@
 // Exit statuses (worker.h): 0 the host closed the channel; 1 a plugin could not be loaded
 // (after reporting it in Hello); 2 started by hand or with bad arguments; 70 protocol error
 // (the host sent something malformed); 71 only from fork-started workers (StartMethod::FORK),
-// which could not set up their channel; 72 a remote worker could not reach its host. A signal
+// which could not set up their channel; 72 a remote worker could not reach its host, or lost
+// its connection to it. A signal
 // means the task or plugin crashed the process (or, for a remote worker, that its connection
 // ended while it ran a task).
 #include <fcntl.h>
@@ -26,6 +27,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <string>
@@ -95,9 +97,10 @@ int connectBack(const std::string& endpoint, const plugpool::Liveness& liveness)
 }
 
 // Ends a remote worker: SIGKILL to every other process of its group (what its tasks left
-// there; a remote worker's host cannot signal the group itself), then exit status 0, so that
-// a launcher reports a normal end (srun prints an error line for any other).
-[[noreturn]] void leave() {
+// there; a remote worker's host cannot signal the group itself), then exits with `status`: 0
+// when the host ended the conversation, so that a launcher reports a normal end (srun prints
+// an error line for any other).
+[[noreturn]] void leave(int status) {
   const pid_t self = ::getpid();
   if (::getpgrp() == self) {
     for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
@@ -107,21 +110,30 @@ int connectBack(const std::string& endpoint, const plugpool::Liveness& liveness)
       if (pid != self && ::getpgid(pid) == self) ::kill(pid, SIGKILL);
     }
   }
-  ::_exit(0);
+  ::_exit(status);
 }
 
-// The watchdog: once the host's end of the connection is gone (closed, reset, timed out) the
-// worker has nothing left to do, even in the middle of a task, and no launcher can be trusted
-// to end it (SIGKILL to mpiexec leaves its child running).
+// The watchdog: once the host's end of the connection is gone the worker has nothing left to
+// do, even in the middle of a task, and no launcher can be trusted to end it (SIGKILL to
+// mpiexec leaves its child running). Closed by the host: status 0. Failed (timed out, reset:
+// the host or the link is gone): EXIT_NO_HOST, which the host reads as a lost connection.
 void watchConnection() {
   std::thread([] {
     pollfd p{WORKER_CHANNEL_FD, POLLRDHUP, 0};
     while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
     }
+    int error = 0;
+    socklen_t length = sizeof error;
+    ::getsockopt(WORKER_CHANNEL_FD, SOL_SOCKET, SO_ERROR, &error, &length);
+    if (error != 0) {
+      std::fprintf(stderr, "plugpool-worker[%d]: lost its connection to the host: %s\n", ::getpid(),
+                   std::strerror(error));
+    }
+    const int status = error == 0 ? 0 : EXIT_NO_HOST;
     try {
-      leave();
+      leave(status);
     } catch (...) {  // no /proc: at least the worker goes
-      ::_exit(0);
+      ::_exit(status);
     }
   }).detach();
 }
@@ -153,7 +165,7 @@ int main(int argc, char** argv) {
     watchConnection();
     const int status = serveWorker(WORKER_CHANNEL_FD);
     if (status != 0) return status;
-    leave();  // the host ended the conversation; so does the worker, with what it started
+    leave(0);  // the host ended the conversation; so does the worker, with what it started
   }
   if (::fcntl(WORKER_CHANNEL_FD, F_GETFD) < 0) {
     std::fprintf(stderr,

@@ -3,6 +3,7 @@
 //   fuzz-seeds DIR     writes DIR/worker/* (Run messages for the example plugin's tasks, with
 //                      valid arguments) and DIR/host/* (the Hello and the ChunkDone replies a
 //                      real WorkerSession gives to those Runs, each after its item-count byte)
+//                      and DIR/preamble/* (a remote worker's preamble, and two refused ones)
 //
 // Starting from valid messages lets the fuzzers reach the deep paths (argument and result
 // decoding) at once instead of rediscovering the framing first.
@@ -22,6 +23,8 @@
 #include "geometry.capnp.h"
 #include "plugpool/codec.h"
 #include "wire.capnp.h"
+#include "fuzz_support.h"
+#include "tcp.h"
 #include "worker.h"
 
 namespace {
@@ -29,16 +32,19 @@ namespace {
 using namespace plugpool;
 using namespace plugpool::detail;
 
-void writeFile(const std::string& path, const std::string& prefix,
-               kj::ArrayPtr<const capnp::word> words) {
+void writeBytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
-  out << prefix;
-  out.write(reinterpret_cast<const char*>(words.begin()),
-            static_cast<std::streamsize>(words.size() * sizeof(capnp::word)));
+  out << bytes;
   if (!out) {
     std::fprintf(stderr, "fuzz-seeds: cannot write %s\n", path.c_str());
     std::exit(1);
   }
+}
+
+void writeFile(const std::string& path, const std::string& prefix,
+               kj::ArrayPtr<const capnp::word> words) {
+  const auto bytes = words.asBytes();
+  writeBytes(path, prefix + std::string(bytes.begin(), bytes.end()));
 }
 
 // How a seed holds an argument of wire type T: by value, or as a Reader for a struct.
@@ -57,6 +63,7 @@ class SeedWriter {
     ::mkdir(dir_.c_str(), 0755);
     ::mkdir((dir_ + "/worker").c_str(), 0755);
     ::mkdir((dir_ + "/host").c_str(), 0755);
+    ::mkdir((dir_ + "/preamble").c_str(), 0755);
     capnp::MallocMessageBuilder builder;
     auto setup = builder.initRoot<wire::HostMessage>().initSetup();
     setup.setProtocolVersion(wire::PROTOCOL_VERSION);
@@ -98,6 +105,22 @@ class SeedWriter {
     auto done = session_.run(reader);
     writeFile(dir_ + "/host/" + task, std::string(1, static_cast<char>(items.size())),
               capnp::messageToFlatArray(*done));
+  }
+
+  // Writes DIR/preamble/*: the preamble fuzz_preamble accepts (split at each of a few
+  // places, its first byte), one with another secret, and one with another version.
+  void preambles() {
+    const auto valid = detail::encodePreamble(fuzzing::preambleSecret());
+    const std::string bytes(valid.begin(), valid.end());
+    for (char split : {'\0', '\x11', '\x7f'}) {
+      writeBytes(dir_ + "/preamble/valid-" + std::to_string(split), split + bytes);
+    }
+    std::string stranger = bytes;
+    stranger[20] ^= 1;
+    writeBytes(dir_ + "/preamble/wrong-secret", '\0' + stranger);
+    std::string other = bytes;
+    other[8] = 9;
+    writeBytes(dir_ + "/preamble/wrong-version", '\0' + other);
   }
 
   // Writes a Crash as a worker's crash handler sends it (crash_handler.cc).
@@ -156,5 +179,6 @@ int main(int argc, char** argv) {
     points[i].setY(i >= 2 ? 1 : 0);
   }
   seeds.run<geometry::Polygon>("polygon_stats", {{square.get()}});
+  seeds.preambles();
   return 0;
 }

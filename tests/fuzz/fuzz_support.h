@@ -1,4 +1,5 @@
-// fuzz_support.h — what both fuzz targets share: turning a fuzz input into framed messages.
+// fuzz_support.h — what the fuzz targets share: turning a fuzz input into framed messages,
+// and the preamble target's secret.
 //
 // An input is a byte stream as a peer would write it on the channel. It goes through the
 // real FrameReader (size caps, segment-table checks) from a memfd, so framing is fuzzed
@@ -19,8 +20,16 @@
 
 #include "fd.h"
 #include "framing.h"
+#include "tcp.h"
 
 namespace fuzzing {
+
+// The secret fuzz_preamble expects; its seeds (fuzz_seeds.cc) carry it.
+inline plugpool::detail::Secret preambleSecret() {
+  plugpool::detail::Secret secret;
+  for (std::size_t i = 0; i < secret.size(); ++i) secret[i] = static_cast<std::uint8_t>(7 * i + 1);
+  return secret;
+}
 
 // The most messages taken from one input: enough for conversations (Hello, then replies).
 inline constexpr int MAX_MESSAGES = 8;
