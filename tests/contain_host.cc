@@ -2,11 +2,11 @@
 // a test cannot do to its own process: be killed, or run as a daemon with its standard
 // descriptors closed.
 //
-//   contain-host orphans spawn|fork REPORT_FD PLUGIN [busy]
+//   contain-host orphans spawn|fork|remote REPORT_FD PLUGIN [busy]
 //     One worker (plugin "descendants" at PLUGIN) leaves two sleeping processes behind; with
 //     `busy`, the worker then runs a task that sleeps for a minute. Writes "WORKER SLEEPER
 //     SLEEPER" to REPORT_FD, then waits to be killed.
-//   contain-host daemon spawn|fork REPORT_FD PLUGIN
+//   contain-host daemon spawn|fork|remote REPORT_FD PLUGIN
 //     Closes descriptors 0, 1 and 2, starts a pool, and runs work while another thread reads
 //     descriptor 0 and writes to 1 and 2 all along. Writes "key value..." lines to REPORT_FD
 //     and ends with "done".
@@ -41,11 +41,17 @@ void report(const std::string& line) {
   (void)!::write(reportFd, out.data(), out.size());
 }
 
+// `method`: spawn, fork, or remote (workers started by `env` that connect back over TCP).
 plugpool::Options options(std::string_view method, const std::string& plugin, int workers) {
   plugpool::Options o;
   o.workers = workers;
   o.plugins = {plugin};
   o.startMethod = method == "fork" ? plugpool::StartMethod::FORK : plugpool::StartMethod::SPAWN;
+  if (method == "remote") {
+    plugpool::Remote remote = plugpool::LaunchCommand{{"env"}};
+    remote.address = "127.0.0.1";
+    o.remote = remote;
+  }
   return o;
 }
 

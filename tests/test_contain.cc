@@ -354,11 +354,36 @@ TEST_CASE("a worker and the processes its tasks left end when the host is killed
   testing::requireCleanShutdown(before);
 }
 
+TEST_CASE("a remote worker and the processes its tasks left end when its host is killed") {
+  // No death signal reaches a remote worker: its watchdog sees the connection end, also while
+  // a task runs, and ends the worker's group.
+  testing::ProcessSnapshot before;
+  for (bool busy : {false, true}) {
+    INFO((busy ? "worker inside a task" : "idle"));
+    Watched watched;
+    std::vector<std::string> args = {"orphans", "remote"};
+    if (busy) args.push_back("busy");
+    Host host(args);
+    std::istringstream pids(host.line());
+    Int worker = 0, forked = 0, shell = 0;
+    REQUIRE(pids >> worker >> forked >> shell);
+    watched.add(worker);
+    watched.add(forked);
+    watched.add(shell);
+    host.kill();
+    watched.requireAllEnd();
+  }
+  testing::requireCleanShutdown(before);
+}
+
 TEST_CASE("a host with stdin, stdout and stderr closed keeps them free of the pool's descriptors") {
   testing::ProcessSnapshot before;
-  for (StartMethod method : startMethods()) {
-    INFO("start method " << nameOf(method));
-    Host host({"daemon", nameOf(method)});
+  std::vector<std::string> methods;
+  for (StartMethod method : startMethods()) methods.push_back(nameOf(method));
+  methods.push_back("remote");  // a listening socket and connections instead of a socketpair
+  for (const std::string& method : methods) {
+    INFO("start method " << method);
+    Host host({"daemon", method});
     std::map<std::string, std::string> report;
     bool done = false;
     for (std::string line = host.line(); !line.empty() && !done; line = host.line()) {

@@ -37,7 +37,7 @@ using namespace std::chrono_literals;
 Options remote(int workers, std::vector<std::string> plugins,
                std::vector<std::vector<std::string>> prefixes = {{"env"}}) {
   Options o = testing::options(workers, std::move(plugins));
-  plugpool::Remote r = LaunchCommand{std::move(prefixes)};
+  plugpool::Remote r = LaunchCommand::spread(std::move(prefixes));
   r.address = "127.0.0.1";
   o.remote = r;
   return o;
@@ -200,6 +200,19 @@ TEST_CASE("taskTimeout, cancel, terminateWorkers and killWorkers stop remote wor
     CHECK(std::chrono::steady_clock::now() - t0 < 10s);
     CHECK_THROWS_AS(a.get(), plugpool::Cancelled);
     CHECK_THROWS_AS(b.get(), plugpool::Cancelled);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("worker limits apply where the worker runs") {
+  testing::ProcessSnapshot before;
+  {
+    Options o = remote(1, {faults()});
+    o.limits.openFiles = 64;
+    Pool pool(o);
+    const Int opened = pool.apply(pool.task<Int(Int)>("faults", "open_files"), 500);
+    CHECK(opened > 0);
+    CHECK(opened < 64);
   }
   testing::requireCleanShutdown(before);
 }

@@ -473,7 +473,7 @@ std::optional<Remote> remoteOf(const MapOptions& opt) {
   if (!opt.launch.empty()) {
     std::vector<std::vector<std::string>> prefixes;
     for (const auto& p : opt.launch) prefixes.push_back(splitWords(p));
-    remote = LaunchCommand{std::move(prefixes)};
+    remote = LaunchCommand::spread(std::move(prefixes));
   }
   if (remote) {
     remote->address = opt.address;

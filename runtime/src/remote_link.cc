@@ -9,7 +9,17 @@
 #include "rendezvous.h"
 #include "tcp.h"
 
-namespace plugpool::detail {
+namespace plugpool {
+
+LaunchCommand::LaunchCommand(std::vector<std::string> prefix) : prefixes{std::move(prefix)} {}
+
+LaunchCommand LaunchCommand::spread(std::vector<std::vector<std::string>> prefixes) {
+  LaunchCommand command;
+  command.prefixes = std::move(prefixes);
+  return command;
+}
+
+namespace detail {
 
 namespace {
 
@@ -111,4 +121,5 @@ std::unique_ptr<Transport> newRemoteTransport(const Remote& remote, std::string 
                                            std::move(workerExecutable), config);
 }
 
-}  // namespace plugpool::detail
+}  // namespace detail
+}  // namespace plugpool

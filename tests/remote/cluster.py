@@ -2,12 +2,14 @@
 """Private, throw-away "clusters" on one machine for plugpool's remote-worker tests.
 
 Usage:
-  cluster.py slurm [--nodes N] [--timeout SECONDS] -- CMD ARGS...
+  cluster.py slurm [--nodes N] [--timeout SECONDS] [--no-alloc] -- CMD ARGS...
       Starts a private munged, one slurmctld and N slurmd's (nodes n1..nN, 2 CPUs each,
       all on 127.0.0.1 with ports picked at run time), waits until every node is idle, then
       runs `salloc -N N -n 2N --quiet CMD ARGS...`. CMD runs on this machine with
       SLURM_JOB_ID, SLURM_CONF and PLUGPOOL_TEST_SLURM_DIR (the private directory, with
       every daemon's log) set, and may start job steps with `srun --exact -n1 -N1 ...`.
+      With --no-alloc, CMD runs outside any allocation instead (SLURM_CONF set), to submit
+      jobs of its own with sbatch.
 
   cluster.py netns [--timeout SECONDS] -- CMD ARGS...
       Creates two network namespaces, a "host" and a "worker", joined directly by one veth
@@ -430,7 +432,8 @@ def cmd_slurm(opts, cmd, guard):
         # salloc exits 0 when its command is killed by SIGKILL, SIGINT, SIGHUP or SIGQUIT
         # (and 1 for other signals): a shell in between turns a signal N into 128+N.
         salloc = ["salloc", "-N", str(len(nodes)), "-n", str(NODE_CPUS * len(nodes)),
-                  "--quiet", "/bin/sh", "-c", '"$@"; exit $?', "sh", *cmd]
+                  "--quiet"] if opts.alloc else []
+        salloc += ["/bin/sh", "-c", '"$@"; exit $?', "sh", *cmd]
         # salloc (in a session of its own) is stopped, if need be, by cleanup_slurm along
         # with its session: SIGTERM alone does not end salloc while CMD runs.
         children["salloc"] = subprocess.Popen(salloc, env=env, start_new_session=True)
@@ -659,6 +662,8 @@ def parse(argv):
     slurm = sub.add_parser("slurm", help="private Slurm cluster, then salloc CMD")
     slurm.add_argument("--nodes", type=int, default=2)
     slurm.add_argument("--timeout", type=float, default=600)
+    slurm.add_argument("--no-alloc", dest="alloc", action="store_false",
+                       help="run CMD outside any allocation (to submit jobs with sbatch)")
     netns = sub.add_parser("netns", help="two joined network namespaces, then CMD")
     netns.add_argument("--timeout", type=float, default=600)
     sub.add_parser("probe", help="self-check, run as CMD of `slurm`")

@@ -51,16 +51,19 @@ struct Slurm {
   std::string srun = "srun";           // the srun to run (looked up in PATH)
 };
 
-// Each worker is started by a command prefix followed by the worker's command line, e.g.
-// {"ssh", "node7"}, {"mpiexec", "-n", "1", "--host", "node7"}, or {"env"} (this machine:
-// tests). With several prefixes, each new worker gets the one running the fewest workers.
+// Each worker is started by a command prefix followed by the worker's command line:
+// LaunchCommand{{"ssh", "node7"}}, LaunchCommand{{"mpiexec", "-n", "1", "--host", "node7"}}, or
+// LaunchCommand{{"env"}} (this machine: tests). LaunchCommand::spread({{"ssh", "node7"},
+// {"ssh", "node8"}}) gives each new worker the prefix running the fewest workers.
 // The prefix's program must pass PLUGPOOL_WORKER_SECRET from its environment to the worker
 // (srun and env do; for ssh, SendEnv/AcceptEnv; for Open MPI's mpiexec, -x).
-struct LaunchCommand {
-  LaunchCommand(std::vector<std::string> prefix) : prefixes{std::move(prefix)} {}  // NOLINT
-  LaunchCommand(std::vector<std::vector<std::string>> each)
-      : prefixes(std::move(each)) {}  // NOLINT
-  std::vector<std::vector<std::string>> prefixes;
+struct PLUGPOOL_API LaunchCommand {
+  LaunchCommand(std::vector<std::string> prefix);  // NOLINT: implicit on purpose
+  static LaunchCommand spread(std::vector<std::vector<std::string>> prefixes);
+  std::vector<std::vector<std::string>> prefixes;  // one or more, none empty
+
+ private:
+  LaunchCommand() = default;
 };
 
 // How soon a silent connection counts as lost, on both ends (TCP keepalive and
