@@ -1,11 +1,21 @@
 #!/bin/bash
-# check_sbatch.sh SCRIPT BIN_DIR... — submits the README's sbatch example (SCRIPT) to the
-# private Slurm cluster.py started (run as `cluster.py slurm --no-alloc -- check_sbatch.sh
-# ...`), with BIN_DIRs first on PATH, waits for the job, and checks what it wrote: the
-# squares of 1..20000 from the command line, and the host example's sum and nodes.
+# check_sbatch.sh README SCRIPT BIN_DIR... — checks that README shows SCRIPT (the sbatch
+# example) as it is, then submits SCRIPT to the private Slurm cluster.py started (run as
+# `cluster.py slurm --no-alloc -- check_sbatch.sh ...`), with BIN_DIRs first on PATH, waits
+# for the job, and checks what it wrote: the squares of 1..20000 from the command line, and
+# the host example's sum and nodes.
 set -euo pipefail
-script=$1
-shift
+readme=$1 script=$2
+shift 2
+# The README's ```bash block that starts as the script does.
+shown=$(awk -v first="$(head -1 "$script")" '
+  /^```/ { if (inside) exit; if ($0 == "```bash") { getline; if ($0 == first) { inside = 1; print; next } } }
+  inside { print }' "$readme")
+if [ "$shown" != "$(cat "$script")" ]; then
+  echo "check_sbatch: the README does not show $script as it is" >&2
+  diff <(echo "$shown") "$script" >&2 || true
+  exit 1
+fi
 for dir in "$@"; do PATH=$dir:$PATH; done
 export PATH
 work=$(mktemp -d /tmp/plugpool-sbatch-XXXXXX)
