@@ -52,6 +52,16 @@ const char* nameOf(StartMethod method) {
   return method == StartMethod::FORK ? "fork" : "spawn";
 }
 
+// What contain-host is told to start its workers with: each start method, and "remote" (a
+// LaunchCommand pool whose workers connect back over TCP and get no death signal: their
+// watchdog sees the connection end).
+std::vector<std::string> hostMethods() {
+  std::vector<std::string> methods;
+  for (StartMethod method : startMethods()) methods.push_back(nameOf(method));
+  methods.push_back("remote");
+  return methods;
+}
+
 // A process known by pid and start time (field 22 of /proc/pid/stat), so that a pid reused
 // by an unrelated process is never taken for it.
 struct Process {
@@ -334,11 +344,11 @@ TEST_CASE("processes a task leaves behind end with a worker that crashes") {
 
 TEST_CASE("a worker and the processes its tasks left end when the host is killed") {
   testing::ProcessSnapshot before;
-  for (StartMethod method : startMethods()) {
+  for (const std::string& method : hostMethods()) {
     for (bool busy : {false, true}) {
-      INFO("start method " << nameOf(method) << (busy ? ", worker inside a task" : ", idle"));
+      INFO("start method " << method << (busy ? ", worker inside a task" : ", idle"));
       Watched watched;
-      std::vector<std::string> args = {"orphans", nameOf(method)};
+      std::vector<std::string> args = {"orphans", method};
       if (busy) args.push_back("busy");
       Host host(args);
       std::istringstream pids(host.line());
@@ -354,34 +364,9 @@ TEST_CASE("a worker and the processes its tasks left end when the host is killed
   testing::requireCleanShutdown(before);
 }
 
-TEST_CASE("a remote worker and the processes its tasks left end when its host is killed") {
-  // No death signal reaches a remote worker: its watchdog sees the connection end, also while
-  // a task runs, and ends the worker's group.
-  testing::ProcessSnapshot before;
-  for (bool busy : {false, true}) {
-    INFO((busy ? "worker inside a task" : "idle"));
-    Watched watched;
-    std::vector<std::string> args = {"orphans", "remote"};
-    if (busy) args.push_back("busy");
-    Host host(args);
-    std::istringstream pids(host.line());
-    Int worker = 0, forked = 0, shell = 0;
-    REQUIRE(pids >> worker >> forked >> shell);
-    watched.add(worker);
-    watched.add(forked);
-    watched.add(shell);
-    host.kill();
-    watched.requireAllEnd();
-  }
-  testing::requireCleanShutdown(before);
-}
-
 TEST_CASE("a host with stdin, stdout and stderr closed keeps them free of the pool's descriptors") {
   testing::ProcessSnapshot before;
-  std::vector<std::string> methods;
-  for (StartMethod method : startMethods()) methods.push_back(nameOf(method));
-  methods.push_back("remote");  // a listening socket and connections instead of a socketpair
-  for (const std::string& method : methods) {
+  for (const std::string& method : hostMethods()) {
     INFO("start method " << method);
     Host host({"daemon", method});
     std::map<std::string, std::string> report;

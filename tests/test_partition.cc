@@ -75,11 +75,7 @@ TEST_CASE("a cut link fails the running chunk within seconds; the pool heals onc
   {
     Pool pool(across());
     auto pid = pool.task<Int(Int)>("faults", "pid");
-    auto sleep = pool.task<Int(Int)>("faults", "sleep_ms");
-    const Int worker = pool.apply(pid, 0);
-    auto held = pool.submit(sleep, 120'000);
-    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 2; }));
-    std::this_thread::sleep_for(200ms);
+    auto [worker, held] = testing::busyWorker(pool, 120'000);
     {
       CutLink cut;
       const auto t0 = std::chrono::steady_clock::now();
@@ -104,11 +100,7 @@ TEST_CASE("a worker cut off from its host leaves by itself, even inside a task")
     // own, so the host's signals to its launcher never reach it. Only its watchdog can end it.
     Pool pool(across({"sh", "-c", "\"$@\"; exit $?", "sh"}));
     auto pid = pool.task<Int(Int)>("faults", "pid");
-    auto sleep = pool.task<Int(Int)>("faults", "sleep_ms");
-    const Int worker = pool.apply(pid, 0);
-    auto held = pool.submit(sleep, 120'000);
-    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 2; }));
-    std::this_thread::sleep_for(200ms);
+    auto [worker, held] = testing::busyWorker(pool, 120'000);
     std::optional<CutLink> cut(std::in_place);
     CHECK_THROWS_AS(held.get(), plugpool::WorkerCrashed);
     CHECK(testing::eventually([&] { return ended(worker); }, 20s));

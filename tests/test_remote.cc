@@ -117,17 +117,14 @@ TEST_CASE("large payloads go through the connection; SharedBytes works, with a c
 TEST_CASE("a remote worker killed in a task fails only its chunk, and is replaced") {
   testing::ProcessSnapshot before;
   {
-    testing::Gate gate;
     Pool pool(remote(1, {faults()}));
+    auto busy = testing::busyWorker(pool, 60'000);
     auto pid = pool.task<Int(Int)>("faults", "pid");
-    auto wait = pool.task<Int(std::string)>("faults", "wait_for_file");
-    const Int worker = pool.apply(pid, 0);
-    auto held = pool.submit(wait, gate.path());
     auto behind = pool.submit(pid, 0);  // sent to the same worker, behind the running chunk
     REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 3; }));
-    std::this_thread::sleep_for(100ms);
+    const Int worker = busy.pid;
     ::kill(static_cast<pid_t>(worker), SIGKILL);
-    auto e = crashOf([&] { held.get(); });
+    auto e = crashOf([&] { busy.call.get(); });
     CHECK(e.signal() == SIGKILL);
     CHECK_THAT(e.what(), Catch::Contains("was killed by signal 9 (SIGKILL)"));
     // The chunk behind it never ran: it went to the replacement.

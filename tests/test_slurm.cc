@@ -111,11 +111,7 @@ TEST_CASE("a killed step fails only its chunk, with its signal, and is replaced"
   {
     Pool pool(slurm(1, {faults()}));
     auto pid = pool.task<Int(Int)>("faults", "pid");
-    auto sleep = pool.task<Int(Int)>("faults", "sleep_ms");
-    const Int worker = pool.apply(pid, 0);
-    auto held = pool.submit(sleep, 60'000);
-    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 2; }));
-    std::this_thread::sleep_for(200ms);
+    auto [worker, held] = testing::busyWorker(pool, 60'000);
     ::kill(static_cast<pid_t>(worker), SIGKILL);
     auto e = crashOf([&] { held.get(); });
     CHECK(e.signal() == SIGKILL);  // srun's 137, read as the signal it stands for
@@ -153,8 +149,7 @@ TEST_CASE("a worker whose node dies is caught by its connection, not by srun") {
   {
     Pool pool(slurm(1, {faults()}));
     auto pid = pool.task<Int(Int)>("faults", "pid");
-    auto sleep = pool.task<Int(Int)>("faults", "sleep_ms");
-    const Int worker = pool.apply(pid, 0);
+    auto [worker, held] = testing::busyWorker(pool, 60'000);
     const int stepd = parentOf(static_cast<int>(worker));
     {
       std::ifstream in("/proc/" + std::to_string(stepd) + "/cmdline");
@@ -162,9 +157,6 @@ TEST_CASE("a worker whose node dies is caught by its connection, not by srun") {
       std::getline(in, name, '\0');
       REQUIRE_THAT(name, Catch::StartsWith("slurmstepd"));
     }
-    auto held = pool.submit(sleep, 60'000);
-    REQUIRE(testing::eventually([&] { return pool.stats().chunksSent >= 2; }));
-    std::this_thread::sleep_for(200ms);
     // The node "dies": its step daemon and the task go at once, and srun hears nothing.
     const auto t0 = std::chrono::steady_clock::now();
     ::kill(stepd, SIGKILL);

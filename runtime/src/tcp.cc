@@ -61,6 +61,14 @@ std::string numeric(const sockaddr* addr, socklen_t length, bool withPort) {
   return withPort ? h + ":" + port : h;
 }
 
+// A non-blocking, close-on-exec socket for `a`, off 0-2; empty with `error` set if none.
+UniqueFd newSocket(const addrinfo* a, std::string& error) {
+  UniqueFd fd(aboveStdio(
+      ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol)));
+  if (!fd) error = std::strerror(errno);
+  return fd;
+}
+
 void setInt(int fd, int level, int option, int value, const char* what) {
   if (::setsockopt(fd, level, option, &value, sizeof value) != 0) throwErrno(what);
 }
@@ -158,12 +166,8 @@ UniqueFd listenOn(const std::string& address) {
     throw StartError("cannot listen for remote workers on " + address + ": " + error);
   }
   for (const addrinfo* a = list.get(); a != nullptr; a = a->ai_next) {
-    UniqueFd fd(aboveStdio(
-        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol)));
-    if (!fd) {
-      error = std::strerror(errno);
-      continue;
-    }
+    UniqueFd fd = newSocket(a, error);
+    if (!fd) continue;
     if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd.get(), 8) == 0) {
       return fd;
     }
@@ -208,12 +212,8 @@ UniqueFd connectTo(const std::string& endpoint, int timeoutMs) {
   if (!list) throw std::runtime_error("cannot resolve " + endpoint + ": " + error);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
   for (const addrinfo* a = list.get(); a != nullptr; a = a->ai_next) {
-    UniqueFd fd(aboveStdio(
-        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol)));
-    if (!fd) {
-      error = std::strerror(errno);
-      continue;
-    }
+    UniqueFd fd = newSocket(a, error);
+    if (!fd) continue;
     int rc = ::connect(fd.get(), a->ai_addr, a->ai_addrlen);
     if (rc != 0 && errno == EINPROGRESS) {
       pollfd p{fd.get(), POLLOUT, 0};
