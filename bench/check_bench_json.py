@@ -3,6 +3,10 @@
 formed: every key with its figures and ratio, the machine's reference points, the run's
 details. Correctness only: no figure is compared with any speed.
 
+The KEY_tcp keys (KEY through a remote pool over loopback TCP) are compared with KEY's
+plugpool figure of the same run ("local", which must be KEY's "plugpool"), have no Python
+figures (null) and no target ("target_met": null).
+
 usage: check_bench_json.py PLUGPOOL_BENCH
 """
 import json
@@ -20,6 +24,13 @@ EXTRA = {
     "echo_64mib": ["memcpy_fraction"],
     "cpu_scaling": ["per_core"],
     "startup": ["fraction_of_python"],
+}
+# KEY_tcp: the key whose plugpool figure it is compared with, and its extra fields.
+TCP_KEYS = {
+    "map_tiny_tcp": ("map_tiny", []),
+    "apply_rtt_tcp": ("apply_rtt", ["plugpool_p99", "local_p99"]),
+    "echo_64mib_tcp": ("echo_64mib", ["plugpool_bytes_result", "local_bytes_result",
+                                      "plugpool_first", "local_first"]),
 }
 MACHINE = ["socketpair_rtt_us", "pipe_gbps", "memcpy_gbps", "cores", "socketpair_rtt_us_one_cpu",
            "socketpair_rtt_us_any_cpu", "pipe_gbps_one_cpu", "pipe_gbps_any_cpu"]
@@ -60,6 +71,29 @@ def main():
         if positive(entry.get("ratio")) and not math.isclose(entry["ratio"], expected,
                                                              rel_tol=1e-9):
             problems.append(f"{key}.ratio {entry['ratio']} is not oriented as documented")
+    for key, (local, extra) in TCP_KEYS.items():
+        entry = report.get(key)
+        if not isinstance(entry, dict):
+            problems.append(f"{key}: missing")
+            continue
+        for field in ["plugpool", "local", "ratio"] + extra:
+            if not positive(entry.get(field)):
+                problems.append(f"{key}.{field}: {entry.get(field)!r} is not a positive number")
+        for field in ["python", "python_executor", "ratio_executor", "target_met"]:
+            if field not in entry or entry[field] is not None:
+                problems.append(f"{key}.{field}: {entry.get(field)!r} is not null")
+        other = report.get(local, {})
+        if entry.get("compared_with") != local or entry.get("unit") != other.get("unit"):
+            problems.append(f"{key} is not compared with {local} in its unit")
+        # Both are medians of the very same repetitions (the quick run has both keys).
+        if entry.get("local") != other.get("plugpool"):
+            problems.append(f"{key}.local {entry.get('local')!r} is not {local}'s plugpool figure")
+        if all(positive(entry.get(f)) for f in ["plugpool", "local", "ratio"]):
+            expected = entry["plugpool"] / entry["local"]
+            if entry.get("unit") in ("us", "ms"):  # lower is better: the ratio is inverted
+                expected = 1 / expected
+            if not math.isclose(entry["ratio"], expected, rel_tol=1e-9):
+                problems.append(f"{key}.ratio {entry['ratio']} is not oriented as documented")
     machine = report.get("machine", {})
     for field in MACHINE:
         if not positive(machine.get(field)):
@@ -73,7 +107,8 @@ def main():
         print("check_bench_json:", p, file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"check_bench_json: report complete ({len(KEYS)} keys and the machine)")
+    print(f"check_bench_json: report complete ({len(KEYS)} keys, {len(TCP_KEYS)} over TCP, and the "
+          "machine)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@
 // Both sides return a check value (a sum of results) that must match the other side's and
 // the expected one, so the figures are of work actually done. A mismatch, a failed
 // subprocess or a pool error ends the run with status 1.
+//
+// Three keys are measured a second time through a remote pool on this machine (the keys
+// KEY_tcp, listed after KEY): the same workload, whose workers are started through the
+// launcher `env` and connect back over loopback TCP, without shared memory (remote.h). They
+// show what the TCP channel costs: each is compared with KEY's plugpool figure of the same
+// run (measured for it if KEY itself is not chosen), never with Python, and has no target.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -81,6 +87,7 @@ struct Settings {
   bool plugpoolOnly = false;      // for profilers: no Python, no reference points, no report
   unsigned chunksInFlight = 0;    // 0: Options' default
   std::size_t streamWindow = 0;   // 0: Options' default
+  bool tcp = false;               // plugpool's pools are remote ones over loopback (overTcp)
   Params params;
 };
 
@@ -137,7 +144,19 @@ Options poolOptions(const Settings& s) {
   options.plugins = {"bench"};
   if (s.chunksInFlight != 0) options.chunksInFlight = s.chunksInFlight;
   options.streamWindow = s.streamWindow;
+  if (s.tcp) {
+    Remote remote = LaunchCommand{{"env"}};
+    remote.address = "127.0.0.1";
+    options.remote = remote;
+  }
   return options;
+}
+
+// The same settings, for pools whose workers are started through `env` (on this machine) and
+// connect back to 127.0.0.1 over TCP: remote workers, with no shared memory (remote.h).
+Settings overTcp(Settings s) {
+  s.tcp = true;
+  return s;
 }
 
 Pool startPool(const Settings& s) {
@@ -314,11 +333,37 @@ struct Workload {
   bool higherIsBetter;
   std::string target;  // in words, for the table
   std::function<Json(const Settings&)> plugpool;
-  std::function<Json(const Settings&)> python;
+  std::function<Json(const Settings&)> python;  // empty for a KEY_tcp
   std::function<double(const Json& raw, const Settings&)> figure;
   // Throws unless a raw result (either side's) shows the expected work was done.
   std::function<void(const Json& raw, const Settings&)> verify;
+  // A KEY_tcp: "KEY", the local workload whose plugpool figure it is compared with instead of
+  // Python's (it has no Python side and no target). Empty for the workloads of issue 5 (the
+  // initializer spares them naming it).
+  std::string local{};
 };
+
+// The workloads also measured through a remote pool over loopback TCP, as KEY_tcp.
+const std::vector<std::string> kOverTcp = {"map_tiny", "apply_rtt", "echo_64mib"};
+
+// KEY_tcp from the workload KEY: the very same plugpool side, run on overTcp settings, with
+// the same figure and check.
+Workload tcpTwin(const Workload& w) {
+  Workload tcp = w;
+  tcp.key = w.key + "_tcp";
+  tcp.target = "none: the cost of TCP";
+  tcp.plugpool = [run = w.plugpool](const Settings& s) { return run(overTcp(s)); };
+  tcp.python = nullptr;
+  tcp.verify = [verify = w.verify, key = tcp.key](const Json& raw, const Settings& s) {
+    try {
+      verify(raw, s);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(key + ": " + e.what());
+    }
+  };
+  tcp.local = w.key;
+  return tcp;
+}
 
 void expectCheck(const Json& raw, std::uint64_t expected, const std::string& what) {
   if (raw.at("check").get<std::uint64_t>() != expected) {
@@ -339,7 +384,7 @@ std::vector<Workload> workloads() {
     };
   };
   auto count = [](std::size_t n) { return std::to_string(n); };
-  return {
+  std::vector<Workload> issue5 = {
       {"map_tiny", "items/s", true, ">= 10x Python",
        [](const Settings& s) { return plugpoolMap(s, 0); },
        [count](const Settings& s) {
@@ -392,12 +437,19 @@ std::vector<Workload> workloads() {
        [](const Json& raw, const Settings&) { return raw.at("total_ms").get<double>(); },
        [](const Json&, const Settings&) {}},
   };
+  std::vector<Workload> all;
+  for (const auto& w : issue5) {
+    all.push_back(w);
+    if (std::ranges::find(kOverTcp, w.key) != kOverTcp.end()) all.push_back(tcpTwin(w));
+  }
+  return all;
 }
 
 // --- running and reporting ----------------------------------------------------------------
 
 struct Samples {
   std::vector<Json> plugpool, pool, executor;  // raw results, one per repetition
+  std::vector<Json> local;                     // a KEY_tcp's: KEY's plugpool results
 };
 
 struct Machine {
@@ -429,6 +481,38 @@ Json numberOrNull(double v) {
   return std::isnan(v) ? Json(nullptr) : Json(v);
 }
 
+// GB/s of the echo round trips timed in field `name` of `raws` (medians): the payload there and
+// back.
+double echoGbps(const Settings& s, const std::vector<Json>& raws, const char* name) {
+  return 2.0 * static_cast<double>(s.params.echoMib << 20) / median(field(raws, name)) / 1e9;
+}
+
+// A KEY_tcp's entry: its figure ("plugpool") beside KEY's plugpool figure of the same run
+// ("local"), "ratio" oriented as everywhere (above 1: better over TCP), the extra figures of
+// KEY for both, no Python figures (null) and no target ("target_met": null, never missed).
+Json tcpEntry(const Workload& w, const Settings& s, const Samples& r) {
+  const double tcp = median(figures(w, s, r.plugpool));
+  const double local = median(figures(w, s, r.local));
+  Json entry{{"plugpool", tcp}, {"local", local}, {"ratio", better(w, tcp, local)}};
+  entry["python"] = nullptr;
+  entry["python_executor"] = nullptr;
+  entry["ratio_executor"] = nullptr;
+  entry["unit"] = w.unit;
+  entry["compared_with"] = w.local;
+  if (w.local == "apply_rtt") {
+    entry["plugpool_p99"] = median(field(r.plugpool, "p99_us"));
+    entry["local_p99"] = median(field(r.local, "p99_us"));
+  } else if (w.local == "echo_64mib") {
+    entry["plugpool_bytes_result"] = echoGbps(s, r.plugpool, "bytes_seconds");
+    entry["local_bytes_result"] = echoGbps(s, r.local, "bytes_seconds");
+    entry["plugpool_first"] = echoGbps(s, r.plugpool, "first_seconds");
+    entry["local_first"] = echoGbps(s, r.local, "first_seconds");
+  }
+  entry["target"] = w.target;
+  entry["target_met"] = nullptr;
+  return entry;
+}
+
 Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& samples,
             const Machine& m, const Settings& s, const std::string& started,
             const std::string& loadBefore, const std::string& pythonVersion) {
@@ -441,6 +525,10 @@ Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& sam
   for (std::size_t i = 0; i < chosen.size(); ++i) {
     const Workload& w = chosen[i];
     const Samples& r = samples[i];
+    if (!w.local.empty()) {
+      out[w.key] = tcpEntry(w, s, r);
+      continue;
+    }
     double pp = median(figures(w, s, r.plugpool));
     double py = median(figures(w, s, r.pool));
     double ex = median(figures(w, s, r.executor));
@@ -464,10 +552,9 @@ Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& sam
       entry["python_memcpy_fraction"] = py / memcpy;
       // The same round trip with the result copied into a fresh Bytes, and each side's first
       // (cold) one.
-      const double bytes = 2.0 * static_cast<double>(s.params.echoMib << 20);
-      entry["plugpool_bytes_result"] = bytes / median(field(r.plugpool, "bytes_seconds")) / 1e9;
-      entry["plugpool_first"] = bytes / median(field(r.plugpool, "first_seconds")) / 1e9;
-      entry["python_first"] = bytes / median(field(r.pool, "first_seconds")) / 1e9;
+      entry["plugpool_bytes_result"] = echoGbps(s, r.plugpool, "bytes_seconds");
+      entry["plugpool_first"] = echoGbps(s, r.plugpool, "first_seconds");
+      entry["python_first"] = echoGbps(s, r.pool, "first_seconds");
       met = pp / memcpy >= 0.25;
     } else if (w.key == "cpu_scaling") {
       entry["per_core"] = pp / cores;  // target: >= 0.9
@@ -501,7 +588,7 @@ Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& sam
                 {"quick", s.quick},
                 {"repetitions", s.reps},
                 {"workers", s.workers},
-                {"python", pythonVersion},
+                {"python", pythonVersion.empty() ? Json(nullptr) : Json(pythonVersion)},
                 {"python_start_method", "spawn"},
                 {"load_average_before", loadBefore},
                 {"load_average_after", loadAverage()},
@@ -528,6 +615,11 @@ std::string format(double v) {
   return text;
 }
 
+// A ratio for the table: "1.5x", or "-" where there is none.
+std::string times(double v) {
+  return std::isnan(v) ? "-" : format(v) + "x";
+}
+
 void printTable(const Json& r, const std::vector<Workload>& chosen) {
   std::printf("%-16s %-9s %10s %10s %10s %8s %9s  %-24s %s\n", "key", "unit", "plugpool", "mp.Pool",
               "executor", "ratio", "vs exec", "target", "figure for target");
@@ -535,7 +627,17 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
     const Json& e = r.at(w.key);
     auto num = [&](const char* k) { return e.at(k).is_null() ? NAN : e.at(k).get<double>(); };
     std::string forTarget;
-    if (w.key == "apply_rtt") {
+    if (w.key == "map_tiny_tcp") {
+      forTarget = times(num("ratio")) + " of local";
+    } else if (w.key == "apply_rtt_tcp") {
+      forTarget = format(num("plugpool")) + " us, " + times(num("plugpool") / num("local")) +
+                  " local (p99 " + format(num("plugpool_p99")) + " vs " + format(num("local_p99")) +
+                  " us)";
+    } else if (w.key == "echo_64mib_tcp") {
+      forTarget = times(num("ratio")) +
+                  " of local (into Bytes: " + format(num("plugpool_bytes_result")) + " GB/s, " +
+                  times(num("plugpool_bytes_result") / num("local_bytes_result")) + " local)";
+    } else if (w.key == "apply_rtt") {
       forTarget = format(num("socketpair_ratio")) + "x socketpair (p99 " +
                   format(num("plugpool_p99")) + " vs " + format(num("python_p99")) + " us)";
     } else if (w.key == "echo_64mib") {
@@ -548,20 +650,26 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
     } else {
       forTarget = format(num("ratio")) + "x Python";
     }
-    std::printf("%-16s %-9s %10s %10s %10s %7sx %8sx  %-24s %s %s\n", w.key.c_str(), w.unit.c_str(),
+    const char* verdict = e.at("target_met").is_null()     ? "(no target)"
+                          : e.at("target_met").get<bool>() ? "(met)"
+                                                           : "(MISSED)";
+    std::printf("%-16s %-9s %10s %10s %10s %8s %9s  %-24s %s %s\n", w.key.c_str(), w.unit.c_str(),
                 format(num("plugpool")).c_str(), format(num("python")).c_str(),
-                format(num("python_executor")).c_str(), format(num("ratio")).c_str(),
-                format(num("ratio_executor")).c_str(), w.target.c_str(), forTarget.c_str(),
-                e.at("target_met").get<bool>() ? "(met)" : "(MISSED)");
+                format(num("python_executor")).c_str(), times(num("ratio")).c_str(),
+                times(num("ratio_executor")).c_str(), w.target.c_str(), forTarget.c_str(), verdict);
   }
   const Json& m = r.at("machine");
   const Json& run = r.at("run");
+  const std::string python = run.at("python").is_null()
+                                 ? "no Python"
+                                 : "Python " + run.at("python").get<std::string>() + " (spawn)";
   std::printf(
       "\nmachine: socketpair RTT %s us (one CPU %s, any CPU %s), pipe %s GB/s (one CPU %s, "
       "any CPU %s), memcpy %s GB/s, %u cores\n"
-      "run: %d repetition(s), %u workers, Python %s (spawn), load average %s before, %s "
+      "run: %d repetition(s), %u workers, %s, load average %s before, %s "
       "after\nratios: above 1 is better for plugpool (\"vs exec\": against "
-      "ProcessPoolExecutor)\n",
+      "ProcessPoolExecutor); a KEY_tcp's (workers started through env, over TCP to 127.0.0.1) "
+      "is against KEY's plugpool figure, above 1 better over TCP\n",
       format(m.at("socketpair_rtt_us").get<double>()).c_str(),
       format(m.at("socketpair_rtt_us_one_cpu").get<double>()).c_str(),
       format(m.at("socketpair_rtt_us_any_cpu").get<double>()).c_str(),
@@ -569,8 +677,7 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
       format(m.at("pipe_gbps_one_cpu").get<double>()).c_str(),
       format(m.at("pipe_gbps_any_cpu").get<double>()).c_str(),
       format(m.at("memcpy_gbps").get<double>()).c_str(), m.at("cores").get<unsigned>(),
-      run.at("repetitions").get<int>(), run.at("workers").get<unsigned>(),
-      run.at("python").get<std::string>().c_str(),
+      run.at("repetitions").get<int>(), run.at("workers").get<unsigned>(), python.c_str(),
       run.at("load_average_before").get<std::string>().c_str(),
       run.at("load_average_after").get<std::string>().c_str());
 }
@@ -635,8 +742,9 @@ int run(int argc, char** argv) {
     return line.app.exit(e);  // 0 for --help, else a message and a non-zero status
   }
   line.finish();
+  const std::vector<Workload> all = workloads();
   std::vector<Workload> chosen;
-  for (auto& w : workloads()) {
+  for (const auto& w : all) {
     if (s.only.empty() || std::ranges::find(s.only, w.key) != s.only.end()) chosen.push_back(w);
   }
   if (s.plugpoolOnly) {
@@ -667,6 +775,33 @@ int run(int argc, char** argv) {
     machine.memcpyGbps.push_back(memcpyGbps(p.memcpyBytes, 5));
     for (std::size_t i = 0; i < chosen.size(); ++i) {
       const Workload& w = chosen[i];
+      if (!w.local.empty()) {
+        // A KEY_tcp, beside KEY's plugpool result of this repetition: that of KEY's own row if
+        // KEY is chosen (it comes first), else one measured here, alternating which goes first.
+        const Workload& local = *std::ranges::find(all, w.local, &Workload::key);
+        const auto row = std::ranges::find(chosen, w.local, &Workload::key);
+        Json tcp, lp;
+        auto runTcp = [&] { tcp = w.plugpool(s); };
+        auto runLocal = [&] { lp = local.plugpool(s); };
+        if (row != chosen.end()) {
+          runTcp();
+          lp = samples[static_cast<std::size_t>(row - chosen.begin())].plugpool.back();
+        } else if (rep % 2 == 0) {
+          runTcp();
+          runLocal();
+        } else {
+          runLocal();
+          runTcp();
+        }
+        w.verify(tcp, s);
+        local.verify(lp, s);
+        samples[i].plugpool.push_back(tcp);
+        samples[i].local.push_back(lp);
+        std::fprintf(stderr, "rep %d/%d %-16s over TCP %s, local %s %s (load %s)\n", rep + 1,
+                     s.reps, w.key.c_str(), format(w.figure(tcp, s)).c_str(),
+                     format(w.figure(lp, s)).c_str(), w.unit.c_str(), loadAverage().c_str());
+        continue;
+      }
       Json pp, py;
       auto runPlugpool = [&] { pp = w.plugpool(s); };
       auto runPython = [&] { py = w.python(s); };
