@@ -4,7 +4,7 @@
 //                  [--python EXE] [--script PATH] [--in-flight N] [--window N]
 //                  [--plugpool-only]
 //
-// For each workload (the keys of issue 5) and each repetition it runs the workload on a
+// For each workload (the keys below) and each repetition it runs the workload on a
 // plugpool Pool and, as a subprocess of the machine's python3, on multiprocessing.Pool and
 // concurrent.futures.ProcessPoolExecutor (bench/python_pools.py), with the same number of
 // workers, alternating which side goes first. Each repetition also measures the machine's
@@ -325,7 +325,7 @@ Json python(const Settings& s, const std::string& key, std::vector<std::string> 
 
 // --- workloads ----------------------------------------------------------------------------
 
-// One workload of issue 5: how each side runs it, whether higher or lower is better, and how a
+// One workload: how each side runs it, whether higher or lower is better, and how a
 // raw measurement becomes the reported figure.
 struct Workload {
   std::string key;
@@ -338,8 +338,7 @@ struct Workload {
   // Throws unless a raw result (either side's) shows the expected work was done.
   std::function<void(const Json& raw, const Settings&)> verify;
   // A KEY_tcp: "KEY", the local workload whose plugpool figure it is compared with instead of
-  // Python's (it has no Python side and no target). Empty for the workloads of issue 5 (the
-  // initializer spares them naming it).
+  // Python's (it has no Python side and no target). Empty for every other workload.
   std::string local{};
 };
 
@@ -384,7 +383,7 @@ std::vector<Workload> workloads() {
     };
   };
   auto count = [](std::size_t n) { return std::to_string(n); };
-  std::vector<Workload> issue5 = {
+  std::vector<Workload> measured = {
       {"map_tiny", "items/s", true, ">= 10x Python",
        [](const Settings& s) { return plugpoolMap(s, 0); },
        [count](const Settings& s) {
@@ -438,7 +437,7 @@ std::vector<Workload> workloads() {
        [](const Json&, const Settings&) {}},
   };
   std::vector<Workload> all;
-  for (const auto& w : issue5) {
+  for (const auto& w : measured) {
     all.push_back(w);
     if (std::ranges::find(kOverTcp, w.key) != kOverTcp.end()) all.push_back(tcpTwin(w));
   }
