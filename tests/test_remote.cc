@@ -269,6 +269,12 @@ TEST_CASE("a remote pool that cannot start says why") {
     CHECK_THROWS_AS(Pool(o), plugpool::StartError);
   }
   {
+    Options o = remote(1, {"examples"});
+    o.remote->address = "0.0.0.0";
+    CHECK_THAT(messageOf<plugpool::UsageError>([&] { Pool pool(o); }),
+               Catch::Contains("is a wildcard"));
+  }
+  {
     Options o = testing::options(1, {"examples"});
     o.remote = plugpool::Slurm{};
     ::unsetenv("SLURM_JOB_ID");

@@ -116,7 +116,14 @@ std::unique_ptr<Transport> newRemoteTransport(const Remote& remote, std::string 
     }
   }
   std::string address = remote.address.empty() ? defaultAddress() : remote.address;
-  listenOn(address);  // fails now, in the constructor, if it cannot
+  // Fails now, in the constructor, if it cannot; and the workers are told the address it is
+  // bound to, which must be one they can connect to.
+  const std::string bound = localEndpoint(listenOn(address).get());
+  if (bound.starts_with("0.0.0.0:") || bound.starts_with("[::]:")) {
+    throw UsageError("Remote::address " + address +
+                     " is a wildcard, which workers cannot connect to: give an address of this "
+                     "host that they can reach");
+  }
   return std::make_unique<RemoteTransport>(std::move(prefixes), std::move(address), remote.liveness,
                                            std::move(workerExecutable), config);
 }
