@@ -18,7 +18,7 @@ Rendezvous::Rendezvous(UniqueFd listener, Secret secret, Liveness liveness,
       refused_(std::move(refused)) {}
 
 std::size_t Rendezvous::watch(std::vector<pollfd>& fds) const {
-  fds.push_back({listener_.get(), POLLIN, 0});
+  fds.push_back({Clock::now() < pausedUntil_ ? -1 : listener_.get(), POLLIN, 0});
   for (const Pending& p : pending_) fds.push_back({p.fd.get(), POLLIN, 0});
   return 1 + pending_.size();
 }
@@ -66,7 +66,7 @@ UniqueFd Rendezvous::onEvents(const pollfd* fds) {
 }
 
 Rendezvous::Clock::time_point Rendezvous::nextTimer() const {
-  auto next = Clock::time_point::max();
+  auto next = pausedUntil_ > Clock::now() ? pausedUntil_ : Clock::time_point::max();
   for (const Pending& p : pending_) next = std::min(next, p.deadline);
   return next;
 }
@@ -84,7 +84,13 @@ void Rendezvous::accept() {
   for (;;) {
     UniqueFd fd(
         aboveStdio(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)));
-    if (!fd) return;  // EAGAIN: none left; any other error: the next round tries again
+    if (!fd) {
+      // EAGAIN: none left. EMFILE, ENOMEM and the like: try again in a while.
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+        pausedUntil_ = Clock::now() + ACCEPT_PAUSE;
+      }
+      return;
+    }
     Pending p{std::move(fd), PreambleCheck(secret_), Clock::now() + PREAMBLE_TIMEOUT};
     if (pending_.size() >= MAX_PENDING) {
       refuse(p, "too many connections were waiting for their preamble");

@@ -26,6 +26,9 @@ class Rendezvous {
   static constexpr std::chrono::milliseconds PREAMBLE_TIMEOUT{10'000};
   // At most this many connections wait for their preamble at once; more are refused.
   static constexpr std::size_t MAX_PENDING = 16;
+  // After accept() fails for want of descriptors or memory, the port is not watched for this
+  // long (it would be readable at once again, and the dispatcher would spin).
+  static constexpr std::chrono::milliseconds ACCEPT_PAUSE{100};
 
   // `refused` is told why each connection it closed was refused.
   Rendezvous(UniqueFd listener, Secret secret, Liveness liveness,
@@ -53,6 +56,7 @@ class Rendezvous {
   Liveness liveness_;
   std::function<void(const std::string&)> refused_;
   std::vector<Pending> pending_;
+  Clock::time_point pausedUntil_{};  // accept() failed: the port is not watched until then
 };
 
 }  // namespace plugpool::detail
