@@ -24,7 +24,9 @@
 // Output: results print in the same forms; writeJson writes integers as bare numbers, floats
 // that are not finite as the strings above, and data as an array of byte values.
 //
-// Every conversion error is a ValueError whose what() names the problem for a human.
+// The traversal of lists, tuples and structs is values/convert.h's, shared with every other
+// front end; this file says how each value is written in text and JSON. Every conversion
+// error is a ValueError whose what() names the problem for a human.
 // Thread safety: a Values object is used by one thread at a time.
 #pragma once
 
@@ -38,30 +40,15 @@
 #include <capnp/any.h>
 #include <capnp/compat/json.h>
 #include <capnp/message.h>
-#include <capnp/schema-loader.h>
 
 #include "plugpool/manifest.h"
+#include "types.h"
 
 namespace plugpool::cli {
 
-class ValueError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// A canonical type name, parsed.
-struct Type {
-  enum Kind { BOOL, INT, UINT, FLOAT, TEXT, DATA, LIST, TUPLE, STRUCT } kind = BOOL;
-  unsigned bits = 0;           // INT, UINT, FLOAT: 8 … 64
-  std::vector<Type> elements;  // LIST: the element type; TUPLE: the member types
-  std::string name;            // the canonical name
-  std::uint64_t structId = 0;  // STRUCT
-
-  bool scalar() const { return kind == BOOL || kind == INT || kind == UINT || kind == FLOAT; }
-};
-
-// Throws ValueError if `name` is not a canonical type name.
-Type parseType(std::string_view name);
+using values::parseType;
+using values::Type;
+using values::ValueError;
 
 // Converts values of the types of one task, using the struct schemas `plugin` ships.
 class Values {
@@ -91,25 +78,22 @@ class Values {
   void resultJson(capnp::AnyStruct::Reader tuple, std::string& out);
 
  private:
-  capnp::StructSchema structSchema(const Type& type);
+  friend struct JsonFrom;
+  friend struct JsonTo;
   void fromText(const Type& type, std::string_view text, capnp::AnyStruct::Builder tuple,
                 unsigned slot);
   void fromJson(const Type& type, capnp::JsonValue::Reader json, capnp::AnyStruct::Builder tuple,
                 unsigned slot);
-  void pointerFromJson(const Type& type, capnp::JsonValue::Reader json,
-                       capnp::AnyPointer::Builder out);
   std::uint64_t wordFromText(const Type& type, std::string_view text);
   std::uint64_t wordFromJson(const Type& type, capnp::JsonValue::Reader json);
   void parseJson(std::string_view text, capnp::MallocMessageBuilder& message);
-  void writeJson(const Type& type, capnp::AnyStruct::Reader tuple, unsigned slot, std::string& out);
   void pointerJson(const Type& type, capnp::AnyPointer::Reader in, std::string& out);
 
   const PluginInfo& plugin_;
   std::vector<Type> args_;
   std::vector<unsigned> slots_;  // each argument's index within its section
   Type result_;
-  capnp::SchemaLoader loader_;
-  bool schemasLoaded_ = false;
+  values::Schemas schemas_;
   capnp::JsonCodec json_;
 };
 
