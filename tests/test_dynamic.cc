@@ -3,7 +3,9 @@
 // to, and the schema nodes plugins ship for their struct types (abi.h convention 8).
 #include <cstdint>
 #include <cstring>
+#include <ranges>
 #include <set>
+#include <stdexcept>
 #include <vector>
 
 #include <capnp/schema-loader.h>
@@ -130,6 +132,35 @@ TEST_CASE("A plugin without the optional schema symbol loads and ships none") {
     REQUIRE(pool.plugins().front().schemaNodes.empty());
     auto identity = pool.task<Int(Int)>("no_schemas", "identity");
     REQUIRE(pool.apply(identity, 42) == 42);
+  }
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("mapAsync and submit of a dynamic task encode everything before sending anything") {
+  testing::ProcessSnapshot before;
+  {
+    Pool pool(2, {"examples"});
+    auto square = pool.dynamicTask("examples", "square");
+    std::vector<Int> items(1000);
+    for (std::size_t i = 0; i < items.size(); ++i) items[i] = static_cast<Int>(i);
+    auto all = pool.mapAsync(square, items, writeInt, 7).get();
+    REQUIRE(all.size() == items.size());
+    for (std::size_t i = 0; i < all.size(); ++i) CHECK(readInt(all[i]) == items[i] * items[i]);
+    auto one = pool.submit(square, [](capnp::AnyStruct::Builder args) { writeInt(args, 12); });
+    CHECK(readInt(one.get()) == 144);
+
+    // An encoder that fails on the 600th item: it propagates from the call, and no chunk of
+    // that call was sent (not even those before it).
+    const auto sent = pool.stats().chunksSent;
+    auto failing = [](capnp::AnyStruct::Builder args, Int x) {
+      if (x == 600) throw std::invalid_argument("item 600 does not fit");
+      writeInt(args, x);
+    };
+    REQUIRE_THROWS_AS(pool.mapAsync(square, items, failing, 10), std::invalid_argument);
+    CHECK(pool.stats().chunksSent == sent);
+    // An unsized range is read first.
+    auto firstTen = pool.mapAsync(square, std::views::iota(Int{0}, Int{10}), writeInt).get();
+    CHECK(readInt(firstTen[9]) == 81);
   }
   testing::requireCleanShutdown(before);
 }

@@ -387,6 +387,15 @@ class PLUGPOOL_API Pool {
   template <typename Range, typename Encode>
   Stream<DynamicResult> imapUnordered(const DynamicTask& task, Range&& items, Encode encode,
                                       std::size_t chunksize = 0, std::size_t window = 0);
+  // mapAsync and submit for a DynamicTask: `encode(args, item)` (submit: `encode(args)`)
+  // writes each call's argument tuple, as for imap, but all of them on the calling thread
+  // before anything is sent, so an exception it throws propagates from here and nothing was
+  // sent. The futures' values are the calls' result tuples, in input order.
+  template <typename Range, typename Encode>
+  Future<std::vector<DynamicResult>> mapAsync(const DynamicTask& task, Range&& items, Encode encode,
+                                              std::size_t chunksize = 0);
+  template <typename Encode>
+  Future<DynamicResult> submit(const DynamicTask& task, Encode encode);
 
   // --- Life ------------------------------------------------------------------------------
 

@@ -30,6 +30,14 @@ struct PoolImpl {
   static Stream<typename Codec<W>::Value> stream(const Pool& pool, const TaskRef& task,
                                                  Range&& items, bool ordered, std::size_t chunksize,
                                                  std::size_t window, Encode encode);
+  // As send(), for a dynamic task: every chunk is encoded first (encode(tuple, element)), and
+  // only then are they submitted, so an encoding error leaves nothing sent.
+  template <typename Range, typename Encode>
+  static std::shared_ptr<Call> sendDynamic(const Pool& pool, const DynamicTask& task,
+                                           const Range& items, std::size_t chunksize,
+                                           Encode& encode);
+  // The result tuples of a sealed call of a dynamic task, in order.
+  static std::vector<DynamicResult> collectDynamic(Call& call, TupleShape result);
   // The stream of a dynamic task: arguments written by encode(tuple, element).
   template <typename Range, typename Encode>
   static Stream<DynamicResult> dynamicStream(const Pool& pool, const DynamicTask& task,
@@ -415,6 +423,76 @@ Stream<DynamicResult> detail::PoolImpl::dynamicStream(const Pool& pool, const Dy
       [result](const detail::TaskRef& t, const detail::ChunkOutcome& outcome, unsigned i) {
         return detail::decodeDynamic(t, result, outcome, i);
       });
+}
+
+template <typename Range, typename Encode>
+std::shared_ptr<detail::Call> detail::PoolImpl::sendDynamic(const Pool& pool,
+                                                            const DynamicTask& task,
+                                                            const Range& items,
+                                                            std::size_t chunksize, Encode& encode) {
+  const auto n = static_cast<std::size_t>(std::ranges::size(items));
+  if (chunksize == 0) {
+    chunksize = task.timeout().count() != 0 ? 1 : defaultChunksize(n, pool.workers());
+  }
+  const TupleShape shape = task.argumentShape();
+  std::vector<detail::ChunkRequest> chunks;
+  auto it = std::ranges::begin(items);
+  for (std::size_t start = 0; start < n; start += chunksize) {
+    auto count = static_cast<unsigned>(std::min(chunksize, n - start));
+    detail::ChunkRequest chunk(task.ref_, count, shape.dataWords, shape.pointers);
+    auto tuples = chunk.items();
+    for (unsigned i = 0; i < count; ++i, ++it) encode(tuples[i], *it);
+    chunks.push_back(std::move(chunk));
+  }
+  auto call = pool.newCall(task.ref_);
+  for (auto& chunk : chunks) call->submit(std::move(chunk));
+  call->seal();
+  return call;
+}
+
+inline std::vector<DynamicResult> detail::PoolImpl::collectDynamic(detail::Call& call,
+                                                                   TupleShape result) {
+  std::vector<DynamicResult> out;
+  for (std::size_t c = 0; c < call.chunks(); ++c) {
+    const detail::ChunkOutcome& outcome = *call.wait(c);
+    if (outcome.failure) std::rethrow_exception(outcome.failure);
+    if (!outcome.errors.empty())
+      detail::throwItemFailure(call.task(), outcome, outcome.errors.front());
+    for (unsigned i = 0; i < outcome.results.size(); ++i) {
+      out.push_back(detail::decodeDynamic(call.task(), result, outcome, i));
+    }
+    call.release(c);  // the results keep the chunk's message (DynamicResult's share)
+  }
+  return out;
+}
+
+template <typename Range, typename Encode>
+Future<std::vector<DynamicResult>> Pool::mapAsync(const DynamicTask& task, Range&& items,
+                                                  Encode encode, std::size_t chunksize) {
+  std::shared_ptr<detail::Call> call;
+  if constexpr (std::ranges::sized_range<const std::remove_reference_t<Range>&>) {
+    call = detail::PoolImpl::sendDynamic(*this, task, std::as_const(items), chunksize, encode);
+  } else {
+    std::vector<std::ranges::range_value_t<Range>> all;
+    for (auto&& item : items) all.push_back(std::forward<decltype(item)>(item));
+    call = detail::PoolImpl::sendDynamic(*this, task, all, chunksize, encode);
+  }
+  const TupleShape result = task.resultShape();
+  return Future<std::vector<DynamicResult>>(
+      std::make_shared<detail::FutureState<std::vector<DynamicResult>>>(
+          call, [result](detail::Call& c) { return detail::PoolImpl::collectDynamic(c, result); }));
+}
+
+template <typename Encode>
+Future<DynamicResult> Pool::submit(const DynamicTask& task, Encode encode) {
+  auto one = [&encode](capnp::AnyStruct::Builder args, int) { encode(args); };
+  const int item = 0;
+  auto call = detail::PoolImpl::sendDynamic(*this, task, std::span(&item, 1), 1, one);
+  const TupleShape result = task.resultShape();
+  return Future<DynamicResult>(
+      std::make_shared<detail::FutureState<DynamicResult>>(call, [result](detail::Call& c) {
+        return std::move(detail::PoolImpl::collectDynamic(c, result).front());
+      }));
 }
 
 template <typename Range, typename Encode>
