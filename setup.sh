@@ -18,6 +18,7 @@ cd "$(dirname "$0")"
 packages=(g++ libasan8 libubsan1 libtsan2 clang libclang-rt-14-dev meson ninja-build pkg-config
           python3 capnproto libcapnp-dev libboost1.81-dev catch2 libcli11-dev libpng-dev
           libjpeg62-turbo-dev zlib1g-dev libssl-dev nlohmann-json3-dev
+          pybind11-dev python3-dev python3-pytest python3-numpy
           slurmctld slurmd slurm-client munge iproute2)
 
 install_missing() {
@@ -48,13 +49,26 @@ build() {
   ninja -C "$dir"
 }
 
-# Prints "N passed, N failed" over the given meson test logs (testlog[-SETUP].json); fails if
-# any test did not pass.
+# Prints "N passed, N failed" over the given meson test logs (testlog[-SETUP].json), counting
+# the pytest suite (meson test `python`) by its own cases (its JUnit report next to the log);
+# fails if any test did not pass.
 summarize() {
   python3 - "$@" <<'PY'
-import json, sys
-results = [json.loads(line)["result"]
-           for path in sys.argv[1:] for line in open(path) if line.strip()]
+import json, os, sys
+import xml.etree.ElementTree as ET
+results = []
+for path in sys.argv[1:]:
+    for line in open(path):
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        junit = os.path.join(os.path.dirname(path), "pytest.xml")
+        if entry["name"].endswith(" / python") and entry["result"] == "OK" and os.path.exists(junit):
+            for case in ET.parse(junit).getroot().iter("testcase"):
+                bad = any(c.tag in ("failure", "error") for c in case)
+                results.append("FAIL" if bad else "OK")
+        else:
+            results.append(entry["result"])
 passed = sum(r == "OK" for r in results)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")
@@ -81,6 +95,7 @@ case "${1:-}" in
     meson test -C build --print-errorlogs || status=$?
     build build-asan -Db_sanitize=address,undefined -Dbuildtype=debug
     meson test -C build-asan --setup asan --no-suite memory --no-suite fork --no-suite install \
+      --no-suite python \
       --print-errorlogs \
       || status=$?
     build build-tsan -Db_sanitize=thread -Dbuildtype=debug
