@@ -164,3 +164,48 @@ TEST_CASE("mapAsync and submit of a dynamic task encode everything before sendin
   }
   testing::requireCleanShutdown(before);
 }
+
+TEST_CASE(
+    "A dynamic initializer is written once, by its manifest's types, and runs in every "
+    "worker") {
+  testing::ProcessSnapshot before;
+  {
+    int written = 0;
+    plugpool::Options o;
+    o.workers = 2;
+    o.plugins = {"examples"};
+    o.maxTasksPerChild = 5;  // replacements get the same arguments
+    o.initializer = plugpool::dynamicInitializer(
+        "examples", "set_offset",
+        [&written](capnp::AnyStruct::Builder args, const plugpool::PluginInfo& plugin,
+                   const plugpool::TaskInfo& task) {
+          ++written;
+          REQUIRE(plugin.name == "examples");
+          REQUIRE(task.argTypes == std::vector<std::string>{"int64"});
+          writeInt(args, 1000);
+        });
+    Pool pool(o);
+    auto add = pool.task<Int(Int)>("examples", "add_offset");
+    auto got = pool.map(add, std::views::iota(Int{0}, Int{40}), 1);
+    for (Int i = 0; i < 40; ++i) REQUIRE(got[static_cast<std::size_t>(i)] == 1000 + i);
+    REQUIRE(pool.stats().workersRetired >= 4);
+    REQUIRE(written == 1);
+  }
+  SECTION("what its encoder throws fails the start, and no worker is left") {
+    plugpool::Options o;
+    o.workers = 2;
+    o.plugins = {"examples"};
+    o.initializer = plugpool::dynamicInitializer(
+        "examples", "set_offset",
+        [](capnp::AnyStruct::Builder, const plugpool::PluginInfo&, const plugpool::TaskInfo&) {
+          throw std::invalid_argument("this value does not fit");
+        });
+    REQUIRE_THROWS_MATCHES(Pool(o), std::invalid_argument,
+                           Catch::Message("this value does not fit"));
+    o.initializer = plugpool::dynamicInitializer(
+        "examples", "nope",
+        [](capnp::AnyStruct::Builder, const plugpool::PluginInfo&, const plugpool::TaskInfo&) {});
+    REQUIRE_THROWS_AS(Pool(o), plugpool::PluginError);
+  }
+  testing::requireCleanShutdown(before);
+}

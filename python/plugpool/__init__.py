@@ -93,6 +93,10 @@ class Pool:
     """A pool of `processes` worker processes (default: one per core), each loading every
     plugin in `plugins` (paths, or names found in $PLUGPOOL_PLUGIN_PATH and the install).
 
+    initializer, initargs: a task "plugin.task" each worker runs once with initargs before
+        any other work (e.g. to load a model); its arguments are converted by its declared
+        types. If it fails, the pool does not start (StartError) rather than respawning
+        workers that fail the same way.
     maxtasksperchild: replace a worker after this many items (None: never).
     task_timeout: seconds an item may run (None: no limit); past it, the item fails with
         TaskTimeout and its worker is replaced.
@@ -104,14 +108,22 @@ class Pool:
     A pool still open when the interpreter exits is shut down the same way first.
     """
 
-    def __init__(self, processes=None, plugins=(), *, maxtasksperchild=None, task_timeout=None,
-                 crash_retries=0, limits=None, start_timeout=None):
+    def __init__(self, processes=None, plugins=(), *, initializer=None, initargs=(),
+                 maxtasksperchild=None, task_timeout=None, crash_retries=0, limits=None,
+                 start_timeout=None):
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         limits = dict(limits or {})
         unknown = set(limits) - {"memory_bytes", "cpu_seconds", "open_files"}
         if unknown:
             raise TypeError(f"unknown limits: {', '.join(sorted(unknown))}")
+        init = None
+        if initializer is not None:
+            if not isinstance(initializer, str) or "." not in initializer:
+                raise TypeError("initializer is a task named \"plugin.task\", run once in each "
+                                "worker before any other work (nothing is pickled)")
+            plugin, _, name = initializer.rpartition(".")
+            init = (plugin, name)
         self._pool = _plugpool._Pool(
             processes or 0, [os.fspath(p) for p in plugins],
             max_tasks_per_child=maxtasksperchild or 0,
@@ -120,7 +132,8 @@ class Pool:
             memory_bytes=limits.get("memory_bytes", 0),
             cpu_seconds=limits.get("cpu_seconds", 0),
             open_files=limits.get("open_files", 0),
-            start_timeout_ms=round((start_timeout or 0) * 1000))
+            start_timeout_ms=round((start_timeout or 0) * 1000),
+            initializer=init, initargs=tuple(initargs))
         self._tasks = {}
         self._lock = threading.Lock()
         _open_pools.add(self)

@@ -92,22 +92,25 @@ void translate(std::exception_ptr p) {
 
 struct PoolHandle;
 
-// A task bound by name, with its types parsed.
-struct PyTask {
-  std::shared_ptr<Pool> pool;
-  DynamicTask task;
+// A task's arguments by declared type: what converts Python values into its argument tuple.
+struct Arguments {
+  std::string label;  // "plugin.task", for messages
   std::vector<Type> args;
   std::vector<unsigned> slots;
-  Type result;
   std::shared_ptr<values::Schemas> schemas;
+
+  Arguments(const PluginInfo& plugin, const TaskInfo& task)
+      : label(plugin.name + "." + task.name), schemas(std::make_shared<values::Schemas>(plugin)) {
+    for (const auto& a : task.argTypes) args.push_back(values::parseType(a));
+    slots = values::slotsOf(args);
+  }
 
   // Writes the arguments of `item` (with `star`, a sequence of them; else the one argument).
   void encode(capnp::AnyStruct::Builder out, const py::object& item, bool star) const {
     PyFrom from;
     if (!star) {
       if (args.size() != 1) {
-        raise(PyExc_TypeError, task.plugin() + "." + task.name() + " takes " +
-                                   std::to_string(args.size()) +
+        raise(PyExc_TypeError, label + " takes " + std::to_string(args.size()) +
                                    " arguments: give each item as a tuple (starmap)");
       }
       return values::encode(from, *schemas, args[0], item, out, slots[0]);
@@ -120,8 +123,7 @@ struct PyTask {
             "expected the arguments as a tuple, got " + std::string(Py_TYPE(item.ptr())->tp_name));
     }
     if (given.size() != args.size()) {
-      raise(PyExc_TypeError, task.plugin() + "." + task.name() + " takes " +
-                                 std::to_string(args.size()) + " arguments, got " +
+      raise(PyExc_TypeError, label + " takes " + std::to_string(args.size()) + " arguments, got " +
                                  std::to_string(given.size()));
     }
     for (unsigned i = 0; i < args.size(); ++i) {
@@ -137,10 +139,22 @@ struct PyTask {
       }
     }
   }
+};
+
+// A task bound by name, with its types parsed.
+struct PyTask {
+  std::shared_ptr<Pool> pool;
+  DynamicTask task;
+  Arguments arguments;
+  Type result;
+
+  void encode(capnp::AnyStruct::Builder out, const py::object& item, bool star) const {
+    arguments.encode(out, item, star);
+  }
 
   py::object decode(const DynamicResult& r, const std::shared_ptr<const void>& keep) const {
     PyTo to{keep};
-    return values::decode(to, *schemas, result, r.tuple(), 0);
+    return values::decode(to, *arguments.schemas, result, r.tuple(), 0);
   }
 };
 
@@ -203,14 +217,32 @@ struct PyFuture {
 
 std::shared_ptr<PyTask> bindTask(const std::shared_ptr<Pool>& pool, const std::string& plugin,
                                  const std::string& name) {
-  auto t = std::make_shared<PyTask>(PyTask{pool, pool->dynamicTask(plugin, name), {}, {}, {}, {}});
-  for (const auto& a : t->task.info().argTypes) t->args.push_back(values::parseType(a));
-  t->slots = values::slotsOf(t->args);
-  t->result = values::parseType(t->task.info().resultType);
+  DynamicTask task = pool->dynamicTask(plugin, name);
   for (const auto& p : pool->plugins()) {
-    if (p.name == plugin) t->schemas = std::make_shared<values::Schemas>(p);
+    if (p.name != plugin) continue;
+    Type result = values::parseType(task.info().resultType);
+    Arguments arguments(p, task.info());
+    return std::make_shared<PyTask>(
+        PyTask{pool, std::move(task), std::move(arguments), std::move(result)});
   }
-  return t;
+  throw PluginError("no plugin named \"" + plugin + "\"");  // dynamicTask found it
+}
+
+// Python's initializer and initargs: the arguments are converted by the task's declared types
+// once the first worker has reported them, on the dispatcher thread, while the constructing
+// thread waits without the GIL. A value that does not fit fails the constructor with its
+// TypeError or OverflowError.
+Initializer initializerOf(const std::string& plugin, const std::string& name, py::tuple initargs) {
+  auto held = std::shared_ptr<py::tuple>(new py::tuple(std::move(initargs)), [](py::tuple* p) {
+    py::gil_scoped_acquire gil;
+    delete p;
+  });
+  return dynamicInitializer(
+      plugin, name,
+      [held](capnp::AnyStruct::Builder out, const PluginInfo& plugin, const TaskInfo& task) {
+        py::gil_scoped_acquire gil;
+        Arguments(plugin, task).encode(out, *held, /*star=*/true);
+      });
 }
 
 }  // namespace
@@ -265,35 +297,38 @@ PYBIND11_MODULE(_plugpool, m) {
       });
 
   py::class_<Pool, std::shared_ptr<Pool>>(m, "_Pool")
-      .def(py::init([](int processes, std::vector<std::string> plugins, std::uint64_t maxTasks,
-                       long long timeoutMs, unsigned crashRetries, std::uint64_t memoryBytes,
-                       long long cpuSeconds, std::uint64_t openFiles, long long startTimeoutMs) {
-             Options o;
-             o.workers = processes;
-             o.plugins = std::move(plugins);
-             o.maxTasksPerChild = maxTasks;
-             o.taskTimeout = std::chrono::milliseconds(timeoutMs);
-             o.crashRetries = crashRetries;
-             o.limits.memoryBytes = memoryBytes;
-             o.limits.cpuTime = std::chrono::seconds(cpuSeconds);
-             o.limits.openFiles = openFiles;
-             if (startTimeoutMs > 0) o.startTimeout = std::chrono::milliseconds(startTimeoutMs);
-             py::gil_scoped_release release;
-             // The last reference may go with the GIL held (Python's garbage collector): the
-             // pool's destructor waits for its work, whose callbacks take the GIL.
-             return std::shared_ptr<Pool>(new Pool(std::move(o)), [](Pool* pool) {
-               if (PyGILState_Check() != 0) {
-                 py::gil_scoped_release unlocked;
-                 delete pool;
-               } else {
-                 delete pool;
-               }
-             });
-           }),
-           py::arg("processes"), py::arg("plugins"), py::arg("max_tasks_per_child") = 0,
-           py::arg("task_timeout_ms") = 0, py::arg("crash_retries") = 0,
-           py::arg("memory_bytes") = 0, py::arg("cpu_seconds") = 0, py::arg("open_files") = 0,
-           py::arg("start_timeout_ms") = 0)
+      .def(
+          py::init([](int processes, std::vector<std::string> plugins, std::uint64_t maxTasks,
+                      long long timeoutMs, unsigned crashRetries, std::uint64_t memoryBytes,
+                      long long cpuSeconds, std::uint64_t openFiles, long long startTimeoutMs,
+                      std::optional<std::pair<std::string, std::string>> init, py::tuple initargs) {
+            Options o;
+            o.workers = processes;
+            o.plugins = std::move(plugins);
+            o.maxTasksPerChild = maxTasks;
+            o.taskTimeout = std::chrono::milliseconds(timeoutMs);
+            o.crashRetries = crashRetries;
+            o.limits.memoryBytes = memoryBytes;
+            o.limits.cpuTime = std::chrono::seconds(cpuSeconds);
+            o.limits.openFiles = openFiles;
+            if (startTimeoutMs > 0) o.startTimeout = std::chrono::milliseconds(startTimeoutMs);
+            if (init) o.initializer = initializerOf(init->first, init->second, initargs);
+            py::gil_scoped_release release;
+            // The last reference may go with the GIL held (Python's garbage collector): the
+            // pool's destructor waits for its work, whose callbacks take the GIL.
+            return std::shared_ptr<Pool>(new Pool(std::move(o)), [](Pool* pool) {
+              if (PyGILState_Check() != 0) {
+                py::gil_scoped_release unlocked;
+                delete pool;
+              } else {
+                delete pool;
+              }
+            });
+          }),
+          py::arg("processes"), py::arg("plugins"), py::arg("max_tasks_per_child") = 0,
+          py::arg("task_timeout_ms") = 0, py::arg("crash_retries") = 0, py::arg("memory_bytes") = 0,
+          py::arg("cpu_seconds") = 0, py::arg("open_files") = 0, py::arg("start_timeout_ms") = 0,
+          py::arg("initializer") = py::none(), py::arg("initargs") = py::tuple())
       .def("processes", [](const Pool& p) { return p.workers(); })
       .def("plugins",
            [](const Pool& p) {

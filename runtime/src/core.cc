@@ -34,6 +34,14 @@ std::string describe(std::exception_ptr error) {
   }
 }
 
+// The plugin named `name` among `plugins`, or null.
+const PluginInfo* findPluginInfo(const std::vector<PluginInfo>& plugins, const std::string& name) {
+  for (const PluginInfo& p : plugins) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 Core::Core(Options options, std::vector<std::string> pluginPaths,
@@ -388,14 +396,27 @@ void Core::hello(Worker& w, HelloContent hello) {
   if (plugins_.empty() && starting_) {
     plugins_ = std::move(hello.plugins);
     if (options_.initializer) {
+      Initializer& init = options_.initializer;
       try {
-        const Initializer& init = options_.initializer;
-        initializer_ =
-            bindByName(plugins_, init.plugin_, init.task_, init.argTypes_, init.resultType_);
+        if (init.dynamicEncode_) {
+          // Bound by the manifest's own types; an unknown task fails in bindByName.
+          const PluginInfo* plugin = findPluginInfo(plugins_, init.plugin_);
+          const TaskInfo* info = plugin ? plugin->find(init.task_) : nullptr;
+          initializer_ = bindByName(plugins_, init.plugin_, init.task_,
+                                    info ? info->argTypes : std::vector<std::string>{},
+                                    info ? info->resultType : std::string{});
+          init.resolve(*plugin, *info);  // may throw what the front end's encoder threw
+        } else {
+          initializer_ =
+              bindByName(plugins_, init.plugin_, init.task_, init.argTypes_, init.resultType_);
+        }
       } catch (const PluginError& e) {
         if (!startError_) {
           startError_ = errorPtr<PluginError>(std::string("initializer: ") + e.what());
         }
+        return;
+      } catch (...) {
+        if (!startError_) startError_ = std::current_exception();
         return;
       }
     }

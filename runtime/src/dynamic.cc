@@ -1,8 +1,12 @@
 #include "plugpool/dynamic.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <utility>
 
+#include <capnp/any.h>
+#include <capnp/message.h>
 #include <capnp/schema-loader.h>
 #include <capnp/serialize.h>
 #include <kj/array.h>
@@ -57,6 +61,39 @@ std::uint64_t structTypeId(std::string_view type) {
     id = id << 4 | static_cast<std::uint64_t>(digit);
   }
   return id;
+}
+
+Initializer dynamicInitializer(
+    std::string plugin, std::string task,
+    std::function<void(capnp::AnyStruct::Builder, const PluginInfo&, const TaskInfo&)> encode) {
+  Initializer init;
+  init.plugin_ = std::move(plugin);
+  init.task_ = std::move(task);
+  init.dynamicEncode_ = std::move(encode);
+  return init;
+}
+
+void Initializer::resolve(const PluginInfo& plugin, const TaskInfo& info) {
+  argTypes_ = info.argTypes;
+  resultType_ = info.resultType;
+  const TupleShape shape = tupleShape(argTypes_);
+  dataWords_ = shape.dataWords;
+  pointers_ = shape.pointers;
+  auto message = std::make_shared<capnp::MallocMessageBuilder>();
+  auto args = message->getRoot<capnp::AnyPointer>().initAsAnyStruct(dataWords_, pointers_);
+  auto encode = std::exchange(dynamicEncode_, nullptr);
+  encode(args, plugin, info);
+  // Every worker gets a copy of what was written once.
+  encode_ = [message](capnp::AnyStruct::Builder out) {
+    auto from = message->getRoot<capnp::AnyPointer>().getAs<capnp::AnyStruct>().asReader();
+    auto data = from.getDataSection();
+    std::memcpy(out.getDataSection().begin(), data.begin(),
+                std::min(data.size(), out.getDataSection().size()));
+    auto pointers = from.getPointerSection();
+    for (unsigned i = 0; i < pointers.size() && i < out.getPointerSection().size(); ++i) {
+      out.getPointerSection()[i].set(pointers[i]);
+    }
+  };
 }
 
 DynamicTask Pool::dynamicTask(std::string_view plugin, std::string_view name) const {

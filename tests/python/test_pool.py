@@ -118,6 +118,107 @@ def test_imap_unordered_is_lazy_over_an_endless_generator(pool):
     assert seen == 20000
 
 
+def test_imap_unordered_runs_in_flat_memory():
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+    with plugpool.Pool(2, ["examples"]) as p:
+        results = p.imap_unordered("examples.square", endless(), chunksize=10)
+        for _ in range(20000):  # warm-up: the window, the buffers, the allocator
+            next(results)
+        before = rss()
+        for _ in range(300000):
+            next(results)
+        grown = rss() - before
+        results.close()
+    # 15 items' worth of anything kept per item would be far more than this.
+    assert grown < 16 << 20, f"RSS grew by {grown} bytes over 300 000 items"
+
+
+def test_initializer_runs_once_in_each_worker_before_any_work():
+    with plugpool.Pool(2, ["examples"], initializer="examples.set_offset",
+                       initargs=(1000,)) as p:
+        assert p.map("examples.add_offset", range(20), chunksize=1) == \
+            [1000 + i for i in range(20)]
+
+
+def test_an_initializer_that_fails_or_does_not_fit_fails_the_start():
+    with pytest.raises(plugpool.StartError, match="initializer"):
+        plugpool.Pool(1, ["examples"], initializer="examples.set_offset", initargs=(-1,))
+    with pytest.raises(TypeError, match="expected int64, got str"):
+        plugpool.Pool(1, ["examples"], initializer="examples.set_offset", initargs=("x",))
+    with pytest.raises(TypeError, match="takes 1 arguments, got 2"):
+        plugpool.Pool(1, ["examples"], initializer="examples.set_offset", initargs=(1, 2))
+    with pytest.raises(plugpool.PluginError, match="no task"):
+        plugpool.Pool(1, ["examples"], initializer="examples.nope")
+    with pytest.raises(TypeError, match="nothing is pickled"):
+        plugpool.Pool(1, ["examples"], initializer=print)
+
+
+def test_callbacks_run_on_plugpools_thread_with_the_gil(pool):
+    threads = []
+    done = threading.Event()
+    future = pool.submit("examples.square", 3)
+    future.add_done_callback(lambda f: threads.append(("future", threading.get_ident())))
+    pool.apply_async("examples.sleep_ms", (50,),
+                     callback=lambda v: (threads.append(("apply", threading.get_ident())),
+                                         done.set()))
+    assert future.result(30) == 9 and done.wait(30)
+    errors = []
+    failed = threading.Event()
+    pool.map_async("examples.fail", [1], error_callback=lambda e: (errors.append(e),
+                                                                    failed.set()))
+    assert failed.wait(30) and isinstance(errors[0], plugpool.TaskError)
+    assert {name for name, _ in threads} == {"future", "apply"}
+    apply_thread = dict(threads)["apply"]
+    assert apply_thread != threading.get_ident()
+
+
+def test_threads_share_one_pool(pool):
+    results = {}
+
+    def work(k):
+        results[k] = pool.map("examples.square", range(k * 100, k * 100 + 500), chunksize=13)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(results[k] == [i * i for i in range(k * 100, k * 100 + 500)] for k in range(6))
+
+
+def test_shutdown_with_cancel_futures_cancels_what_has_not_started():
+    p = plugpool.Pool(1, ["examples"])
+    running = p.submit("examples.sleep_ms", 300)
+    queued = [p.submit("examples.sleep_ms", 300) for _ in range(5)]
+    time.sleep(0.1)
+    p.shutdown(wait=True, cancel_futures=True)
+    assert running.result(0) == 300
+    outcomes = [type(f.exception(0)).__name__ if f.exception(0) else "done" for f in queued]
+    assert "Cancelled" in outcomes, outcomes
+    with pytest.raises(plugpool.PoolClosed):
+        p.submit("examples.square", 1)
+
+
+def test_kill_workers_and_terminate_workers_end_the_pool():
+    for stop in ("kill_workers", "terminate_workers"):
+        p = plugpool.Pool(1, [FAULTS])
+        r = p.apply_async("faults.sleep_ms", (60000,))
+        time.sleep(0.2)
+        start = time.monotonic()
+        getattr(p, stop)()
+        assert time.monotonic() - start < 10
+        with pytest.raises(plugpool.Cancelled):
+            r.get(timeout=30)
+        p.join()
+
+
 # --- values ------------------------------------------------------------------------------
 
 def test_values_convert_by_the_declared_types(pool):
@@ -160,6 +261,25 @@ def test_large_data_results_are_not_copied(pool):
     back = pool.apply("examples.echo_bytes", (big,))
     assert isinstance(back, memoryview) and back.readonly and back == big
     numpy = pytest.importorskip("numpy")
+
+    def address(view):
+        return numpy.frombuffer(view, dtype=numpy.uint8).__array_interface__["data"][0]
+
+    def mapping(addr):
+        for line in open("/proc/self/maps"):
+            span, *rest = line.split()
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo <= addr < hi:
+                return line
+        return ""
+    # The result is read where the worker wrote it: in the pool's shared region (a fresh
+    # pool's, whose region no earlier result still holds), once for every get().
+    with plugpool.Pool(1, ["examples"]) as fresh:
+        r = fresh.apply_async("examples.echo_bytes", (big,))
+        first, second = r.get(), r.get()
+        assert address(first) == address(second)
+        assert "memfd:plugpool-shared" in mapping(address(first))
+        del first, second, r
     array = numpy.arange(1 << 20, dtype=numpy.uint8)
     assert pool.apply("examples.echo_bytes", (array,)) == array.tobytes()
 
@@ -201,6 +321,12 @@ def test_ctrl_c_cancels_the_call_and_raises_keyboard_interrupt():
         with pytest.raises(KeyboardInterrupt):
             p.apply("faults.sleep_ms", (60000,))
         assert time.monotonic() - start < 10
+        assert p.apply("faults.sleep_ms", (1,)) == 1
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            p.map("faults.sleep_ms", [60000, 60000, 60000], chunksize=1)
+        timer.join()
         assert p.apply("faults.sleep_ms", (1,)) == 1
 
 

@@ -107,7 +107,7 @@ enum class StartMethod {
 class Initializer {
  public:
   Initializer() = default;
-  explicit operator bool() const { return static_cast<bool>(encode_); }
+  explicit operator bool() const { return encode_ || dynamicEncode_; }
   const std::string& plugin() const { return plugin_; }
   const std::string& task() const { return task_; }
 
@@ -119,10 +119,27 @@ class Initializer {
   std::string resultType_;
   std::uint16_t dataWords_ = 0, pointers_ = 0;
   std::function<void(capnp::AnyStruct::Builder)> encode_;  // writes the argument tuple
+  // A dynamicInitializer's, until resolve() turns it into encode_ and the fields above.
+  std::function<void(capnp::AnyStruct::Builder, const PluginInfo&, const TaskInfo&)> dynamicEncode_;
+  PLUGPOOL_API void resolve(const PluginInfo& plugin, const TaskInfo& task);
+  friend PLUGPOOL_API Initializer dynamicInitializer(
+      std::string, std::string,
+      std::function<void(capnp::AnyStruct::Builder, const PluginInfo&, const TaskInfo&)>);
 };
 
 template <typename Signature, typename... U>
 Initializer initializer(std::string plugin, std::string task, U&&... args);
+
+// An initializer whose arguments are written by type name, as a DynamicTask's are
+// (dynamic.h): for a front end that converts its values by the task's declared types, which
+// it learns only from the manifest. `encode` is called once, on the pool's dispatcher thread,
+// when the first worker has reported its plugins, with the argument struct (of the task's
+// argumentShape), its plugin's manifest (with the schemas of its structs) and the task's
+// entry in it; what it wrote is sent to every worker. An
+// exception from `encode` fails the pool's start: the Pool constructor throws it.
+PLUGPOOL_API Initializer dynamicInitializer(
+    std::string plugin, std::string task,
+    std::function<void(capnp::AnyStruct::Builder, const PluginInfo&, const TaskInfo&)> encode);
 
 // Resource limits every worker sets on itself (setrlimit) before it loads a plugin, so one
 // task cannot take the machine down with it. 0: inherited from the host (no new limit).
