@@ -263,6 +263,8 @@ class Map(CliTest):
         self.assertEqual(len(lines), 3, err)
         record = [json.loads(l) for l in out.splitlines()][1]
         self.assertEqual(record["error"]["kind"], "WorkerCrashed")
+        self.assertEqual(record["error"]["type"], "WorkerCrashed")
+        self.assertRegex(record["error"]["message"], r"^worker \d+ was killed by signal 11")
         self.assertEqual(len(record["error"]["stack"]), 2)
         self.assertTrue(record["error"]["stack"][0].startswith("#0 (anonymous namespace)::"))
 
@@ -273,7 +275,9 @@ class Map(CliTest):
         self.assertEqual(status, 1)
         records = [json.loads(l) for l in out.splitlines()]
         self.assertEqual(records[0], {"line": 1, "result": 10})
+        self.assertEqual(set(records[1]["error"]), {"kind", "type", "message"})
         self.assertEqual(records[1]["error"]["kind"], "TaskTimeout")
+        self.assertEqual(records[1]["error"]["type"], "TaskTimeout")
         self.assertEqual(records[2], {"line": 3, "result": 20})
         self.assertRegex(err, r"^plugpool: standard input, line 2: .*timeout.*\n$")
 

@@ -539,12 +539,12 @@ std::uint64_t writeResults(Stream<DynamicResult>& stream, Values& values, bool j
       for (const std::string& frame : frames) report += "\nplugpool:   " + frame;
       progress.message(report);
       if (jsonl) {
-        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + errorKind(error) +
-               "\"";
-        if (!remoteType.empty()) {
-          out += ",\"type\":";
-          appendJsonString(remoteType, out);
-        }
+        // Every record has kind, type and message: type is what the task threw for a
+        // TaskError, else the kind again, so that a reader can group by either.
+        const std::string kind = errorKind(error);
+        out +=
+            "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + kind + "\",\"type\":";
+        appendJsonString(remoteType.empty() ? kind : remoteType, out);
         out += ",\"message\":";
         appendJsonString(message, out);
         if (!frames.empty()) {
