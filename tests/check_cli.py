@@ -281,14 +281,77 @@ class Map(CliTest):
         self.assertEqual(records[2], {"line": 3, "result": 20})
         self.assertRegex(err, r"^plugpool: standard input, line 2: .*timeout.*\n$")
 
-    def test_a_malformed_line_is_a_usage_error_after_the_lines_before_it(self):
-        status, out, err = plugpool("map", "examples", "square", input="1\n2\nthree\n4\n")
-        self.assertEqual((status, out), (2, "1\n4\n"))
-        self.assertEqual(err, 'plugpool: standard input, line 3: "three" is not an integer (int64)\n')
-        status, out, err = plugpool("map", "examples", "add", input="[1, 2]\n[1]\n")
-        self.assertEqual((status, out), (2, "3\n"))
-        self.assertEqual(err, "plugpool: standard input, line 2: expected a JSON array of the "
-                              "task's 2 arguments\n")
+    def test_a_bad_line_fails_its_own_item_and_the_run_goes_on(self):
+        status, out, err = plugpool("map", "examples", "square", input="1\n2\nthree\n\n5\n")
+        self.assertEqual((status, out), (1, "1\n4\n25\n"))
+        self.assertEqual(err.splitlines(), [
+            'plugpool: standard input, line 3: "three" is not an integer (int64)',
+            'plugpool: standard input, line 4: "" is not an integer (int64)'])
+        # First and last lines too, from a file.
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write("x\n3\ny\n")
+            f.flush()
+            status, out, err = plugpool("map", "examples", "square", f.name)
+        self.assertEqual((status, out), (1, "9\n"))
+        self.assertEqual(err.splitlines(), [
+            f'plugpool: {f.name}, line 1: "x" is not an integer (int64)',
+            f'plugpool: {f.name}, line 3: "y" is not an integer (int64)'])
+
+    def test_a_bad_line_is_an_input_error_record_in_its_place(self):
+        bad = {"line": 2, "error": {"kind": "InputError", "type": "InputError",
+                                    "message": "expected a JSON array of the task's 2 arguments"}}
+        for args in [[], ["-c", "1", "-w", "2"], ["--unordered"]]:
+            with self.subTest(args=args):
+                status, out, err = plugpool("map", "examples", "add", "-o", "jsonl", *args,
+                                            input="[1, 2]\n[1]\n[3, 4]\n")
+                self.assertEqual(status, 1)
+                records = sorted((json.loads(l) for l in out.splitlines()),
+                                 key=lambda r: r["line"])
+                self.assertEqual(records, [{"line": 1, "result": 3}, bad,
+                                           {"line": 3, "result": 7}])
+                self.assertEqual(err, "plugpool: standard input, line 2: expected a JSON array "
+                                      "of the task's 2 arguments\n")
+
+    def test_a_bad_line_is_never_sent_to_a_worker(self):
+        # Its first argument converts, its second does not: nothing of it may run.
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        with tempfile.TemporaryDirectory() as d:
+            log = os.path.join(d, "ran")
+            lines = "".join(json.dumps(line) + "\n" for line in
+                            [[log, 1], [log, "one"], [log, 2], [log, 2.5], [log, 3]])
+            status, out, err = plugpool("map", faults, "sleep_logged", "-c", "1", input=lines)
+            with open(log) as f:
+                ran = f.read().splitlines()
+        self.assertEqual((status, out), (1, "1\n2\n3\n"), err)
+        self.assertEqual(len(ran), 3)
+        self.assertEqual([l.split(":")[0] for l in err.splitlines()],
+                         ["plugpool", "plugpool"])
+        self.assertRegex(err, r"^plugpool: standard input, line 2: argument 2: .*\n"
+                              r"plugpool: standard input, line 4: argument 2: .*\n$")
+
+    def test_long_runs_of_bad_lines_keep_every_line_in_its_place(self):
+        # Runs of bad lines longer than map holds back at a time, between good ones.
+        lines, expected = [], []
+        for block in range(4):
+            for i in range(5):
+                lines.append(str(i))
+                expected.append({"line": len(lines), "result": i * i})
+            for i in range(2500 if block % 2 == 0 else 3):
+                lines.append("bad")
+                expected.append({"line": len(lines), "error": {
+                    "kind": "InputError", "type": "InputError",
+                    "message": '"bad" is not an integer (int64)'}})
+        text = "".join(l + "\n" for l in lines)
+        for args in [[], ["-w", "2", "-c", "2"], ["--unordered"]]:
+            with self.subTest(args=args):
+                status, out, err = plugpool("map", "examples", "square", "-o", "jsonl", *args,
+                                            input=text)
+                self.assertEqual(status, 1)
+                records = [json.loads(l) for l in out.splitlines()]
+                if "--unordered" in args:
+                    records.sort(key=lambda r: r["line"])
+                self.assertEqual(records, expected)
+                self.assertEqual(len(err.splitlines()), 2 * 2500 + 2 * 3)
 
     def test_an_unreadable_input_is_a_usage_error(self):
         self.assertUsageError(*plugpool("map", "examples", "square", "/nonexistent/input"),
@@ -521,14 +584,16 @@ class Progress(CliTest):
         proc = subprocess.Popen([PLUGPOOL, "map", "examples", "fail"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
-        proc.stdin.write(b"1\n2\n")
+        proc.stdin.write(b"1\ntwo\n3\n")
         proc.stdin.close()
         screen = read_pty(master, proc)
         proc.stdout.close()
         self.assertEqual(proc.wait(timeout=HANG_GUARD), 1)
         text = screen.decode()
         self.assertIn("plugpool: standard input, line 1: examples.fail raised", text)
-        self.assertRegex(text, r"\r2 items  2 failed  \d+/s  elapsed 0:\d\d\x1b\[K\r?\n$")
+        # A bad line counts as a failed item.
+        self.assertIn('plugpool: standard input, line 2: "two" is not an integer (int64)', text)
+        self.assertRegex(text, r"\r3 items  3 failed  \d+/s  elapsed 0:\d\d\x1b\[K\r?\n$")
 
 
 if __name__ == "__main__":
