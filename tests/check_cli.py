@@ -159,8 +159,11 @@ class Run(CliTest):
             (["sum", "[1, 2.5]"], r"argument 1: expected int64, got a number that is not an exact"),
             (["sum", "[1,"], r"argument 1: not valid JSON"),
             (["polygon_stats", '{"name": 5}'],
-             r"argument 1: not a struct Polygon@0x[0-9a-f]+: Expected text value"),
-            (["polygon_stats", "[]"], r"argument 1: expected struct Polygon@0x.* as an object"),
+             r"argument 1: field name: expected text as a string, got a number$"),
+            (["polygon_stats", '{"nmae": "x", "points": []}'],
+             r'argument 1: struct Polygon has no field "nmae"; its fields are name, points$'),
+            (["polygon_stats", "[]"],
+             r"argument 1: expected struct Polygon as an object, got an array$"),
         ]
         for args, pattern in cases:
             with self.subTest(args=args):
@@ -361,6 +364,79 @@ class Map(CliTest):
 
     def test_no_progress_line_when_stderr_is_not_a_terminal(self):
         self.assertEqual(plugpool("map", "examples", "square", input="1\n2\n"), (0, "1\n4\n", ""))
+
+
+RECORDS = os.path.join(FIXTURES, "librecords.so")
+# A record with every kind of field (tests/fixtures/records.capnp).
+FULL_RECORD = {"flag": True, "small": -3, "big": "-9007199254740993",
+               "count": "18446744073709551615", "ratio": 0.5, "label": "hi", "blob": [1, 2, 255],
+               "color": "blue", "tags": ["a", "b"], "grid": [[1, 2], [3]],
+               "colors": ["red", "green"], "children": [{"label": "kid", "shape": {"square": 2}}],
+               "blobs": [[1], []], "shape": {"circle": 2.5}, "extent": {"width": 3, "height": 4}}
+
+
+class StructInput(CliTest):
+    """JSON objects into structs of a plugin's schema: strict, with errors that name the field."""
+
+    def map_one(self, plugin, task, line):
+        """Maps one line; returns (status, the one error line without its prefix)."""
+        status, out, err = plugpool("map", plugin, task, input=line + "\n")
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertTrue(err.startswith("plugpool: standard input, line 1: "), err)
+        return status, err[len("plugpool: standard input, line 1: "):].rstrip("\n")
+
+    def test_every_kind_of_field_converts_and_what_comes_out_goes_back_in(self):
+        status, out, err = plugpool("run", RECORDS, "echo", json.dumps(FULL_RECORD))
+        self.assertEqual(status, 0, err)
+        record = json.loads(out)["record"]
+        for name, value in FULL_RECORD.items():
+            if name != "children":
+                self.assertEqual(record[name], value, name)
+        self.assertEqual(record["children"][0]["label"], "kid")
+        self.assertEqual(record["children"][0]["shape"], {"square": 2})
+        status, again, err = plugpool("map", RECORDS, "echo", input=json.dumps(record) + "\n")
+        self.assertEqual((status, again), (0, out), err)
+
+    def test_a_misspelt_field_is_refused_naming_the_fields_there_are(self):
+        for plugin, task, line, message in [
+            ("examples", "polygon_stats", '{"nmae": "x", "points": []}',
+             'struct Polygon has no field "nmae"; its fields are name, points'),
+            ("examples", "polygon_stats", '{"nmae": "x", "pionts": []}',
+             'struct Polygon has no fields "nmae" and "pionts"; its fields are name, points'),
+            ("examples", "polygon_stats", '{"name": "t", "points": [{"x": 0, "y": 0, "z": 1}]}',
+             'field points[0]: struct Point has no field "z"; its fields are x, y'),
+            (RECORDS, "echo", '{"extent": {"widht": 1}}',
+             'field extent: group extent has no field "widht"; its fields are width, height'),
+        ]:
+            with self.subTest(line=line):
+                self.assertEqual(self.map_one(plugin, task, line), (1, message))
+
+    def test_a_field_that_does_not_fit_names_the_field_and_the_form_it_takes(self):
+        for plugin, task, line, message in [
+            ("examples", "polygon_stats", '{"name": 5}',
+             "field name: expected text as a string, got a number"),
+            ("examples", "polygon_stats", '{"name": "t", "points": [{"x": "a", "y": 0}]}',
+             'field points[0].x: "a" is not a number (float64)'),
+            ("examples", "polygon_stats", '{"points": {"x": 1}}',
+             "field points: expected list<struct Point> as an array, got an object"),
+            ("examples", "polygon_stats", '"square"',
+             "expected struct Polygon as an object, got a string"),
+            (RECORDS, "echo", '{"small": 300}', 'field small: "300" is not in range (int8)'),
+            (RECORDS, "echo", '{"flag": 1}', "field flag: expected bool, got a number"),
+            (RECORDS, "echo", '{"color": "purple"}',
+             'field color: "purple" is not a Color: red, green or blue'),
+            (RECORDS, "echo", '{"colors": ["red", 7]}',
+             "field colors[1]: 7 is not a Color: red, green or blue"),
+            (RECORDS, "echo", '{"grid": [[1, "x"]]}', 'field grid[0][1]: "x" is not an integer (int32)'),
+            (RECORDS, "echo", '{"blob": [1, 256]}', 'field blob[1]: "256" is not in range (uint8)'),
+            (RECORDS, "echo", '{"children": [{"tags": [1]}]}',
+             "field children[0].tags[0]: expected text as a string, got a number"),
+            (RECORDS, "echo", '{"shape": {"circle": 1, "square": 2}}',
+             "field shape: circle and square are members of one union: give one"),
+        ]:
+            with self.subTest(line=line):
+                self.assertEqual(self.map_one(plugin, task, line), (1, message))
 
 
 def feed_lines(proc, line, most):
