@@ -302,7 +302,8 @@ class Map(CliTest):
 
     def test_a_bad_line_is_an_input_error_record_in_its_place(self):
         bad = {"line": 2, "error": {"kind": "InputError", "type": "InputError",
-                                    "message": "expected a JSON array of the task's 2 arguments"}}
+                                    "message": "expected a JSON array of the task's 2 "
+                                               "arguments (float64, float64), got an array of 1"}}
         for args in [[], ["-c", "1", "-w", "2"], ["--unordered"]]:
             with self.subTest(args=args):
                 status, out, err = plugpool("map", "examples", "add", "-o", "jsonl", *args,
@@ -312,8 +313,38 @@ class Map(CliTest):
                                  key=lambda r: r["line"])
                 self.assertEqual(records, [{"line": 1, "result": 3}, bad,
                                            {"line": 3, "result": 7}])
-                self.assertEqual(err, "plugpool: standard input, line 2: expected a JSON array "
-                                      "of the task's 2 arguments\n")
+                self.assertEqual(err, "plugpool: standard input, line 2: " +
+                                 bad["error"]["message"] + "\n")
+
+    def test_json_errors_say_what_is_wrong_in_plain_words(self):
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        add = "the task's 2 arguments (float64, float64) go in a JSON array"
+        for plugin, task, line, message in [
+            ("examples", "sum", "[1,2", 'not valid JSON: "[1,2" (it ends before the value does)'),
+            ("examples", "sum", "[1, 2x]", 'not valid JSON: "[1, 2x]" (unexpected characters)'),
+            ("examples", "sum", "[1] [2]", 'not valid JSON: "[1] [2]" (more follows the value)'),
+            ("examples", "sum", "[1e]", 'not valid JSON: "[1e]" (1e is not a number)'),
+            ("examples", "sum", '["\\q"]',
+             'not valid JSON: "["\\q"]" (a string has an invalid \\ escape)'),
+            ("examples", "sum", "", "an empty line; expected list<int64> as JSON"),
+            ("examples", "sum", "1 2 3", 'not valid JSON: "1 2 3" (more follows the value); '
+                                         "a list<int64> is a JSON array: [1, 2, 3]"),
+            ("examples", "add", "a b",
+             f'not valid JSON: "a b" (unexpected characters); {add}: ["a", "b"]'),
+            ("examples", "add", "1 2.5", f'not valid JSON: "1 2.5" (more follows the value); '
+                                         f"{add}: [1, 2.5]"),
+            ("examples", "add", "1 2 3", f'not valid JSON: "1 2 3" (more follows the value); {add}'),
+            ("examples", "add", "5", "expected a JSON array of the task's 2 arguments "
+                                     "(float64, float64), got a number"),
+            ("examples", "add", "", "an empty line; expected a JSON array of the task's 2 "
+                                    "arguments (float64, float64)"),
+            (faults, "sleep_logged", "log 5", 'not valid JSON: "log 5" (unexpected characters); '
+             "the task's 2 arguments (text, int64) go in a JSON array: [\"log\", 5]"),
+        ]:
+            with self.subTest(task=task, line=line):
+                status, out, err = plugpool("map", plugin, task, input=line + "\n")
+                self.assertEqual((status, out), (1, ""))
+                self.assertEqual(err, f"plugpool: standard input, line 1: {message}\n")
 
     def test_a_bad_line_is_never_sent_to_a_worker(self):
         # Its first argument converts, its second does not: nothing of it may run.

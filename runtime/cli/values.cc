@@ -172,6 +172,48 @@ std::string numberText(double v) {
   return std::string(buf, r.ptr);
 }
 
+// What is wrong with text capnp::JsonCodec::decodeRaw refused, in plain words: its
+// exceptions' descriptions carry the failed check ("expected !exhausted(); JSON message ends
+// prematurely.", "expected endPtr == s.end() [e == ]; String does not contain valid floating
+// number; s = 1e"), which says nothing to a user.
+std::string plainJsonError(std::string_view description) {
+  static const struct {
+    std::string_view says, means;
+  } KNOWN[] = {
+      {"ends prematurely", "it ends before the value does"},
+      {"Input remains after parsing", "more follows the value"},
+      {"Unexpected input", "unexpected characters"},
+      {"nested too deeply", "nested more than 64 deep"},
+      {"Invalid escape", "a string has an invalid \\ escape"},
+      {"Invalid hex digit", "a \\u escape has a character that is not a hex digit"},
+      {"Expected number", "a number has no digits"},
+  };
+  for (const auto& known : KNOWN) {
+    if (description.find(known.says) != std::string_view::npos) return std::string(known.means);
+  }
+  constexpr std::string_view NOT_A_NUMBER = "valid floating number; s = ";
+  if (auto at = description.find(NOT_A_NUMBER); at != std::string_view::npos) {
+    return std::string(description.substr(at + NOT_A_NUMBER.size())) + " is not a number";
+  }
+  // Anything else: its last clause, without the check before it.
+  if (auto at = description.rfind("; "); at != std::string_view::npos) {
+    description.remove_prefix(at + 2);
+  }
+  if (!description.empty() && description.back() == '.') description.remove_suffix(1);
+  return std::string(description);
+}
+
+// The words of `line`, split at spaces and tabs.
+std::vector<std::string_view> wordsOf(std::string_view line) {
+  std::vector<std::string_view> words;
+  for (line = trim(line); !line.empty(); line = trim(line)) {
+    const std::size_t end = std::min(line.find(' '), line.find('\t'));
+    words.push_back(line.substr(0, end));
+    line.remove_prefix(std::min(end, line.size()));
+  }
+  return words;
+}
+
 }  // namespace
 
 void appendJsonString(std::string_view text, std::string& out) {
@@ -551,7 +593,8 @@ void Values::parseJson(std::string_view text, capnp::MallocMessageBuilder& messa
   try {
     json_.decodeRaw(kj::ArrayPtr<const char>(text.data(), text.size()), root);
   } catch (const kj::Exception& e) {
-    throw ValueError("not valid JSON: " + quoted(text) + " (" + e.getDescription().cStr() + ")");
+    throw ValueError("not valid JSON: " + quoted(text) + " (" +
+                     plainJsonError(e.getDescription().cStr()) + ")");
   }
 }
 
@@ -591,13 +634,50 @@ void Values::argsFromLine(std::string_view line, capnp::AnyStruct::Builder out) 
     return fromText(args_[0], line, out, slots_[0]);
   }
   if (args_.empty() && trim(line).empty()) return;
+  // What the line should be, for messages.
+  std::string signature = "(";
+  for (const Type& t : args_) signature += (signature.size() > 1 ? ", " : "") + t.name;
+  signature += ")";
+  const std::string arguments =
+      "the task's " + std::to_string(args_.size()) + " arguments " + signature;
+  if (trim(line).empty()) {
+    throw ValueError("an empty line; expected " + (args_.size() == 1
+                                                       ? args_[0].name + " as JSON"
+                                                       : "a JSON array of " + arguments));
+  }
   capnp::MallocMessageBuilder message;
-  parseJson(line, message);
+  try {
+    parseJson(line, message);
+  } catch (const ValueError& e) {
+    // Words where a JSON array was meant ("a b" for two arguments): show the array.
+    const bool list = args_.size() == 1 && args_[0].kind == Type::LIST;
+    if (trim(line).front() == '[' || (args_.size() < 2 && !list)) throw;
+    std::string hint =
+        std::string(e.what()) + "; " +
+        (list ? "a " + args_[0].name + " is a JSON array" : arguments + " go in a JSON array");
+    const auto words = wordsOf(line);
+    if (list || words.size() == args_.size()) {
+      hint += ": [";
+      for (std::size_t i = 0; i < words.size(); ++i) {
+        if (i > 0) hint += ", ";
+        const Type& type = list ? args_[0].elements[0] : args_[i];
+        try {
+          if (!type.scalar()) throw ValueError("not a scalar");
+          appendScalar(type, wordFromText(type, words[i]), hint, true);
+        } catch (const ValueError&) {
+          appendJsonString(words[i], hint);
+        }
+      }
+      hint += "]";
+    }
+    throw ValueError(hint);
+  }
   auto json = message.getRoot<capnp::JsonValue>().asReader();
   if (args_.size() == 1) return fromJson(args_[0], json, out, slots_[0]);
   if (!json.isArray() || json.getArray().size() != args_.size()) {
-    throw ValueError("expected a JSON array of the task's " + std::to_string(args_.size()) +
-                     " arguments");
+    throw ValueError("expected a JSON array of " + arguments + ", got " +
+                     (json.isArray() ? "an array of " + std::to_string(json.getArray().size())
+                                     : std::string(jsonKind(json.which()))));
   }
   auto array = json.getArray();
   for (unsigned i = 0; i < args_.size(); ++i) {
