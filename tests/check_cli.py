@@ -179,6 +179,13 @@ class Run(CliTest):
                 self.assertUsageError(*plugpool(*args), pattern)
 
 
+class Version(CliTest):
+    def test_version_is_the_projects(self):
+        with open(os.path.join(FIXTURES_SOURCE, "..", "..", "meson.build")) as f:
+            version = re.search(r"project\([^)]*?version: '([^']+)'", f.read(), re.S).group(1)
+        self.assertEqual(plugpool("--version"), (0, f"plugpool {version}\n", ""))
+
+
 class Map(CliTest):
     def test_results_in_input_order_from_stdin_and_from_a_file(self):
         lines = "".join(f"{i}\n" for i in range(1, 1001))
@@ -270,6 +277,26 @@ class Map(CliTest):
         self.assertRegex(record["error"]["message"], r"^worker \d+ was killed by signal 11")
         self.assertEqual(len(record["error"]["stack"]), 2)
         self.assertTrue(record["error"]["stack"][0].startswith("#0 (anonymous namespace)::"))
+
+    def test_retries_send_a_crashed_item_again(self):
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        with tempfile.TemporaryDirectory() as d:
+            # crash_once crashes its worker the first time for a path, then succeeds.
+            lines = "".join(os.path.join(d, f"once{i}") + "\n" for i in range(3))
+            status, out, err = plugpool("map", faults, "crash_once", "-c", "1", input=lines)
+            self.assertEqual((status, out), (1, ""))
+            self.assertEqual(len(re.findall(r"line \d: worker \d+ was killed by signal 11", err)),
+                             3, err)
+            for f in os.listdir(d):
+                os.unlink(os.path.join(d, f))
+            self.assertEqual(plugpool("map", faults, "crash_once", "-c", "1", "--retries", "1",
+                                      input=lines), (0, "1\n1\n1\n", ""))
+        for bad in ["-1", "many", "1.5"]:
+            with self.subTest(retries=bad):
+                self.assertUsageError(*plugpool("map", "examples", "square", "--retries", bad,
+                                                input="1\n"),
+                                      "retries must be a whole number, 0 or more; got " +
+                                      re.escape(bad))
 
     def test_timeout_fails_the_item_and_the_rest_goes_on(self):
         # 2 s: 100 times the healthy items, so that a loaded machine cannot time them out.

@@ -4,8 +4,9 @@
 //   plugpool tasks PLUGIN [--json]
 //   plugpool run PLUGIN TASK [ARG...]
 //   plugpool map PLUGIN TASK [INPUT] [--workers N] [--chunksize N] [--unordered]
-//                [--timeout SECONDS] [--output text|jsonl]
+//                [--timeout SECONDS] [--retries N] [--output text|jsonl]
 //                [--slurm | --launch 'PREFIX'...] [--address ADDRESS]
+//   plugpool --version
 //
 // PLUGIN is a path to a plugin (anything with a '/') or a bare name found as Options::plugins
 // says (pool.h). Values are converted from and to text and JSON as values.h says.
@@ -140,9 +141,11 @@ class Output {
 };
 
 std::unique_ptr<Pool> startPool(const std::string& plugin, int workers,
-                                std::optional<Remote> remote = std::nullopt) {
+                                std::optional<Remote> remote = std::nullopt,
+                                unsigned crashRetries = 0) {
   Options options;
   options.workers = workers;
+  options.crashRetries = crashRetries;
   options.plugins = {plugin};
   options.remote = std::move(remote);
   try {
@@ -616,12 +619,26 @@ CLI::Validator workerCount() {
       "0 or more");
 }
 
+// --retries: what Options::crashRetries takes, refused as a usage error that says so.
+CLI::Validator retryCount() {
+  return CLI::Validator(
+      [](std::string& input) {
+        unsigned n = 0;
+        const char* end = input.data() + input.size();
+        auto [at, error] = std::from_chars(input.data(), end, n);
+        if (error == std::errc() && at == end && !input.empty()) return std::string();
+        return "retries must be a whole number, 0 or more; got " + input;
+      },
+      "0 or more");
+}
+
 struct MapOptions {
   std::string input = "-";
   int workers = 0;
   std::size_t chunksize = 0;
   bool unordered = false;
   double timeout = 0;
+  unsigned retries = 0;  // Options::crashRetries
   std::string output = "text";
   bool slurm = false;
   std::vector<std::string> launch;  // command prefixes, as a shell would split them
@@ -742,7 +759,7 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
     }
   } closer{file};
 
-  auto pool = startPool(plugin, opt.workers, remoteOf(opt));
+  auto pool = startPool(plugin, opt.workers, remoteOf(opt), opt.retries);
   DynamicTask task = bindTask(*pool, taskName);
   if (opt.timeout > 0) {
     task = task.withTimeout(
@@ -812,6 +829,7 @@ int run(int argc, char** argv) {
   CLI::App app{"plugpool: run plugin tasks on a pool of worker processes", "plugpool"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show the help of every command");
+  app.set_version_flag("--version", std::string("plugpool ") + PLUGPOOL_VERSION);
 
   std::string plugin, taskName;
   bool json = false;
@@ -840,6 +858,10 @@ int run(int argc, char** argv) {
   map->add_flag("-u,--unordered", opt.unordered, "Write results as they finish, not in order");
   map->add_option("-t,--timeout", opt.timeout, "Seconds an item may run (default: no limit)")
       ->check(CLI::NonNegativeNumber);
+  map->add_option("-r,--retries", opt.retries,
+                  "Times a chunk whose worker crashed running it is sent again before its items "
+                  "fail (default 0: a crash is usually the input's fault)")
+      ->check(retryCount());
   map->add_option("-o,--output", opt.output, "text (default) or jsonl")
       ->check(CLI::IsMember({"text", "jsonl"}));
   auto* slurm = map->add_flag(
