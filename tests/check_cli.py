@@ -159,8 +159,11 @@ class Run(CliTest):
             (["sum", "[1, 2.5]"], r"argument 1: expected int64, got a number that is not an exact"),
             (["sum", "[1,"], r"argument 1: not valid JSON"),
             (["polygon_stats", '{"name": 5}'],
-             r"argument 1: not a struct Polygon@0x[0-9a-f]+: Expected text value"),
-            (["polygon_stats", "[]"], r"argument 1: expected struct Polygon@0x.* as an object"),
+             r"argument 1: field name: expected text as a string, got a number$"),
+            (["polygon_stats", '{"nmae": "x", "points": []}'],
+             r'argument 1: struct Polygon has no field "nmae"; its fields are name, points$'),
+            (["polygon_stats", "[]"],
+             r"argument 1: expected struct Polygon as an object, got an array$"),
         ]
         for args, pattern in cases:
             with self.subTest(args=args):
@@ -174,6 +177,13 @@ class Run(CliTest):
                                "workers must be 1 or more, or 0 for one per core; got -1")]:
             with self.subTest(args=args):
                 self.assertUsageError(*plugpool(*args), pattern)
+
+
+class Version(CliTest):
+    def test_version_is_the_projects(self):
+        with open(os.path.join(FIXTURES_SOURCE, "..", "..", "meson.build")) as f:
+            version = re.search(r"project\([^)]*?version: '([^']+)'", f.read(), re.S).group(1)
+        self.assertEqual(plugpool("--version"), (0, f"plugpool {version}\n", ""))
 
 
 class Map(CliTest):
@@ -263,8 +273,30 @@ class Map(CliTest):
         self.assertEqual(len(lines), 3, err)
         record = [json.loads(l) for l in out.splitlines()][1]
         self.assertEqual(record["error"]["kind"], "WorkerCrashed")
+        self.assertEqual(record["error"]["type"], "WorkerCrashed")
+        self.assertRegex(record["error"]["message"], r"^worker \d+ was killed by signal 11")
         self.assertEqual(len(record["error"]["stack"]), 2)
         self.assertTrue(record["error"]["stack"][0].startswith("#0 (anonymous namespace)::"))
+
+    def test_retries_send_a_crashed_item_again(self):
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        with tempfile.TemporaryDirectory() as d:
+            # crash_once crashes its worker the first time for a path, then succeeds.
+            lines = "".join(os.path.join(d, f"once{i}") + "\n" for i in range(3))
+            status, out, err = plugpool("map", faults, "crash_once", "-c", "1", input=lines)
+            self.assertEqual((status, out), (1, ""))
+            self.assertEqual(len(re.findall(r"line \d: worker \d+ was killed by signal 11", err)),
+                             3, err)
+            for f in os.listdir(d):
+                os.unlink(os.path.join(d, f))
+            self.assertEqual(plugpool("map", faults, "crash_once", "-c", "1", "--retries", "1",
+                                      input=lines), (0, "1\n1\n1\n", ""))
+        for bad in ["-1", "many", "1.5"]:
+            with self.subTest(retries=bad):
+                self.assertUsageError(*plugpool("map", "examples", "square", "--retries", bad,
+                                                input="1\n"),
+                                      "retries must be a whole number, 0 or more; got " +
+                                      re.escape(bad))
 
     def test_timeout_fails_the_item_and_the_rest_goes_on(self):
         # 2 s: 100 times the healthy items, so that a loaded machine cannot time them out.
@@ -273,18 +305,114 @@ class Map(CliTest):
         self.assertEqual(status, 1)
         records = [json.loads(l) for l in out.splitlines()]
         self.assertEqual(records[0], {"line": 1, "result": 10})
+        self.assertEqual(set(records[1]["error"]), {"kind", "type", "message"})
         self.assertEqual(records[1]["error"]["kind"], "TaskTimeout")
+        self.assertEqual(records[1]["error"]["type"], "TaskTimeout")
         self.assertEqual(records[2], {"line": 3, "result": 20})
         self.assertRegex(err, r"^plugpool: standard input, line 2: .*timeout.*\n$")
 
-    def test_a_malformed_line_is_a_usage_error_after_the_lines_before_it(self):
-        status, out, err = plugpool("map", "examples", "square", input="1\n2\nthree\n4\n")
-        self.assertEqual((status, out), (2, "1\n4\n"))
-        self.assertEqual(err, 'plugpool: standard input, line 3: "three" is not an integer (int64)\n')
-        status, out, err = plugpool("map", "examples", "add", input="[1, 2]\n[1]\n")
-        self.assertEqual((status, out), (2, "3\n"))
-        self.assertEqual(err, "plugpool: standard input, line 2: expected a JSON array of the "
-                              "task's 2 arguments\n")
+    def test_a_bad_line_fails_its_own_item_and_the_run_goes_on(self):
+        status, out, err = plugpool("map", "examples", "square", input="1\n2\nthree\n\n5\n")
+        self.assertEqual((status, out), (1, "1\n4\n25\n"))
+        self.assertEqual(err.splitlines(), [
+            'plugpool: standard input, line 3: "three" is not an integer (int64)',
+            'plugpool: standard input, line 4: "" is not an integer (int64)'])
+        # First and last lines too, from a file.
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write("x\n3\ny\n")
+            f.flush()
+            status, out, err = plugpool("map", "examples", "square", f.name)
+        self.assertEqual((status, out), (1, "9\n"))
+        self.assertEqual(err.splitlines(), [
+            f'plugpool: {f.name}, line 1: "x" is not an integer (int64)',
+            f'plugpool: {f.name}, line 3: "y" is not an integer (int64)'])
+
+    def test_a_bad_line_is_an_input_error_record_in_its_place(self):
+        bad = {"line": 2, "error": {"kind": "InputError", "type": "InputError",
+                                    "message": "expected a JSON array of the task's 2 "
+                                               "arguments (float64, float64), got an array of 1"}}
+        for args in [[], ["-c", "1", "-w", "2"], ["--unordered"]]:
+            with self.subTest(args=args):
+                status, out, err = plugpool("map", "examples", "add", "-o", "jsonl", *args,
+                                            input="[1, 2]\n[1]\n[3, 4]\n")
+                self.assertEqual(status, 1)
+                records = sorted((json.loads(l) for l in out.splitlines()),
+                                 key=lambda r: r["line"])
+                self.assertEqual(records, [{"line": 1, "result": 3}, bad,
+                                           {"line": 3, "result": 7}])
+                self.assertEqual(err, "plugpool: standard input, line 2: " +
+                                 bad["error"]["message"] + "\n")
+
+    def test_json_errors_say_what_is_wrong_in_plain_words(self):
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        add = "the task's 2 arguments (float64, float64) go in a JSON array"
+        for plugin, task, line, message in [
+            ("examples", "sum", "[1,2", 'not valid JSON: "[1,2" (it ends before the value does)'),
+            ("examples", "sum", "[1, 2x]", 'not valid JSON: "[1, 2x]" (unexpected characters)'),
+            ("examples", "sum", "[1] [2]", 'not valid JSON: "[1] [2]" (more follows the value)'),
+            ("examples", "sum", "[1e]", 'not valid JSON: "[1e]" (1e is not a number)'),
+            ("examples", "sum", '["\\q"]',
+             'not valid JSON: "["\\q"]" (a string has an invalid \\ escape)'),
+            ("examples", "sum", "", "an empty line; expected list<int64> as JSON"),
+            ("examples", "sum", "1 2 3", 'not valid JSON: "1 2 3" (more follows the value); '
+                                         "a list<int64> is a JSON array: [1, 2, 3]"),
+            ("examples", "add", "a b",
+             f'not valid JSON: "a b" (unexpected characters); {add}: ["a", "b"]'),
+            ("examples", "add", "1 2.5", f'not valid JSON: "1 2.5" (more follows the value); '
+                                         f"{add}: [1, 2.5]"),
+            ("examples", "add", "1 2 3", f'not valid JSON: "1 2 3" (more follows the value); {add}'),
+            ("examples", "add", "5", "expected a JSON array of the task's 2 arguments "
+                                     "(float64, float64), got a number"),
+            ("examples", "add", "", "an empty line; expected a JSON array of the task's 2 "
+                                    "arguments (float64, float64)"),
+            (faults, "sleep_logged", "log 5", 'not valid JSON: "log 5" (unexpected characters); '
+             "the task's 2 arguments (text, int64) go in a JSON array: [\"log\", 5]"),
+        ]:
+            with self.subTest(task=task, line=line):
+                status, out, err = plugpool("map", plugin, task, input=line + "\n")
+                self.assertEqual((status, out), (1, ""))
+                self.assertEqual(err, f"plugpool: standard input, line 1: {message}\n")
+
+    def test_a_bad_line_is_never_sent_to_a_worker(self):
+        # Its first argument converts, its second does not: nothing of it may run.
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        with tempfile.TemporaryDirectory() as d:
+            log = os.path.join(d, "ran")
+            lines = "".join(json.dumps(line) + "\n" for line in
+                            [[log, 1], [log, "one"], [log, 2], [log, 2.5], [log, 3]])
+            status, out, err = plugpool("map", faults, "sleep_logged", "-c", "1", input=lines)
+            with open(log) as f:
+                ran = f.read().splitlines()
+        self.assertEqual((status, out), (1, "1\n2\n3\n"), err)
+        self.assertEqual(len(ran), 3)
+        self.assertEqual([l.split(":")[0] for l in err.splitlines()],
+                         ["plugpool", "plugpool"])
+        self.assertRegex(err, r"^plugpool: standard input, line 2: argument 2: .*\n"
+                              r"plugpool: standard input, line 4: argument 2: .*\n$")
+
+    def test_long_runs_of_bad_lines_keep_every_line_in_its_place(self):
+        # Runs of bad lines longer than map holds back at a time, between good ones.
+        lines, expected = [], []
+        for block in range(4):
+            for i in range(5):
+                lines.append(str(i))
+                expected.append({"line": len(lines), "result": i * i})
+            for i in range(2500 if block % 2 == 0 else 3):
+                lines.append("bad")
+                expected.append({"line": len(lines), "error": {
+                    "kind": "InputError", "type": "InputError",
+                    "message": '"bad" is not an integer (int64)'}})
+        text = "".join(l + "\n" for l in lines)
+        for args in [[], ["-w", "2", "-c", "2"], ["--unordered"]]:
+            with self.subTest(args=args):
+                status, out, err = plugpool("map", "examples", "square", "-o", "jsonl", *args,
+                                            input=text)
+                self.assertEqual(status, 1)
+                records = [json.loads(l) for l in out.splitlines()]
+                if "--unordered" in args:
+                    records.sort(key=lambda r: r["line"])
+                self.assertEqual(records, expected)
+                self.assertEqual(len(err.splitlines()), 2 * 2500 + 2 * 3)
 
     def test_an_unreadable_input_is_a_usage_error(self):
         self.assertUsageError(*plugpool("map", "examples", "square", "/nonexistent/input"),
@@ -294,6 +422,79 @@ class Map(CliTest):
 
     def test_no_progress_line_when_stderr_is_not_a_terminal(self):
         self.assertEqual(plugpool("map", "examples", "square", input="1\n2\n"), (0, "1\n4\n", ""))
+
+
+RECORDS = os.path.join(FIXTURES, "librecords.so")
+# A record with every kind of field (tests/fixtures/records.capnp).
+FULL_RECORD = {"flag": True, "small": -3, "big": "-9007199254740993",
+               "count": "18446744073709551615", "ratio": 0.5, "label": "hi", "blob": [1, 2, 255],
+               "color": "blue", "tags": ["a", "b"], "grid": [[1, 2], [3]],
+               "colors": ["red", "green"], "children": [{"label": "kid", "shape": {"square": 2}}],
+               "blobs": [[1], []], "shape": {"circle": 2.5}, "extent": {"width": 3, "height": 4}}
+
+
+class StructInput(CliTest):
+    """JSON objects into structs of a plugin's schema: strict, with errors that name the field."""
+
+    def map_one(self, plugin, task, line):
+        """Maps one line; returns (status, the one error line without its prefix)."""
+        status, out, err = plugpool("map", plugin, task, input=line + "\n")
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertTrue(err.startswith("plugpool: standard input, line 1: "), err)
+        return status, err[len("plugpool: standard input, line 1: "):].rstrip("\n")
+
+    def test_every_kind_of_field_converts_and_what_comes_out_goes_back_in(self):
+        status, out, err = plugpool("run", RECORDS, "echo", json.dumps(FULL_RECORD))
+        self.assertEqual(status, 0, err)
+        record = json.loads(out)["record"]
+        for name, value in FULL_RECORD.items():
+            if name != "children":
+                self.assertEqual(record[name], value, name)
+        self.assertEqual(record["children"][0]["label"], "kid")
+        self.assertEqual(record["children"][0]["shape"], {"square": 2})
+        status, again, err = plugpool("map", RECORDS, "echo", input=json.dumps(record) + "\n")
+        self.assertEqual((status, again), (0, out), err)
+
+    def test_a_misspelt_field_is_refused_naming_the_fields_there_are(self):
+        for plugin, task, line, message in [
+            ("examples", "polygon_stats", '{"nmae": "x", "points": []}',
+             'struct Polygon has no field "nmae"; its fields are name, points'),
+            ("examples", "polygon_stats", '{"nmae": "x", "pionts": []}',
+             'struct Polygon has no fields "nmae" and "pionts"; its fields are name, points'),
+            ("examples", "polygon_stats", '{"name": "t", "points": [{"x": 0, "y": 0, "z": 1}]}',
+             'field points[0]: struct Point has no field "z"; its fields are x, y'),
+            (RECORDS, "echo", '{"extent": {"widht": 1}}',
+             'field extent: group extent has no field "widht"; its fields are width, height'),
+        ]:
+            with self.subTest(line=line):
+                self.assertEqual(self.map_one(plugin, task, line), (1, message))
+
+    def test_a_field_that_does_not_fit_names_the_field_and_the_form_it_takes(self):
+        for plugin, task, line, message in [
+            ("examples", "polygon_stats", '{"name": 5}',
+             "field name: expected text as a string, got a number"),
+            ("examples", "polygon_stats", '{"name": "t", "points": [{"x": "a", "y": 0}]}',
+             'field points[0].x: "a" is not a number (float64)'),
+            ("examples", "polygon_stats", '{"points": {"x": 1}}',
+             "field points: expected list<struct Point> as an array, got an object"),
+            ("examples", "polygon_stats", '"square"',
+             "expected struct Polygon as an object, got a string"),
+            (RECORDS, "echo", '{"small": 300}', 'field small: "300" is not in range (int8)'),
+            (RECORDS, "echo", '{"flag": 1}', "field flag: expected bool, got a number"),
+            (RECORDS, "echo", '{"color": "purple"}',
+             'field color: "purple" is not a Color: red, green or blue'),
+            (RECORDS, "echo", '{"colors": ["red", 7]}',
+             "field colors[1]: 7 is not a Color: red, green or blue"),
+            (RECORDS, "echo", '{"grid": [[1, "x"]]}', 'field grid[0][1]: "x" is not an integer (int32)'),
+            (RECORDS, "echo", '{"blob": [1, 256]}', 'field blob[1]: "256" is not in range (uint8)'),
+            (RECORDS, "echo", '{"children": [{"tags": [1]}]}',
+             "field children[0].tags[0]: expected text as a string, got a number"),
+            (RECORDS, "echo", '{"shape": {"circle": 1, "square": 2}}',
+             "field shape: circle and square are members of one union: give one"),
+        ]:
+            with self.subTest(line=line):
+                self.assertEqual(self.map_one(plugin, task, line), (1, message))
 
 
 def feed_lines(proc, line, most):
@@ -517,14 +718,16 @@ class Progress(CliTest):
         proc = subprocess.Popen([PLUGPOOL, "map", "examples", "fail"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
-        proc.stdin.write(b"1\n2\n")
+        proc.stdin.write(b"1\ntwo\n3\n")
         proc.stdin.close()
         screen = read_pty(master, proc)
         proc.stdout.close()
         self.assertEqual(proc.wait(timeout=HANG_GUARD), 1)
         text = screen.decode()
         self.assertIn("plugpool: standard input, line 1: examples.fail raised", text)
-        self.assertRegex(text, r"\r2 items  2 failed  \d+/s  elapsed 0:\d\d\x1b\[K\r?\n$")
+        # A bad line counts as a failed item.
+        self.assertIn('plugpool: standard input, line 2: "two" is not an integer (int64)', text)
+        self.assertRegex(text, r"\r3 items  3 failed  \d+/s  elapsed 0:\d\d\x1b\[K\r?\n$")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,9 @@ void setDynamic(capnp::DynamicStruct::Builder out, capnp::StructSchema::Field fi
 // Sets the fields of `out` from dict `value`, by name.
 void fillStruct(capnp::DynamicStruct::Builder out, py::handle value, const std::string& what) {
   if (!PyDict_Check(value.ptr())) wrongType(what + " (a dict of its fields)", value);
+  std::vector<std::string> names;
+  for (auto [k, v] : py::reinterpret_borrow<py::dict>(value)) names.push_back(py::str(k));
+  values::checkFieldNames(out.getSchema(), names);  // the refusal every front end shares
   for (auto [k, v] : py::reinterpret_borrow<py::dict>(value)) {
     const std::string name = py::str(k).cast<std::string>();
     KJ_IF_MAYBE (field, out.getSchema().findFieldByName(name)) {

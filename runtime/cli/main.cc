@@ -4,28 +4,32 @@
 //   plugpool tasks PLUGIN [--json]
 //   plugpool run PLUGIN TASK [ARG...]
 //   plugpool map PLUGIN TASK [INPUT] [--workers N] [--chunksize N] [--unordered]
-//                [--timeout SECONDS] [--output text|jsonl]
+//                [--timeout SECONDS] [--retries N] [--output text|jsonl]
 //                [--slurm | --launch 'PREFIX'...] [--address ADDRESS]
+//   plugpool --version
 //
 // PLUGIN is a path to a plugin (anything with a '/') or a bare name found as Options::plugins
 // says (pool.h). Values are converted from and to text and JSON as values.h says.
 //
-// Exit status: 0 success; 1 a call or item failed (the task threw, crashed, timed out), the
-// pool could not run, or standard output could not be written (closed, a full disk, a pipe
-// whose reader left while SIGPIPE is ignored); 2 a usage error — bad command line, unknown
-// plugin or task, unreadable file or not a plugin, a closed standard input to read from, wrong
-// argument count or type, malformed input line — reported as one line on stderr.
+// Exit status: 0 success; 1 a call or item failed (the task threw, crashed, timed out, or the
+// item's input line does not convert), the pool could not run, or standard output could not
+// be written (closed, a full disk, a pipe whose reader left while SIGPIPE is ignored); 2 a
+// usage error — bad command line, unknown plugin or task, unreadable file or not a plugin, a
+// closed standard input to read from, `run`'s wrong argument count or type — reported as one
+// line on stderr.
 //
 // `map` streams: it reads its input only as fast as results are written (Pool::imap's bounded
-// window), so memory stays flat however long the input is. Lines before a malformed line are
-// mapped and written; then the malformed line is reported and the status is 2. Once a write
-// fails, `map` reads no more input and stops its workers: the results could go nowhere.
+// window), so memory stays flat however long the input is. A line that does not convert to
+// the task's arguments is never sent: it fails in its place as a failed call does (an
+// InputError), and the lines after it run. Once a write fails, `map` reads no more input and
+// stops its workers: the results could go nowhere.
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <wordexp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -34,6 +38,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -41,6 +47,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <capnp/message.h>
@@ -134,9 +141,11 @@ class Output {
 };
 
 std::unique_ptr<Pool> startPool(const std::string& plugin, int workers,
-                                std::optional<Remote> remote = std::nullopt) {
+                                std::optional<Remote> remote = std::nullopt,
+                                unsigned crashRetries = 0) {
   Options options;
   options.workers = workers;
+  options.crashRetries = crashRetries;
   options.plugins = {plugin};
   options.remote = std::move(remote);
   try {
@@ -254,6 +263,13 @@ int runOnce(const std::string& plugin, const std::string& taskName,
 
 // --- map ---------------------------------------------------------------------------------
 
+// Why an input line is not an item: it does not convert to the task's arguments. The line
+// fails in its place as a failed call does (status 1); it is never sent to a worker.
+class InputError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // One input line, converted: either left as text (re-read by the encoder: a text-form line of
 // a one-argument task) or already encoded as an argument tuple in its own message.
 struct InputItem {
@@ -262,10 +278,75 @@ struct InputItem {
   std::unique_ptr<capnp::MallocMessageBuilder> encoded;  // root: the argument tuple
 };
 
-// The lines of an input file, read lazily, each converted as it is taken. A malformed line
-// ends the input: it is recorded in error(), and the items before it are all there is.
+// How many rejected lines the input holds back at most, waiting for the results of the lines
+// before them. With that many held, the input of the current stream ends there (paused); the
+// lines go out once the stream is drained, and a new stream goes on from the next line. This
+// bounds the memory of an input of bad lines (a wrong file) to REJECTED_HELD messages, and
+// restarts streams only where bad lines come in runs that long.
+constexpr std::size_t REJECTED_HELD = 1024;
+
+// The input line of each item of a stream, by the item's index, from when the item is read
+// until its outcome is taken. An item's line grows with its index and jumps only past rejected
+// lines, so runs of consecutive lines are kept, each dropped once all its items are taken:
+// constant work per item, and constant memory unless bad lines keep coming.
+class ItemLines {
+ public:
+  void add(std::uint64_t index, std::uint64_t line) {
+    if (runs_.empty() || runs_.back().firstIndex + runs_.back().count != index ||
+        runs_.back().firstLine + runs_.back().count != line) {
+      runs_.push_back(Run{index, line, 0, 0});
+    }
+    ++runs_.back().count;
+  }
+  // The line of item `index`, if it has been added and not taken.
+  std::optional<std::uint64_t> find(std::uint64_t index) const {
+    auto run = runOf(index);
+    if (run == runs_.end()) return std::nullopt;
+    return run->firstLine + (index - run->firstIndex);
+  }
+  // The line of item `index`, as find(); forgets it. Each item is taken once.
+  std::optional<std::uint64_t> take(std::uint64_t index) {
+    auto run = runOf(index);
+    if (run == runs_.end()) return std::nullopt;
+    const std::uint64_t line = run->firstLine + (index - run->firstIndex);
+    ++run->taken;
+    while (!runs_.empty() && runs_.front().taken == runs_.front().count) runs_.pop_front();
+    return line;
+  }
+  void clear() { runs_.clear(); }
+
+ private:
+  struct Run {
+    std::uint64_t firstIndex, firstLine, count, taken;
+  };
+  std::deque<Run>::iterator runOf(std::uint64_t index) {
+    if (!runs_.empty() && index >= runs_.front().firstIndex &&
+        index - runs_.front().firstIndex < runs_.front().count) {
+      return runs_.begin();  // always, in order and without rejected lines
+    }
+    auto after = std::upper_bound(runs_.begin(), runs_.end(), index,
+                                  [](std::uint64_t i, const Run& r) { return i < r.firstIndex; });
+    if (after == runs_.begin()) return runs_.end();
+    auto run = std::prev(after);
+    return index < run->firstIndex + run->count ? run : runs_.end();
+  }
+  std::deque<Run>::const_iterator runOf(std::uint64_t index) const {
+    return const_cast<ItemLines*>(this)->runOf(index);
+  }
+
+  std::deque<Run> runs_;
+};
+
+// The lines of an input file, read lazily, each converted as it is taken: the items of one
+// stream (Pool::imap) at a time. A line that does not convert is not an item: it is held back
+// in `rejected` for Outcomes to put in its place, and reading goes on. A read error ends the
+// input: it is recorded in `error`.
 class LineInput : public std::ranges::view_base {
  public:
+  struct Rejected {
+    std::uint64_t line = 0;
+    std::string why;
+  };
   struct State {
     std::FILE* file = nullptr;
     Values* values = nullptr;
@@ -275,40 +356,49 @@ class LineInput : public std::ranges::view_base {
     std::size_t capacity = 0;
     std::uint64_t line = 0;
     std::optional<InputItem> current;
-    std::string error;  // set at a malformed line or a read error
+    std::string error;              // set at a read error
+    std::deque<Rejected> rejected;  // lines that did not convert, not yet reported, in order
+    bool paused = false;            // REJECTED_HELD lines are held: this stream's input ends
+    std::uint64_t items = 0;        // items given to the current stream
+    ItemLines lineOf;               // the lines of the current stream's items
+
     std::unique_ptr<capnp::MallocMessageBuilder> scratch;  // validates text-form scalars
     capnp::AnyStruct::Builder scratchTuple = nullptr;
     ~State() { std::free(buffer); }
 
     void advance() {
       current.reset();
-      if (!error.empty()) return;
-      errno = 0;
-      ssize_t n = ::getline(&buffer, &capacity, file);
-      if (n < 0) {
-        if (std::ferror(file)) error = "cannot read " + name + ": " + std::strerror(errno);
-        return;
-      }
-      ++line;
-      std::string_view text(buffer, static_cast<std::size_t>(n));
-      if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
-      InputItem item;
-      item.line = line;
-      try {
-        if (values->lineIsText()) {
-          if (values->argTypes()[0].scalar()) values->argsFromLine(text, scratchTuple);
-          item.text = std::string(text);
-        } else {
-          item.encoded = std::make_unique<capnp::MallocMessageBuilder>(64);
-          auto tuple = item.encoded->getRoot<capnp::AnyPointer>().initAsAnyStruct(shape.dataWords,
-                                                                                  shape.pointers);
-          values->argsFromLine(text, tuple);
+      while (error.empty() && !paused) {
+        errno = 0;
+        ssize_t n = ::getline(&buffer, &capacity, file);
+        if (n < 0) {
+          if (std::ferror(file)) error = "cannot read " + name + ": " + std::strerror(errno);
+          return;
         }
-      } catch (const ValueError& e) {
-        error = name + ", line " + std::to_string(line) + ": " + e.what();
+        ++line;
+        std::string_view text(buffer, static_cast<std::size_t>(n));
+        if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+        InputItem item;
+        item.line = line;
+        try {
+          if (values->lineIsText()) {
+            if (values->argTypes()[0].scalar()) values->argsFromLine(text, scratchTuple);
+            item.text = std::string(text);
+          } else {
+            item.encoded = std::make_unique<capnp::MallocMessageBuilder>(64);
+            auto tuple = item.encoded->getRoot<capnp::AnyPointer>().initAsAnyStruct(shape.dataWords,
+                                                                                    shape.pointers);
+            values->argsFromLine(text, tuple);
+          }
+        } catch (const ValueError& e) {
+          rejected.push_back({line, e.what()});
+          paused = rejected.size() >= REJECTED_HELD;
+          continue;
+        }
+        lineOf.add(items++, line);
+        current = std::move(item);
         return;
       }
-      current = std::move(item);
     }
   };
 
@@ -343,6 +433,81 @@ class LineInput : public std::ranges::view_base {
   std::shared_ptr<State> state_;
 };
 
+// How one input line ended: its result, or why it failed (the pool's error for the item, or
+// an InputError for a line that was never sent).
+struct Outcome {
+  std::uint64_t line = 0;
+  std::optional<DynamicResult> result;
+  std::exception_ptr error;
+};
+
+// The outcome of every input line, one at a time: in input order, or with `ordered` false as
+// soon as each is known. The items go through a stream that `start` makes over a LineInput
+// (a new one after the input paused); the lines it rejected are put back in their places: in
+// input order, a rejected line comes once every line before it has.
+class Outcomes {
+ public:
+  using Start = std::function<Stream<DynamicResult>(LineInput)>;
+  Outcomes(std::shared_ptr<LineInput::State> state, bool ordered, Start start)
+      : state_(std::move(state)), ordered_(ordered), start_(std::move(start)) {}
+
+  // The next outcome, or nullopt once every line has one (or the input could not be read
+  // further: state's error).
+  std::optional<Outcome> next() {
+    for (;;) {
+      if (!state_->rejected.empty() && rejectedIsDue()) {
+        LineInput::Rejected rejected = std::move(state_->rejected.front());
+        state_->rejected.pop_front();
+        return Outcome{rejected.line, std::nullopt,
+                       std::make_exception_ptr(InputError(rejected.why))};
+      }
+      if (held_) return std::exchange(held_, std::nullopt);
+      if (!stream_) {
+        if (ended_) return std::nullopt;
+        state_->paused = false;
+        state_->items = 0;
+        state_->lineOf.clear();
+        taken_ = 0;
+        stream_.emplace(start_(LineInput(state_)));
+      }
+      Outcome outcome;
+      try {
+        outcome.result = stream_->next();
+        if (!outcome.result) {  // this stream's input ended: at the end, or paused
+          stream_.reset();
+          ended_ = !state_->paused;
+          continue;
+        }
+      } catch (...) {
+        outcome.error = std::current_exception();
+      }
+      // (No line: the input itself failed there, at the last line read.)
+      outcome.line = state_->lineOf.take(stream_->index()).value_or(state_->line);
+      ++taken_;
+      if (state_->rejected.empty()) return outcome;
+      held_ = std::move(outcome);
+    }
+  }
+
+ private:
+  // Whether the first rejected line may go out now: no line before it is still to come.
+  bool rejectedIsDue() const {
+    if (!ordered_ || !stream_) return true;
+    const std::uint64_t line = state_->rejected.front().line;
+    if (held_) return line < held_->line;
+    auto next = state_->lineOf.find(taken_);  // the stream's next item, if it has been read
+    return !next || line < *next;
+  }
+
+  std::shared_ptr<LineInput::State> state_;
+  const bool ordered_;
+  Start start_;
+  std::optional<Stream<DynamicResult>> stream_;
+  std::optional<Outcome> held_;  // the stream's next outcome, behind rejected lines before it
+  std::uint64_t taken_ = 0;      // outcomes taken from the current stream
+  bool ended_ = false;           // the input has ended: no stream is to start
+};
+
 // Counts the lines of regular file `fd` with pread (not moving its offset) and reports the
 // count to `progress`; for the total of the progress line. Gives up once `stop` is set.
 void countLines(int fd, Progress& progress, const std::atomic<bool>& stop) {
@@ -361,32 +526,6 @@ void countLines(int fd, Progress& progress, const std::atomic<bool>& stop) {
   if (stop) return;
   if (last != '\n') ++lines;
   progress.setTotal(lines);
-}
-
-std::string errorKind(std::exception_ptr error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const TaskError&) {
-    return "TaskError";
-  } catch (const WorkerCrashed&) {
-    return "WorkerCrashed";
-  } catch (const TaskTimeout&) {
-    return "TaskTimeout";
-  } catch (const ProtocolError&) {
-    return "ProtocolError";
-  } catch (const Cancelled&) {
-    return "Cancelled";
-  } catch (const PoolClosed&) {
-    return "PoolClosed";
-  } catch (const StartError&) {
-    return "StartError";
-  } catch (const kj::Exception&) {
-    return "DecodeError";
-  } catch (const DecodeError&) {
-    return "DecodeError";
-  } catch (...) {
-    return "Error";
-  }
 }
 
 // How many frames of a crashed worker's stack a failed line shows (WorkerCrashed::stack()).
@@ -423,6 +562,50 @@ std::vector<std::string> taskFrames(const WorkerCrashed& e) {
   return frames;
 }
 
+// What a failed item's report says: its kind (errors.h's name; InputError, DecodeError for a
+// result that does not decode), the type (what the task threw for a TaskError, else the kind
+// again, so that every jsonl record has one), the message, and a crash's top frames.
+struct Failure {
+  std::string kind, type, message;
+  std::vector<std::string> frames;  // innermost first
+};
+
+Failure describe(std::exception_ptr error) {
+  Failure f;
+  try {
+    std::rethrow_exception(error);
+  } catch (const TaskError& e) {
+    f = {"TaskError", e.remoteType(), e.what(), {}};
+  } catch (const WorkerCrashed& e) {
+    f = {"WorkerCrashed", "", crashText(e), taskFrames(e)};
+  } catch (const TaskTimeout& e) {
+    f = {"TaskTimeout", "", e.what(), {}};
+  } catch (const ProtocolError& e) {
+    f = {"ProtocolError", "", e.what(), {}};
+  } catch (const Cancelled& e) {
+    f = {"Cancelled", "", e.what(), {}};
+  } catch (const PoolClosed& e) {
+    f = {"PoolClosed", "", e.what(), {}};
+  } catch (const StartError& e) {
+    f = {"StartError", "", e.what(), {}};
+  } catch (const InputError& e) {
+    f = {"InputError", "", e.what(), {}};
+  } catch (const kj::Exception& e) {
+    f = {"DecodeError",
+         "",
+         std::string("the result does not decode: ") + e.getDescription().cStr(),
+         {}};
+  } catch (const DecodeError& e) {
+    f = {"DecodeError", "", e.what(), {}};
+  } catch (const std::exception& e) {
+    f = {"Error", "", e.what(), {}};
+  } catch (...) {
+    f = {"Error", "", "an exception that is not a std::exception", {}};
+  }
+  if (f.type.empty()) f.type = f.kind;
+  return f;
+}
+
 // -w: what Options::workers takes, refused as a usage error that says so.
 CLI::Validator workerCount() {
   return CLI::Validator(
@@ -436,12 +619,26 @@ CLI::Validator workerCount() {
       "0 or more");
 }
 
+// --retries: what Options::crashRetries takes, refused as a usage error that says so.
+CLI::Validator retryCount() {
+  return CLI::Validator(
+      [](std::string& input) {
+        unsigned n = 0;
+        const char* end = input.data() + input.size();
+        auto [at, error] = std::from_chars(input.data(), end, n);
+        if (error == std::errc() && at == end && !input.empty()) return std::string();
+        return "retries must be a whole number, 0 or more; got " + input;
+      },
+      "0 or more");
+}
+
 struct MapOptions {
   std::string input = "-";
   int workers = 0;
   std::size_t chunksize = 0;
   bool unordered = false;
   double timeout = 0;
+  unsigned retries = 0;  // Options::crashRetries
   std::string output = "text";
   bool slurm = false;
   std::vector<std::string> launch;  // command prefixes, as a shell would split them
@@ -484,22 +681,17 @@ std::optional<Remote> remoteOf(const MapOptions& opt) {
   return remote;
 }
 
-// Writes each result of `stream` to `output` as it comes (a line of text, or a jsonl record),
-// and reports each failed item on stderr (and as a jsonl record); returns how many failed.
-// Throws WriteFailure when `output` cannot be written, without reading the stream further.
-std::uint64_t writeResults(Stream<DynamicResult>& stream, Values& values, bool jsonl,
+// Writes each outcome to `output` as it comes: a result as a line of text or a jsonl record; a
+// failed item (a failed call or a rejected input line alike) as a line on stderr and, with
+// `jsonl`, a record in its place. Returns how many failed. Throws WriteFailure when `output`
+// cannot be written, without taking further outcomes.
+std::uint64_t writeResults(Outcomes& outcomes, Values& values, bool jsonl,
                            const std::string& inputName, Output& output, Progress& progress) {
   std::uint64_t failed = 0;
-  for (;;) {
-    std::optional<DynamicResult> result;
-    std::exception_ptr error;
-    try {
-      result = stream.next();
-      if (!result) break;
-    } catch (...) {
-      error = std::current_exception();
-    }
-    const std::uint64_t line = stream.index() + 1;
+  while (std::optional<Outcome> outcome = outcomes.next()) {
+    const std::optional<DynamicResult>& result = outcome->result;
+    std::exception_ptr error = outcome->error;
+    const std::uint64_t line = outcome->line;
     std::string& out = output.buffer();
     const std::size_t mark = out.size();
     if (!error) {
@@ -519,39 +711,22 @@ std::uint64_t writeResults(Stream<DynamicResult>& stream, Values& values, bool j
     }
     if (error) {
       ++failed;
-      std::string message, remoteType;
-      std::vector<std::string> frames;  // a crash's top frames, innermost first
-      try {
-        std::rethrow_exception(error);
-      } catch (const TaskError& e) {
-        message = e.what();
-        remoteType = e.remoteType();
-      } catch (const WorkerCrashed& e) {
-        message = crashText(e);
-        frames = taskFrames(e);
-      } catch (const kj::Exception& e) {
-        message = std::string("the result does not decode: ") + e.getDescription().cStr();
-      } catch (const std::exception& e) {
-        message = e.what();
-      }
+      const Failure f = describe(error);
       std::string report =
-          "plugpool: " + inputName + ", line " + std::to_string(line) + ": " + message;
-      for (const std::string& frame : frames) report += "\nplugpool:   " + frame;
+          "plugpool: " + inputName + ", line " + std::to_string(line) + ": " + f.message;
+      for (const std::string& frame : f.frames) report += "\nplugpool:   " + frame;
       progress.message(report);
       if (jsonl) {
-        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + errorKind(error) +
-               "\"";
-        if (!remoteType.empty()) {
-          out += ",\"type\":";
-          appendJsonString(remoteType, out);
-        }
+        out += "{\"line\":" + std::to_string(line) + ",\"error\":{\"kind\":\"" + f.kind +
+               "\",\"type\":";
+        appendJsonString(f.type, out);
         out += ",\"message\":";
-        appendJsonString(message, out);
-        if (!frames.empty()) {
+        appendJsonString(f.message, out);
+        if (!f.frames.empty()) {
           out += ",\"stack\":[";
-          for (std::size_t i = 0; i < frames.size(); ++i) {
+          for (std::size_t i = 0; i < f.frames.size(); ++i) {
             if (i != 0) out += ',';
-            appendJsonString(frames[i], out);
+            appendJsonString(f.frames[i], out);
           }
           out += ']';
         }
@@ -584,7 +759,7 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
     }
   } closer{file};
 
-  auto pool = startPool(plugin, opt.workers, remoteOf(opt));
+  auto pool = startPool(plugin, opt.workers, remoteOf(opt), opt.retries);
   DynamicTask task = bindTask(*pool, taskName);
   if (opt.timeout > 0) {
     task = task.withTimeout(
@@ -627,14 +802,15 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
       out.getPointerSection()[p].set(in.getPointerSection()[p]);
     }
   };
-  LineInput input(state);
-  auto stream = opt.unordered ? pool->imapUnordered(task, input, encode, opt.chunksize)
-                              : pool->imap(task, input, encode, opt.chunksize);
+  Outcomes outcomes(state, !opt.unordered, [&](LineInput input) {
+    return opt.unordered ? pool->imapUnordered(task, std::move(input), encode, opt.chunksize)
+                         : pool->imap(task, std::move(input), encode, opt.chunksize);
+  });
 
   Output output(&progress);
   std::uint64_t failed = 0;
   try {
-    failed = writeResults(stream, values, jsonl, inputName, output, progress);
+    failed = writeResults(outcomes, values, jsonl, inputName, output, progress);
   } catch (const WriteFailure&) {
     // The results can go nowhere: take no more input (the stream is not read again) and stop
     // the items running now rather than wait for them.
@@ -642,7 +818,7 @@ int mapTask(const std::string& plugin, const std::string& taskName, const MapOpt
     throw;
   }
   progress.finish();
-  if (!state->error.empty()) {
+  if (!state->error.empty()) {  // a read error: the input ended there
     errorLine(state->error);
     return EXIT_USAGE;
   }
@@ -653,6 +829,7 @@ int run(int argc, char** argv) {
   CLI::App app{"plugpool: run plugin tasks on a pool of worker processes", "plugpool"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show the help of every command");
+  app.set_version_flag("--version", std::string("plugpool ") + PLUGPOOL_VERSION);
 
   std::string plugin, taskName;
   bool json = false;
@@ -681,6 +858,10 @@ int run(int argc, char** argv) {
   map->add_flag("-u,--unordered", opt.unordered, "Write results as they finish, not in order");
   map->add_option("-t,--timeout", opt.timeout, "Seconds an item may run (default: no limit)")
       ->check(CLI::NonNegativeNumber);
+  map->add_option("-r,--retries", opt.retries,
+                  "Times a chunk whose worker crashed running it is sent again before its items "
+                  "fail (default 0: a crash is usually the input's fault)")
+      ->check(retryCount());
   map->add_option("-o,--output", opt.output, "text (default) or jsonl")
       ->check(CLI::IsMember({"text", "jsonl"}));
   auto* slurm = map->add_flag(

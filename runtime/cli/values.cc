@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include <capnp/dynamic.h>
 #include <kj/exception.h>
@@ -92,6 +93,127 @@ const char* jsonKind(capnp::JsonValue::Which which) {
   }
 }
 
+// A Cap'n Proto type's name in messages, as the canonical names say it: "float64",
+// "list<text>", "struct Point", "enum Color".
+std::string typeName(capnp::Type type) {
+  switch (type.which()) {
+    case capnp::schema::Type::VOID:
+      return "void";
+    case capnp::schema::Type::BOOL:
+      return "bool";
+    case capnp::schema::Type::INT8:
+      return "int8";
+    case capnp::schema::Type::INT16:
+      return "int16";
+    case capnp::schema::Type::INT32:
+      return "int32";
+    case capnp::schema::Type::INT64:
+      return "int64";
+    case capnp::schema::Type::UINT8:
+      return "uint8";
+    case capnp::schema::Type::UINT16:
+      return "uint16";
+    case capnp::schema::Type::UINT32:
+      return "uint32";
+    case capnp::schema::Type::UINT64:
+      return "uint64";
+    case capnp::schema::Type::FLOAT32:
+      return "float32";
+    case capnp::schema::Type::FLOAT64:
+      return "float64";
+    case capnp::schema::Type::TEXT:
+      return "text";
+    case capnp::schema::Type::DATA:
+      return "data";
+    case capnp::schema::Type::LIST:
+      return "list<" + typeName(type.asList().getElementType()) + ">";
+    case capnp::schema::Type::ENUM:
+      return std::string("enum ") + type.asEnum().getShortDisplayName().cStr();
+    case capnp::schema::Type::STRUCT:
+      return values::structName(type.asStruct());
+    case capnp::schema::Type::INTERFACE:
+      return "interface";
+    default:
+      return "AnyPointer";
+  }
+}
+
+// The parsed Type of a scalar Cap'n Proto type, for the word conversions; nullopt if it is
+// not a scalar.
+std::optional<Type> scalarType(capnp::Type type) {
+  switch (type.which()) {
+    case capnp::schema::Type::BOOL:
+      return Type{Type::BOOL, 1, {}, "bool", 0};
+    case capnp::schema::Type::INT8:
+    case capnp::schema::Type::INT16:
+    case capnp::schema::Type::INT32:
+    case capnp::schema::Type::INT64:
+    case capnp::schema::Type::UINT8:
+    case capnp::schema::Type::UINT16:
+    case capnp::schema::Type::UINT32:
+    case capnp::schema::Type::UINT64:
+    case capnp::schema::Type::FLOAT32:
+    case capnp::schema::Type::FLOAT64:
+      return parseType(typeName(type));
+    default:
+      return std::nullopt;
+  }
+}
+
+// A ValueError for the value at field path `path` ("" at the top of a struct value).
+ValueError at(const std::string& path, const std::string& message) {
+  return ValueError(path.empty() ? message : "field " + path + ": " + message);
+}
+
+// A JSON number as JSON writes it (for messages).
+std::string numberText(double v) {
+  char buf[32];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+// What is wrong with text capnp::JsonCodec::decodeRaw refused, in plain words: its
+// exceptions' descriptions carry the failed check ("expected !exhausted(); JSON message ends
+// prematurely.", "expected endPtr == s.end() [e == ]; String does not contain valid floating
+// number; s = 1e"), which says nothing to a user.
+std::string plainJsonError(std::string_view description) {
+  static const struct {
+    std::string_view says, means;
+  } KNOWN[] = {
+      {"ends prematurely", "it ends before the value does"},
+      {"Input remains after parsing", "more follows the value"},
+      {"Unexpected input", "unexpected characters"},
+      {"nested too deeply", "nested more than 64 deep"},
+      {"Invalid escape", "a string has an invalid \\ escape"},
+      {"Invalid hex digit", "a \\u escape has a character that is not a hex digit"},
+      {"Expected number", "a number has no digits"},
+  };
+  for (const auto& known : KNOWN) {
+    if (description.find(known.says) != std::string_view::npos) return std::string(known.means);
+  }
+  constexpr std::string_view NOT_A_NUMBER = "valid floating number; s = ";
+  if (auto at = description.find(NOT_A_NUMBER); at != std::string_view::npos) {
+    return std::string(description.substr(at + NOT_A_NUMBER.size())) + " is not a number";
+  }
+  // Anything else: its last clause, without the check before it.
+  if (auto at = description.rfind("; "); at != std::string_view::npos) {
+    description.remove_prefix(at + 2);
+  }
+  if (!description.empty() && description.back() == '.') description.remove_suffix(1);
+  return std::string(description);
+}
+
+// The words of `line`, split at spaces and tabs.
+std::vector<std::string_view> wordsOf(std::string_view line) {
+  std::vector<std::string_view> words;
+  for (line = trim(line); !line.empty(); line = trim(line)) {
+    const std::size_t end = std::min(line.find(' '), line.find('\t'));
+    words.push_back(line.substr(0, end));
+    line.remove_prefix(std::min(end, line.size()));
+  }
+  return words;
+}
+
 }  // namespace
 
 void appendJsonString(std::string_view text, std::string& out) {
@@ -165,13 +287,170 @@ struct JsonFrom {
     for (auto member : json.getArray()) members.push_back(member);
     return members;
   }
-  void structValue(const Type& type, capnp::StructSchema, const Value& json,
+  void structValue(const Type&, capnp::StructSchema, const Value& json,
                    capnp::DynamicStruct::Builder out) {
-    expect(type, json, capnp::JsonValue::OBJECT, "an object");
+    fillStruct(out, json, "");
+  }
+
+  // Struct values, field by field through the plugin's schema (not capnp::JsonCodec, which
+  // ignores unknown fields and whose errors name neither the field nor the form): `json` must
+  // be an object whose every name is a field of `out` (values::checkFieldNames), with at most
+  // one member of a union, each value in the form the field's type takes at the top level
+  // (a null leaves a pointer field unset). `path` is where `out` is, for messages: "" at the
+  // top, then "points[0]", "points[0].x".
+  void fillStruct(capnp::DynamicStruct::Builder out, const Value& json, const std::string& path) {
+    const capnp::StructSchema schema = out.getSchema();
+    if (!json.isObject()) {
+      throw at(path, "expected " + values::structName(schema) + " as an object, got " +
+                         jsonKind(json.which()));
+    }
+    std::vector<std::string> names;
+    for (auto member : json.getObject()) names.emplace_back(member.getName().cStr());
     try {
-      values.json_.decode(json, out);
-    } catch (const kj::Exception& e) {
-      throw ValueError("not a " + type.name + ": " + e.getDescription().cStr());
+      values::checkFieldNames(schema, names);
+    } catch (const ValueError& e) {
+      throw at(path, e.what());
+    }
+    std::optional<std::string> unionMember;
+    for (auto member : json.getObject()) {
+      const capnp::StructSchema::Field field =
+          KJ_ASSERT_NONNULL(schema.findFieldByName(member.getName()));  // checked above
+      const std::string name = member.getName().cStr();
+      if (field.getProto().getDiscriminantValue() != capnp::schema::Field::NO_DISCRIMINANT) {
+        if (unionMember) {
+          throw at(path, *unionMember + " and " + name + " are members of one union: give one");
+        }
+        unionMember = name;
+      }
+      setField(out, field, member.getValue(), path.empty() ? name : path + "." + name);
+    }
+  }
+
+  void setField(capnp::DynamicStruct::Builder out, capnp::StructSchema::Field field,
+                const Value& json, const std::string& path) {
+    const capnp::Type type = field.getType();
+    if (field.getProto().isGroup()) {
+      return fillStruct(out.init(field).as<capnp::DynamicStruct>(), json, path);
+    }
+    if (json.isNull() && (type.isText() || type.isData() || type.isList() || type.isStruct())) {
+      return out.clear(field);  // unset (and, for a union member, the one that is set)
+    }
+    switch (type.which()) {
+      case capnp::schema::Type::STRUCT:
+        return fillStruct(out.init(field).as<capnp::DynamicStruct>(), json, path);
+      case capnp::schema::Type::LIST:
+        expectArray(type, json, path);
+        return fillList(out.init(field, json.getArray().size()).as<capnp::DynamicList>(), json,
+                        path);
+      default: {
+        std::vector<kj::byte> bytes;
+        out.set(field, leaf(type, json, bytes, path));
+      }
+    }
+  }
+
+  void fillList(capnp::DynamicList::Builder out, const Value& json, const std::string& path) {
+    const capnp::Type element = out.getSchema().getElementType();
+    auto members = json.getArray();
+    for (unsigned i = 0; i < members.size(); ++i) {
+      const std::string at = path + "[" + std::to_string(i) + "]";
+      const Value member = members[i];
+      if (member.isNull() &&
+          (element.isText() || element.isData() || element.isList() || element.isStruct())) {
+        continue;  // left unset
+      }
+      switch (element.which()) {
+        case capnp::schema::Type::STRUCT:
+          fillStruct(out[i].as<capnp::DynamicStruct>(), member, at);
+          break;
+        case capnp::schema::Type::LIST:
+          expectArray(element, member, at);
+          fillList(out.init(i, member.getArray().size()).as<capnp::DynamicList>(), member, at);
+          break;
+        default: {
+          std::vector<kj::byte> bytes;
+          out.set(i, leaf(element, member, bytes, at));
+        }
+      }
+    }
+  }
+
+  static void expectArray(capnp::Type type, const Value& json, const std::string& path) {
+    if (!json.isArray()) {
+      throw at(path, "expected " + typeName(type) + " as an array, got " + jsonKind(json.which()));
+    }
+  }
+
+  // A scalar, enum, text or data value of `type`; text points into `json`, data into `bytes`.
+  capnp::DynamicValue::Reader leaf(capnp::Type type, const Value& json,
+                                   std::vector<kj::byte>& bytes, const std::string& path) {
+    if (auto scalar = scalarType(type)) {
+      std::uint64_t word;
+      try {
+        word = values.wordFromJson(*scalar, json);
+      } catch (const ValueError& e) {
+        throw at(path, e.what());
+      }
+      switch (scalar->kind) {
+        case Type::BOOL:
+          return word != 0;
+        case Type::INT:
+          return values::signedOf(*scalar, word);
+        case Type::UINT:
+          return values::unsignedOf(*scalar, word);
+        default:
+          return values::floatOf(*scalar, word);
+      }
+    }
+    switch (type.which()) {
+      case capnp::schema::Type::VOID:
+        if (!json.isNull())
+          throw at(path, std::string("expected null (void), got ") + jsonKind(json.which()));
+        return capnp::VOID;
+      case capnp::schema::Type::TEXT:
+        if (!json.isString()) {
+          throw at(path, std::string("expected text as a string, got ") + jsonKind(json.which()));
+        }
+        return json.getString();
+      case capnp::schema::Type::DATA:
+        if (json.isString()) {
+          auto s = json.getString();
+          return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(s.begin()), s.size());
+        }
+        if (!json.isArray()) {
+          throw at(path, std::string("expected data as an array of byte values or a string, got ") +
+                             jsonKind(json.which()));
+        }
+        for (unsigned i = 0; i < json.getArray().size(); ++i) {
+          const Type byte{Type::UINT, 8, {}, "uint8", 0};
+          try {
+            bytes.push_back(static_cast<kj::byte>(values.wordFromJson(byte, json.getArray()[i])));
+          } catch (const ValueError& e) {
+            throw at(path + "[" + std::to_string(i) + "]", e.what());
+          }
+        }
+        return capnp::Data::Reader(bytes.data(), bytes.size());
+      case capnp::schema::Type::ENUM: {
+        const capnp::EnumSchema schema = type.asEnum();
+        if (json.isString()) {
+          KJ_IF_MAYBE (enumerant, schema.findEnumerantByName(json.getString())) {
+            return capnp::DynamicEnum(*enumerant);
+          }
+        }
+        std::string names;
+        const auto enumerants = schema.getEnumerants();
+        for (unsigned i = 0; i < enumerants.size(); ++i) {
+          if (i > 0) names += i + 1 == enumerants.size() ? " or " : ", ";
+          names += enumerants[i].getProto().getName().cStr();
+        }
+        const std::string what =
+            std::string("a ") + schema.getShortDisplayName().cStr() + ": " + names;
+        if (json.isString()) throw at(path, quoted(json.getString().cStr()) + " is not " + what);
+        if (json.isNumber()) throw at(path, numberText(json.getNumber()) + " is not " + what);
+        throw at(path, "expected " + what + ", got " + jsonKind(json.which()));
+      }
+      default:
+        throw at(path, "has type " + typeName(type) + ", which the command line cannot convert");
     }
   }
 };
@@ -314,7 +593,8 @@ void Values::parseJson(std::string_view text, capnp::MallocMessageBuilder& messa
   try {
     json_.decodeRaw(kj::ArrayPtr<const char>(text.data(), text.size()), root);
   } catch (const kj::Exception& e) {
-    throw ValueError("not valid JSON: " + quoted(text) + " (" + e.getDescription().cStr() + ")");
+    throw ValueError("not valid JSON: " + quoted(text) + " (" +
+                     plainJsonError(e.getDescription().cStr()) + ")");
   }
 }
 
@@ -354,13 +634,50 @@ void Values::argsFromLine(std::string_view line, capnp::AnyStruct::Builder out) 
     return fromText(args_[0], line, out, slots_[0]);
   }
   if (args_.empty() && trim(line).empty()) return;
+  // What the line should be, for messages.
+  std::string signature = "(";
+  for (const Type& t : args_) signature += (signature.size() > 1 ? ", " : "") + t.name;
+  signature += ")";
+  const std::string arguments =
+      "the task's " + std::to_string(args_.size()) + " arguments " + signature;
+  if (trim(line).empty()) {
+    throw ValueError("an empty line; expected " + (args_.size() == 1
+                                                       ? args_[0].name + " as JSON"
+                                                       : "a JSON array of " + arguments));
+  }
   capnp::MallocMessageBuilder message;
-  parseJson(line, message);
+  try {
+    parseJson(line, message);
+  } catch (const ValueError& e) {
+    // Words where a JSON array was meant ("a b" for two arguments): show the array.
+    const bool list = args_.size() == 1 && args_[0].kind == Type::LIST;
+    if (trim(line).front() == '[' || (args_.size() < 2 && !list)) throw;
+    std::string hint =
+        std::string(e.what()) + "; " +
+        (list ? "a " + args_[0].name + " is a JSON array" : arguments + " go in a JSON array");
+    const auto words = wordsOf(line);
+    if (list || words.size() == args_.size()) {
+      hint += ": [";
+      for (std::size_t i = 0; i < words.size(); ++i) {
+        if (i > 0) hint += ", ";
+        const Type& type = list ? args_[0].elements[0] : args_[i];
+        try {
+          if (!type.scalar()) throw ValueError("not a scalar");
+          appendScalar(type, wordFromText(type, words[i]), hint, true);
+        } catch (const ValueError&) {
+          appendJsonString(words[i], hint);
+        }
+      }
+      hint += "]";
+    }
+    throw ValueError(hint);
+  }
   auto json = message.getRoot<capnp::JsonValue>().asReader();
   if (args_.size() == 1) return fromJson(args_[0], json, out, slots_[0]);
   if (!json.isArray() || json.getArray().size() != args_.size()) {
-    throw ValueError("expected a JSON array of the task's " + std::to_string(args_.size()) +
-                     " arguments");
+    throw ValueError("expected a JSON array of " + arguments + ", got " +
+                     (json.isArray() ? "an array of " + std::to_string(json.getArray().size())
+                                     : std::string(jsonKind(json.which()))));
   }
   auto array = json.getArray();
   for (unsigned i = 0; i < args_.size(); ++i) {

@@ -20,9 +20,14 @@
 //                     (its UTF-8 bytes)
 //   list<T>           an array
 //   (A, B, …)         an array of exactly that many values
-//   struct X@0x…      an object, converted by capnp::JsonCodec with the plugin's schema
+//   struct X@0x…      an object of its fields by name, each in its type's form above (an enum
+//                     by enumerant name, a group or union as an object of its members, at
+//                     most one of a union; null leaves a pointer field unset), through the
+//                     plugin's schema. A name that is not a field is refused
+//                     (values::checkFieldNames); errors name the field ("field points[0].x:").
 // Output: results print in the same forms; writeJson writes integers as bare numbers, floats
-// that are not finite as the strings above, and data as an array of byte values.
+// that are not finite as the strings above, and data as an array of byte values; struct values
+// are written by capnp::JsonCodec (64-bit integers as strings), in a form they are read back in.
 //
 // The traversal of lists, tuples and structs is values/convert.h's, shared with every other
 // front end; this file says how each value is written in text and JSON. Every conversion

@@ -131,6 +131,33 @@ capnp::ElementSize listElementSize(const Type& t) {
   }
 }
 
+std::string structName(capnp::StructSchema schema) {
+  const auto name = schema.getShortDisplayName();
+  return (schema.getProto().getStruct().getIsGroup() ? "group " : "struct ") +
+         std::string(name.begin(), name.size());
+}
+
+void checkFieldNames(capnp::StructSchema schema, std::span<const std::string> names) {
+  std::vector<std::string> unknown;
+  for (const std::string& name : names) {
+    if (schema.findFieldByName(name) == nullptr) unknown.push_back("\"" + name + "\"");
+  }
+  if (unknown.empty()) return;
+  std::string message = structName(schema) + " has no field" + (unknown.size() > 1 ? "s " : " ");
+  for (std::size_t i = 0; i < unknown.size(); ++i) {
+    if (i > 0) message += i + 1 == unknown.size() ? " and " : ", ";
+    message += unknown[i];
+  }
+  message += "; its fields are ";
+  const auto fields = schema.getFields();
+  for (unsigned i = 0; i < fields.size(); ++i) {
+    if (i > 0) message += ", ";
+    message += fields[i].getProto().getName().cStr();
+  }
+  if (fields.size() == 0) message = structName(schema) + " has no fields at all";
+  throw ValueError(message);
+}
+
 capnp::StructSchema Schemas::of(const Type& type) {
   if (!loaded_) {
     loaded_ = true;

@@ -13,6 +13,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -120,6 +121,16 @@ inline void setListWord(const Type& t, capnp::AnyList::Builder list, unsigned i,
   withScalarType(t,
                  [&]<typename W>() { list.as<capnp::List<W>>().set(i, Codec<W>::fromWord(word)); });
 }
+
+// A struct's or group's name for messages: "struct Point", "group extent".
+std::string structName(capnp::StructSchema schema);
+
+// Throws ValueError unless every one of `names` is a field of `schema` (a struct or group): a
+// value of a struct is given by field name, and a misspelt name is refused, never ignored.
+// The message names every unknown name and the fields there are, e.g.
+//   struct Polygon has no field "nmae"; its fields are name, points
+// Every front end that takes struct values by field name calls it before setting any field.
+void checkFieldNames(capnp::StructSchema schema, std::span<const std::string> names);
 
 // The struct schemas one plugin ships (PluginInfo::schemaNodes), loaded when first needed.
 class Schemas {
