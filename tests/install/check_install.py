@@ -89,12 +89,18 @@ with tempfile.TemporaryDirectory(prefix="plugpool-install-") as tmp:
         os.path.join(plugindir, "libimagefeatures.so"),
         os.path.join(libdir, "pkgconfig", "plugpool-sdk.pc"),
         os.path.join(schemadir, "wire.capnp"),
+        os.path.join(root, "share", "doc", "plugpool", "LICENSE"),
     ] + [os.path.join(includedir, "plugpool", h)
          for h in ("pool.h", "errors.h", "future.h", "stream.h", "manifest.h", "sdk.h",
                    "codec.h", "abi.h")]
     missing = [f for f in expected if not os.path.exists(f)]
     if missing:
         sys.exit(f"not installed: {missing}")
+
+    for pc in ("plugpool", "plugpool-sdk"):
+        licence = pkg_config("--variable=license", pc)
+        if licence != ["MIT"]:
+            sys.exit(f"{pc}.pc: license is {licence}, expected MIT")
 
     warnings = ["-Wall", "-Wextra", "-Wpedantic", "-Werror"]
     plugin = os.path.join(tmp, "libmytasks.so")
