@@ -15,11 +15,15 @@ UNPACKED/usr); nothing is installed at the prefix itself.
 6. The host runs without LD_LIBRARY_PATH, PLUGPOOL_WORKER or PLUGPOOL_PLUGIN_PATH: it must load
    ROOT's libplugpool, which must start ROOT's plugpool-worker (found relative to the library)
    and find both plugins by bare name in ROOT's plugin folder; its struct tasks must answer.
-7. ROOT/bin/plugpool runs the same way: it must load ROOT's libplugpool (through its
+7. CMake builds the same plugin and host from SOURCE_DIR/CMakeLists.txt with
+   CMAKE_PREFIX_PATH=ROOT (find_package(plugpool 0.1), plugpool::sdk, plugpool::plugpool), which
+   must report plugpool's version and its MIT licence; `cmake --install` puts the plugin into
+   plugpool_PLUGIN_DIR, and the host must run as in 6.
+8. ROOT/bin/plugpool runs the same way: it must load ROOT's libplugpool (through its
    $ORIGIN-relative RUNPATH, as ldd reports), `plugpool tasks examples` must list ROOT's
    examples plugin, `plugpool run examples square 7` must print 49, and
    `plugpool run mytasks worker_executable` must name ROOT's worker.
-8. No process may still run from the temporary folder.
+9. No process may still run from the temporary folder.
 Every failure ends the program (sys.exit with the reason); the caller removes its folder.
 """
 import glob
@@ -117,6 +121,8 @@ def check(root, source_dir, tmp, env, expected_extra=()):
         os.path.join(plugindir, "libexamples.so"),
         os.path.join(plugindir, "libimagefeatures.so"),
         os.path.join(libdir, "pkgconfig", "plugpool-sdk.pc"),
+        os.path.join(libdir, "cmake", "plugpool", "plugpoolConfig.cmake"),
+        os.path.join(libdir, "cmake", "plugpool", "plugpoolConfigVersion.cmake"),
         os.path.join(schemadir, "wire.capnp"),
         os.path.join(schemadir, "geometry.capnp"),
         os.path.join(schemadir, "imagefeatures.capnp"),
@@ -151,6 +157,19 @@ def check(root, source_dir, tmp, env, expected_extra=()):
         os.path.join(source_dir, "host.cc"), mytypes_cxx, geometry_cxx, "-o", host,
         *pkg_config("--cflags", "--libs", "plugpool"), "-Wl,-rpath," + libdir)
     check_host(env, host, tmp, libdir, worker)
+
+    # The same plugin and host built with CMake (SOURCE_DIR/CMakeLists.txt), whose install step
+    # puts the plugin into plugpool_PLUGIN_DIR in place of the one above.
+    cmake_build = os.path.join(tmp, "cmake-build")
+    configured = run(env, "cmake", "-S", source_dir, "-B", cmake_build, "-G", "Ninja",
+                     "-DCMAKE_PREFIX_PATH=" + root, "-DCMAKE_BUILD_TYPE=Release",
+                     "-DCMAKE_CXX_FLAGS=" + " ".join(WARNINGS))
+    version = pkg_config("--modversion", "plugpool")[0]
+    if f"-- plugpool {version}, license MIT" not in configured.splitlines():
+        sys.exit(f"find_package(plugpool) did not report version {version} and license MIT")
+    run(env, "cmake", "--build", cmake_build)
+    run(env, "cmake", "--install", cmake_build)
+    check_host(env, os.path.join(cmake_build, "host"), tmp, libdir, worker)
 
     # The command line, from ROOT with the same environment as the host.
     real = os.path.realpath
