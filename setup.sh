@@ -19,7 +19,8 @@ packages=(g++ libasan8 libubsan1 libtsan2 clang libclang-rt-14-dev meson ninja-b
           python3 capnproto libcapnp-dev libboost1.81-dev catch2 libcli11-dev libpng-dev
           libjpeg62-turbo-dev zlib1g-dev libssl-dev nlohmann-json3-dev
           pybind11-dev python3-dev python3-pytest python3-numpy
-          slurmctld slurmd slurm-client munge iproute2)
+          slurmctld slurmd slurm-client munge iproute2
+          cmake dpkg-dev debhelper lintian git)
 
 install_missing() {
   local missing=()
@@ -95,7 +96,7 @@ case "${1:-}" in
     meson test -C build --print-errorlogs || status=$?
     build build-asan -Db_sanitize=address,undefined -Dbuildtype=debug
     meson test -C build-asan --setup asan --no-suite memory --no-suite fork --no-suite install \
-      --no-suite python \
+      --no-suite python --no-suite debian \
       --print-errorlogs \
       || status=$?
     build build-tsan -Db_sanitize=thread -Dbuildtype=debug
