@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # setup.sh — from a fresh Debian 12 machine to a built, demonstrated or tested plugpool.
 #
-#   ./setup.sh demo    install what is missing, build into build/, run the pool_speedup demo
+#   ./setup.sh demo    install what is missing, build what the demo needs into build/, run the
+#                      pool_speedup demo
 #   ./setup.sh bench [ARGS]  install what is missing, build into build/, run plugpool-bench
 #                      (plugpool beside Python's pools; ARGS go to it, e.g. --quick, --json PATH)
 #   ./setup.sh test    install what is missing, build into build/, run the whole test suite,
@@ -35,9 +36,8 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-# build DIR [meson options...]: configures DIR (once; later runs apply the options again),
-# then builds it.
-build() {
+# configure DIR [meson options...]: configures DIR (once; later runs apply the options again).
+configure() {
   local dir=$1
   shift
   if [ -f "$dir/build.ninja" ]; then
@@ -47,8 +47,17 @@ build() {
   else
     meson setup "$dir" "$@"
   fi
-  ninja -C "$dir"
 }
+
+# build DIR [meson options...]: configures DIR, then builds all of it.
+build() {
+  configure "$@"
+  ninja -C "$1"
+}
+
+# What the demo needs, and nothing else: the library, the worker, the examples plugin and the
+# pool_speedup host.
+demo_targets=(runtime/plugpool-worker plugins/libexamples.so examples/pool_speedup)
 
 # Prints "N passed, N failed" over the given meson test logs (testlog[-SETUP].json), counting
 # the pytest suite (meson test `python`) by its own cases (its JUnit report next to the log);
@@ -80,7 +89,8 @@ PY
 case "${1:-}" in
   demo)
     install_missing
-    build build
+    configure build
+    ninja -C build "${demo_targets[@]}"
     build/examples/pool_speedup
     ;;
   bench)
