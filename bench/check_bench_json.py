@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs `plugpool-bench --quick --json PATH` and checks that the report is complete and well
 formed: every key with its figures and ratio, the machine's reference points, the run's
-details. Correctness only: no figure is compared with any speed.
+details. Correctness only: no figure is compared with any speed. A quick run gives no
+verdict: every "target_met" is null and the table says neither met nor missed.
 
 The KEY_tcp keys (KEY through a remote pool over loopback TCP) are compared with KEY's
 plugpool figure of the same run ("local", which must be KEY's "plugpool"), have no Python
@@ -63,8 +64,9 @@ def main():
         for field in ["plugpool", "python", "ratio"] + EXTRA.get(key, []):
             if not positive(entry.get(field)):
                 problems.append(f"{key}.{field}: {entry.get(field)!r} is not a positive number")
-        if not isinstance(entry.get("target_met"), bool):
-            problems.append(f"{key}.target_met is not a boolean")
+        if "target_met" not in entry or entry["target_met"] is not None:
+            problems.append(f"{key}.target_met: {entry.get('target_met')!r} is not null "
+                            "(a quick run gives no verdict)")
         expected = entry.get("plugpool", 0) / entry.get("python", 1)
         if entry.get("unit") in ("us", "ms"):  # lower is better: the ratio is inverted
             expected = 1 / expected
@@ -102,6 +104,9 @@ def main():
         problems.append(f"machine.cores {machine.get('cores')} != {os.cpu_count()}")
     if report.get("run", {}).get("quick") is not True:
         problems.append("run.quick is not true")
+    for verdict in ("(met)", "(MISSED)"):
+        if verdict in run.stdout:
+            problems.append(f"the quick run's table prints a verdict: {verdict}")
 
     for p in problems:
         print("check_bench_json:", p, file=sys.stderr)

@@ -9,7 +9,8 @@
 // concurrent.futures.ProcessPoolExecutor (bench/python_pools.py), with the same number of
 // workers, alternating which side goes first. Each repetition also measures the machine's
 // reference points (machine.h). The report gives medians over the repetitions: a table on
-// stdout, and with --json one JSON object (see README, "Benchmark").
+// stdout, and with --json one JSON object (see README, "Benchmark"). A --quick run is too
+// short to measure: it gives no verdict on any target ("target_met": null).
 //
 // Both sides return a check value (a sum of results) that must match the other side's and
 // the expected one, so the figures are of work actually done. A mismatch, a failed
@@ -331,7 +332,7 @@ struct Workload {
   std::string key;
   std::string unit;
   bool higherIsBetter;
-  std::string target;  // in words, for the table
+  std::string target;  // in words, for the table; "none…" for a key without one
   std::function<Json(const Settings&)> plugpool;
   std::function<Json(const Settings&)> python;  // empty for a KEY_tcp
   std::function<double(const Json& raw, const Settings&)> figure;
@@ -340,6 +341,8 @@ struct Workload {
   // A KEY_tcp: "KEY", the local workload whose plugpool figure it is compared with instead of
   // Python's (it has no Python side and no target). Empty for every other workload.
   std::string local{};
+
+  bool hasTarget() const { return !target.starts_with("none"); }
 };
 
 // The workloads also measured through a remote pool over loopback TCP, as KEY_tcp.
@@ -570,7 +573,8 @@ Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& sam
       met = pp / py <= 0.25;
     }
     entry["target"] = w.target;
-    entry["target_met"] = met;
+    // A quick run is too short to measure: no verdict.
+    entry["target_met"] = s.quick ? Json(nullptr) : Json(met);
     out[w.key] = entry;
   }
   out["machine"] = {{"socketpair_rtt_us", rtt},
@@ -649,10 +653,12 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
     } else {
       forTarget = format(num("ratio")) + "x Python";
     }
-    const char* verdict = e.at("target_met").is_null()     ? "(no target)"
-                          : e.at("target_met").get<bool>() ? "(met)"
-                                                           : "(MISSED)";
-    std::printf("%-16s %-9s %10s %10s %10s %8s %9s  %-24s %s %s\n", w.key.c_str(), w.unit.c_str(),
+    // A quick run's target_met is null: it prints no verdict.
+    const char* verdict = !w.hasTarget()                   ? " (no target)"
+                          : e.at("target_met").is_null()   ? ""
+                          : e.at("target_met").get<bool>() ? " (met)"
+                                                           : " (MISSED)";
+    std::printf("%-16s %-9s %10s %10s %10s %8s %9s  %-24s %s%s\n", w.key.c_str(), w.unit.c_str(),
                 format(num("plugpool")).c_str(), format(num("python")).c_str(),
                 format(num("python_executor")).c_str(), times(num("ratio")).c_str(),
                 times(num("ratio_executor")).c_str(), w.target.c_str(), forTarget.c_str(), verdict);
@@ -679,6 +685,9 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
       run.at("repetitions").get<int>(), run.at("workers").get<unsigned>(), python.c_str(),
       run.at("load_average_before").get<std::string>().c_str(),
       run.at("load_average_after").get<std::string>().c_str());
+  if (run.at("quick").get<bool>()) {
+    std::printf("targets: no verdicts (a --quick run is too short to measure)\n");
+  }
 }
 
 // Defines plugpool-bench's command line on `app`, filling `s`; finish() applies what depends
