@@ -19,7 +19,7 @@ cd "$(dirname "$0")"
 packages=(g++ libasan8 libubsan1 libtsan2 clang libclang-rt-14-dev meson ninja-build pkg-config
           python3 capnproto libcapnp-dev libboost1.81-dev catch2 libcli11-dev libpng-dev
           libjpeg62-turbo-dev zlib1g-dev libssl-dev nlohmann-json3-dev
-          pybind11-dev python3-dev python3-pytest python3-numpy
+          pybind11-dev python3-dev python3-pytest python3-numpy python3-pil
           slurmctld slurmd slurm-client munge iproute2
           cmake dpkg-dev debhelper lintian git)
 

@@ -6,7 +6,10 @@ verdict: every "target_met" is null and the table says neither met nor missed.
 
 The KEY_tcp keys (KEY through a remote pool over loopback TCP) are compared with KEY's
 plugpool figure of the same run ("local", which must be KEY's "plugpool"), have no Python
-figures (null) and no target ("target_met": null).
+figures (null) and no target.
+
+image_job's images go to a temporary folder under TMPDIR, which is set to a folder of this
+script's own: it must be empty again when the run ends.
 
 usage: check_bench_json.py PLUGPOOL_BENCH
 """
@@ -18,7 +21,7 @@ import sys
 import tempfile
 
 KEYS = ["map_tiny", "map_tiny_c10000", "imap_c1", "apply_rtt", "echo_64mib", "cpu_scaling",
-        "startup"]
+        "startup", "image_job"]
 # Extra fields each key must carry, beyond plugpool / python / ratio.
 EXTRA = {
     "apply_rtt": ["plugpool_p99", "python_p99", "socketpair_ratio"],
@@ -33,6 +36,7 @@ TCP_KEYS = {
     "echo_64mib_tcp": ("echo_64mib", ["plugpool_bytes_result", "local_bytes_result",
                                       "plugpool_first", "local_first"]),
 }
+QUICK_IMAGES = 60
 MACHINE = ["socketpair_rtt_us", "pipe_gbps", "memcpy_gbps", "cores", "socketpair_rtt_us_one_cpu",
            "socketpair_rtt_us_any_cpu", "pipe_gbps_one_cpu", "pipe_gbps_any_cpu"]
 
@@ -42,19 +46,35 @@ def positive(value):
             and math.isfinite(value) and value > 0)
 
 
+def check_ratio(problems, key, entry, other):
+    """`ratio` is plugpool / `other`, inverted where lower is better."""
+    if not all(positive(entry.get(f)) for f in ["plugpool", other, "ratio"]):
+        return
+    expected = entry["plugpool"] / entry[other]
+    if entry.get("unit") in ("us", "ms"):  # lower is better: the ratio is inverted
+        expected = 1 / expected
+    if not math.isclose(entry["ratio"], expected, rel_tol=1e-9):
+        problems.append(f"{key}.ratio {entry['ratio']} is not oriented as documented")
+
+
 def main():
     bench = sys.argv[1]
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.json")
+        tmpdir = os.path.join(tmp, "tmp")
+        os.mkdir(tmpdir)
         run = subprocess.run([bench, "--quick", "--json", path], capture_output=True, text=True,
-                             timeout=540)
+                             timeout=540, env=dict(os.environ, TMPDIR=tmpdir))
         sys.stdout.write(run.stdout)
         sys.stderr.write(run.stderr)
         if run.returncode != 0:
             sys.exit(f"plugpool-bench exited with {run.returncode}")
         with open(path) as f:
             report = json.load(f)  # raises if it is not JSON
+        left = os.listdir(tmpdir)
+        if any(name.startswith("plugpool-bench-images-") for name in left):
+            problems.append(f"image folder left behind in TMPDIR: {left}")
 
     for key in KEYS:
         entry = report.get(key)
@@ -67,12 +87,9 @@ def main():
         if "target_met" not in entry or entry["target_met"] is not None:
             problems.append(f"{key}.target_met: {entry.get('target_met')!r} is not null "
                             "(a quick run gives no verdict)")
-        expected = entry.get("plugpool", 0) / entry.get("python", 1)
-        if entry.get("unit") in ("us", "ms"):  # lower is better: the ratio is inverted
-            expected = 1 / expected
-        if positive(entry.get("ratio")) and not math.isclose(entry["ratio"], expected,
-                                                             rel_tol=1e-9):
-            problems.append(f"{key}.ratio {entry['ratio']} is not oriented as documented")
+        if not isinstance(entry.get("target"), str) or entry["target"].startswith("none"):
+            problems.append(f"{key}.target: {entry.get('target')!r} is not a target")
+        check_ratio(problems, key, entry, "python")
     for key, (local, extra) in TCP_KEYS.items():
         entry = report.get(key)
         if not isinstance(entry, dict):
@@ -90,12 +107,7 @@ def main():
         # Both are medians of the very same repetitions (the quick run has both keys).
         if entry.get("local") != other.get("plugpool"):
             problems.append(f"{key}.local {entry.get('local')!r} is not {local}'s plugpool figure")
-        if all(positive(entry.get(f)) for f in ["plugpool", "local", "ratio"]):
-            expected = entry["plugpool"] / entry["local"]
-            if entry.get("unit") in ("us", "ms"):  # lower is better: the ratio is inverted
-                expected = 1 / expected
-            if not math.isclose(entry["ratio"], expected, rel_tol=1e-9):
-                problems.append(f"{key}.ratio {entry['ratio']} is not oriented as documented")
+        check_ratio(problems, key, entry, "local")
     machine = report.get("machine", {})
     for field in MACHINE:
         if not positive(machine.get(field)):
@@ -104,6 +116,8 @@ def main():
         problems.append(f"machine.cores {machine.get('cores')} != {os.cpu_count()}")
     if report.get("run", {}).get("quick") is not True:
         problems.append("run.quick is not true")
+    if report.get("run", {}).get("params", {}).get("images") != QUICK_IMAGES:
+        problems.append(f"run.params.images is not {QUICK_IMAGES}")
     for verdict in ("(met)", "(MISSED)"):
         if verdict in run.stdout:
             problems.append(f"the quick run's table prints a verdict: {verdict}")

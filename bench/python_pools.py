@@ -2,7 +2,7 @@
 """The Python side of plugpool-bench: one workload, once, on Python's own pools.
 
 usage: python_pools.py WORKLOAD --workers N [--items N] [--chunksize N] [--samples N]
-                       [--rounds N] [--mib N]
+                       [--rounds N] [--mib N] [--images DIR]
 
 Runs WORKLOAD on multiprocessing.Pool and, where it applies, on
 concurrent.futures.ProcessPoolExecutor, both with N workers started with the "spawn" method
@@ -15,7 +15,8 @@ Each side's object holds raw measurements (seconds, microseconds, milliseconds) 
 same work. Pools are started and warmed up (every worker has answered) before anything is
 timed, except in `startup`, which times exactly that.
 
-The functions here are the twins of the tasks in plugins/bench/bench.cc.
+The functions here are the twins of the tasks in plugins/bench/bench.cc, and
+extract_features that of plugins/imagefeatures' `features` (with Pillow and numpy).
 """
 import argparse
 import hashlib
@@ -52,6 +53,60 @@ def sha256_chain(seed, rounds):
     return int.from_bytes(h[:8], "little", signed=True)
 
 
+# Pillow and numpy are imported on first use (by image_job only), so that no other workload's
+# workers pay for them.
+_image, _np = None, None
+_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
+_COLOR_SPACES = {1: "gray", 2: "gray+alpha", 3: "rgb", 4: "rgba"}
+
+
+def _import_imaging():
+    global _image, _np
+    if _image is None:
+        try:
+            from PIL import Image
+            import numpy
+        except ImportError as e:
+            raise ImportError(f"image_job needs Pillow and numpy ({e}; Debian: python3-pil "
+                              "python3-numpy, which setup.sh installs)") from e
+        _image, _np = Image, numpy
+
+
+def extract_features(path):
+    """The imagefeatures plugin's `features` of one PNG or JPEG file, with Pillow and numpy:
+    the same dict plugpool gives for its ImageFeatures (imagefeatures.capnp), computed on the
+    same 8-bit samples (palette expanded to RGB(A), 16-bit gray scaled to 8 bits)."""
+    _import_imaging()
+    np = _np
+    with _image.open(path) as im:
+        fmt = _FORMATS.get(im.format)
+        if fmt is None:
+            raise ValueError(f"{path}: not a PNG or JPEG file")
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+        elif im.mode == "1":
+            im = im.convert("L")
+        if im.mode in ("I", "I;16", "I;16B"):  # 16-bit gray, scaled as libpng's png_set_scale_16
+            wide = np.asarray(im).astype(np.uint32)
+            pixels = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        elif im.mode in ("L", "LA", "RGB", "RGBA"):
+            pixels = np.asarray(im)
+        else:
+            raise ValueError(f"{path}: unsupported mode {im.mode}")
+    height, width = pixels.shape[:2]
+    samples = pixels.reshape(height * width, -1)
+    channels = samples.shape[1]
+    mean = samples.mean(axis=0, dtype=np.float64)
+    stddev = samples.std(axis=0, dtype=np.float64)
+    histogram = np.concatenate([np.bincount(samples[:, c] >> 5, minlength=8)
+                                for c in range(channels)])
+    m = mean.tolist()
+    return {"path": path, "format": fmt, "width": width, "height": height,
+            "channels": channels, "colorSpace": _COLOR_SPACES[channels], "mean": m,
+            "stddev": stddev.tolist(), "histogram": histogram.tolist(),
+            "brightness": 0.299 * m[0] + 0.587 * m[1] + 0.114 * m[2] if channels >= 3 else m[0]}
+
+
 # --- making pools whose every worker is up -------------------------------------------------
 
 _barrier = None
@@ -66,6 +121,11 @@ def _meet(_):
     # Returns only once every worker of the pool is inside this call at once.
     _barrier.wait()
     return os.getpid()
+
+
+def _meet_with_imaging(_):
+    _import_imaging()
+    return _meet(_)
 
 
 def start_pool(ctx, workers):
@@ -228,18 +288,55 @@ def run_startup(ctx, args):
     return out
 
 
+def image_paths(folder):
+    """Every regular file directly in `folder`, sorted by name (as plugpool-bench lists them)."""
+    return sorted(e.path for e in os.scandir(folder) if e.is_file())
+
+
+def image_raw(seconds, results):
+    """The raw fields of image_job: the time, and each image's size, channels and means (in
+    path order) for plugpool-bench to compare with the other side's; "check" is all pixels."""
+    sizes = [[r["width"], r["height"], r["channels"]] for r in results]
+    return {"seconds": seconds, "images": len(results),
+            "check": sum(w * h for w, h, _ in sizes), "sizes": sizes,
+            "means": [list(r["mean"]) for r in results]}
+
+
+def run_images(ctx, args):
+    """Pool.map(extract_features, paths) with the default chunksize (executor: map, its
+    default chunksize 1); every worker has imported Pillow and numpy before the timing."""
+    try:
+        _import_imaging()  # here first: a clear message, not a worker's traceback
+    except ImportError as e:
+        sys.exit(f"python_pools.py: {e}")
+    paths = image_paths(args.images)
+    pool = start_pool(ctx, args.workers)
+    pool.map(_meet_with_imaging, range(args.workers), chunksize=1)
+    pool.map(extract_features, paths[:args.workers])
+    out = {"pool": image_raw(*timed(lambda: pool.map(extract_features, paths)))}
+    stop_pool(pool)
+    with start_executor(ctx, args.workers) as ex:
+        list(ex.map(_meet_with_imaging, range(args.workers)))
+        list(ex.map(extract_features, paths[:args.workers]))
+        out["executor"] = image_raw(*timed(lambda: list(ex.map(extract_features, paths))))
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workload", choices=["map_tiny", "map_tiny_c10000", "imap_c1",
                                              "apply_rtt", "echo_64mib", "cpu_scaling",
-                                             "startup"])
+                                             "startup", "image_job"])
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--items", type=int, help="default: the issue's count for WORKLOAD")
     parser.add_argument("--chunksize", type=int, default=0, help="0: the pool's default")
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--images", help="image_job: the folder of images (make_images)")
     args = parser.parse_args()
+    if args.workload == "image_job" and not args.images:
+        parser.error("image_job needs --images DIR")
     if args.items is None:
         args.items = {"imap_c1": 20_000, "cpu_scaling": 400}.get(args.workload, 1_000_000)
     ctx = mp.get_context("spawn")
@@ -251,6 +348,7 @@ def main():
         "echo_64mib": lambda: run_echo(ctx, args),
         "cpu_scaling": lambda: run_cpu(ctx, args),
         "startup": lambda: run_startup(ctx, args),
+        "image_job": lambda: run_images(ctx, args),
     }
     result = runs[args.workload]()
     result["python"] = platform.python_version()
