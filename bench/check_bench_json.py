@@ -8,10 +8,12 @@ The KEY_tcp keys (KEY through a remote pool over loopback TCP) are compared with
 plugpool figure of the same run ("local", which must be KEY's "plugpool"), have no Python
 figures (null) and no target.
 
-image_job's images go to a temporary folder under TMPDIR, which is set to a folder of this
-script's own: it must be empty again when the run ends.
+The py_KEY keys (KEY's workload from Python through the plugpool module) are there, with no
+target, if the module was built (--python-module), else absent and listed in run.skipped
+(--no-python-module). image_job's images go to a temporary folder under TMPDIR, which is set
+to a folder of this script's own: it must be empty again when the run ends.
 
-usage: check_bench_json.py PLUGPOOL_BENCH
+usage: check_bench_json.py PLUGPOOL_BENCH --python-module | --no-python-module
 """
 import json
 import math
@@ -36,6 +38,13 @@ TCP_KEYS = {
     "echo_64mib_tcp": ("echo_64mib", ["plugpool_bytes_result", "local_bytes_result",
                                       "plugpool_first", "local_first"]),
 }
+# py_KEY: its extra fields.
+PY_KEYS = {
+    "py_map_tiny": [],
+    "py_imap_c1": [],
+    "py_apply_rtt": ["plugpool_p99", "python_p99"],
+    "py_image_job": [],
+}
 QUICK_IMAGES = 60
 MACHINE = ["socketpair_rtt_us", "pipe_gbps", "memcpy_gbps", "cores", "socketpair_rtt_us_one_cpu",
            "socketpair_rtt_us_any_cpu", "pipe_gbps_one_cpu", "pipe_gbps_any_cpu"]
@@ -58,7 +67,9 @@ def check_ratio(problems, key, entry, other):
 
 
 def main():
-    bench = sys.argv[1]
+    if len(sys.argv) != 3 or sys.argv[2] not in ("--python-module", "--no-python-module"):
+        sys.exit(__doc__.strip().splitlines()[-1])
+    bench, module_built = sys.argv[1], sys.argv[2] == "--python-module"
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.json")
@@ -90,6 +101,30 @@ def main():
         if not isinstance(entry.get("target"), str) or entry["target"].startswith("none"):
             problems.append(f"{key}.target: {entry.get('target')!r} is not a target")
         check_ratio(problems, key, entry, "python")
+    skipped = report.get("run", {}).get("skipped")
+    for key, extra in PY_KEYS.items():
+        entry = report.get(key)
+        if not module_built:
+            if entry is not None:
+                problems.append(f"{key}: present, though the module was not built")
+            if not isinstance(skipped, list) or key not in skipped:
+                problems.append(f"{key}: not in run.skipped {skipped!r}")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{key}: missing (the Python module was built)")
+            continue
+        for field in ["plugpool", "python", "ratio"] + extra:
+            if not positive(entry.get(field)):
+                problems.append(f"{key}.{field}: {entry.get(field)!r} is not a positive number")
+        if entry.get("target") != "none" or "target_met" not in entry or entry["target_met"] \
+                is not None:
+            problems.append(f"{key}: target {entry.get('target')!r}, target_met "
+                            f"{entry.get('target_met')!r}: expected none and null")
+        if entry.get("unit") != report.get(key[3:], {}).get("unit"):
+            problems.append(f"{key}.unit {entry.get('unit')!r} is not {key[3:]}'s")
+        check_ratio(problems, key, entry, "python")
+    if module_built and skipped != []:
+        problems.append(f"run.skipped {skipped!r} is not empty, though the module was built")
     for key, (local, extra) in TCP_KEYS.items():
         entry = report.get(key)
         if not isinstance(entry, dict):
@@ -126,8 +161,9 @@ def main():
         print("check_bench_json:", p, file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"check_bench_json: report complete ({len(KEYS)} keys, {len(TCP_KEYS)} over TCP, and the "
-          "machine)")
+    from_python = f"{len(PY_KEYS)} from Python" if module_built else "no module: py_* skipped"
+    print(f"check_bench_json: report complete ({len(KEYS)} keys, {len(TCP_KEYS)} over TCP, "
+          f"{from_python}, and the machine)")
 
 
 if __name__ == "__main__":

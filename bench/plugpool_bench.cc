@@ -1,8 +1,8 @@
 // plugpool-bench — plugpool beside Python's own pools, in one run, on one machine.
 //
 //   plugpool-bench [--quick] [--json PATH] [--reps N] [--workers N] [--only KEY,...]
-//                  [--python EXE] [--script PATH] [--in-flight N] [--window N]
-//                  [--plugpool-only]
+//                  [--python EXE] [--script PATH] [--python-module DIR] [--in-flight N]
+//                  [--window N] [--plugpool-only]
 //
 // For each workload (the keys below) and each repetition it runs the workload on a
 // plugpool Pool and, as a subprocess of python3 (the interpreter the build's Python module
@@ -21,6 +21,10 @@
 // temporary folder that is removed however the run ends) with the imagefeatures plugin, and
 // on the Python side with Pillow and numpy; both sides must agree on every image's size and
 // channels exactly and on its means within kMeanTolerance.
+//
+// The keys py_KEY time KEY's workload from Python through the `plugpool` module
+// (python_pools.py --side plugpool) against the same Python pools: what a Python user gains.
+// They have no target, and are skipped (with a line on stderr) when the module was not built.
 //
 // Three keys are measured a second time through a remote pool on this machine (the keys
 // KEY_tcp, listed after KEY): the same workload, whose workers are started through the
@@ -99,6 +103,7 @@ struct Settings {
   std::string jsonPath;
   std::string python = PLUGPOOL_BENCH_PYTHON;
   std::string script = PLUGPOOL_BENCH_SCRIPT;
+  std::string pythonModule = PLUGPOOL_BENCH_MODULE_DIR;  // empty: not built, py_* skipped
   std::string makeImages = PLUGPOOL_BENCH_MAKE_IMAGES;
   std::string imageDir;           // image_job's images, made by run() when a chosen key needs them
   std::vector<std::string> only;  // empty: every workload
@@ -471,12 +476,16 @@ struct Workload {
   // Python's (it has no Python side and no target). Empty for every other workload.
   std::string local{};
   bool needsImages = false;  // runs on Settings::imageDir
+  bool fromPython = false;   // a py_KEY: its plugpool side needs the Python module
 
   bool hasTarget() const { return !target.starts_with("none"); }
+  std::string pythonWorkload() const { return fromPython ? key.substr(3) : key; }
 };
 
 // The workloads also measured through a remote pool over loopback TCP, as KEY_tcp.
 const std::vector<std::string> kOverTcp = {"map_tiny", "apply_rtt", "echo_64mib"};
+// The workloads also measured from Python through the plugpool module, as py_KEY.
+const std::vector<std::string> kFromPython = {"map_tiny", "imap_c1", "apply_rtt", "image_job"};
 
 // KEY_tcp from the workload KEY: the very same plugpool side, run on overTcp settings, with
 // the same figure and check.
@@ -495,6 +504,31 @@ Workload tcpTwin(const Workload& w) {
   };
   tcp.local = w.key;
   return tcp;
+}
+
+// py_KEY from the workload KEY: its plugpool side is python_pools.py --side plugpool (KEY's
+// workload through plugpool.Pool, with KEY's arguments), its Python side KEY's own, with the
+// same figure and checks; no target.
+Workload pythonTwin(const Workload& w) {
+  Workload py = w;
+  py.key = "py_" + w.key;
+  py.target = "none";
+  py.fromPython = true;
+  py.plugpool = [args = w.pythonArgs, key = w.key](const Settings& s) {
+    std::vector<std::string> extra = args(s);
+    extra.insert(extra.end(), {"--side", "plugpool", "--module-path", s.pythonModule,
+                               "--bench-plugin", PLUGPOOL_BENCH_PLUGIN, "--imagefeatures-plugin",
+                               PLUGPOOL_BENCH_IMAGEFEATURES_PLUGIN});
+    return python(s, key, extra).at("plugpool");
+  };
+  py.verify = [verify = w.verify, key = py.key](const Json& raw, const Settings& s) {
+    try {
+      verify(raw, s);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(key + ": " + e.what());
+    }
+  };
+  return py;
 }
 
 void expectCheck(const Json& raw, std::uint64_t expected, const std::string& what) {
@@ -613,11 +647,15 @@ std::vector<Workload> workloads() {
        },
        itemsPerSecond(&Params::images), verifyImages, agreeOnImages, "", true},
   };
-  std::vector<Workload> all;
+  std::vector<Workload> all, fromPython;
   for (const auto& w : measured) {
     all.push_back(w);
     if (std::ranges::find(kOverTcp, w.key) != kOverTcp.end()) all.push_back(tcpTwin(w));
+    if (std::ranges::find(kFromPython, w.key) != kFromPython.end()) {
+      fromPython.push_back(pythonTwin(w));
+    }
   }
+  all.insert(all.end(), fromPython.begin(), fromPython.end());
   return all;
 }
 
@@ -691,7 +729,7 @@ Json tcpEntry(const Workload& w, const Settings& s, const Samples& r) {
 
 Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& samples,
             const Machine& m, const Settings& s, const std::string& started,
-            const std::string& loadBefore, const std::string& pythonVersion) {
+            const std::string& loadBefore, const std::string& pythonVersion, const Json& skipped) {
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   // The floor is the better placement (machine.h says why they differ).
   const double rtt = std::min(median(m.rttUs), median(m.rttUsOneCpu));
@@ -717,12 +755,14 @@ Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& sam
       met = entry["ratio"].get<double>() >= 10;
     } else if (w.key == "imap_c1") {
       met = entry["ratio"].get<double>() >= 20;
-    } else if (w.key == "apply_rtt") {
+    } else if (w.key == "apply_rtt" || w.key == "py_apply_rtt") {
       entry["plugpool_p99"] = median(field(r.plugpool, "p99_us"));
       entry["python_p99"] = median(field(r.pool, "p99_us"));
       entry["python_executor_p99"] = numberOrNull(median(field(r.executor, "p99_us")));
-      entry["socketpair_ratio"] = pp / rtt;  // target: <= 2
-      met = pp / rtt <= 2;
+      if (w.key == "apply_rtt") {
+        entry["socketpair_ratio"] = pp / rtt;  // target: <= 2
+        met = pp / rtt <= 2;
+      }
     } else if (w.key == "image_job") {
       met = entry["ratio"].get<double>() >= 5;
     } else if (w.key == "echo_64mib") {
@@ -769,6 +809,8 @@ Json report(const std::vector<Workload>& chosen, const std::vector<Samples>& sam
                 {"workers", s.workers},
                 {"python", pythonVersion.empty() ? Json(nullptr) : Json(pythonVersion)},
                 {"python_start_method", "spawn"},
+                {"python_module", s.pythonModule.empty() ? Json(nullptr) : Json(s.pythonModule)},
+                {"skipped", skipped},
                 {"load_average_before", loadBefore},
                 {"load_average_after", loadAverage()},
                 {"params",
@@ -827,6 +869,9 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
       forTarget = format(num("per_core")) + " x cores";
     } else if (w.key == "startup") {
       forTarget = format(100 * num("fraction_of_python")) + "% of Python";
+    } else if (w.key == "py_apply_rtt") {
+      forTarget = format(num("ratio")) + "x Python (p99 " + format(num("plugpool_p99")) + " vs " +
+                  format(num("python_p99")) + " us)";
     } else {
       forTarget = format(num("ratio")) + "x Python";
     }
@@ -862,6 +907,11 @@ void printTable(const Json& r, const std::vector<Workload>& chosen) {
       run.at("repetitions").get<int>(), run.at("workers").get<unsigned>(), python.c_str(),
       run.at("load_average_before").get<std::string>().c_str(),
       run.at("load_average_after").get<std::string>().c_str());
+  if (std::ranges::any_of(chosen, &Workload::fromPython)) {
+    std::printf(
+        "py_KEY: KEY's workload called from Python through plugpool.Pool, against the same "
+        "Python pools\n");
+  }
   if (run.at("quick").get<bool>()) {
     std::printf("targets: no verdicts (a --quick run is too short to measure)\n");
   }
@@ -889,6 +939,10 @@ struct CommandLine {
         ->type_name("EXE");
     app.add_option("--script", s.script, "the Python side (default: bench/python_pools.py)")
         ->type_name("PATH");
+    app.add_option("--python-module", s.pythonModule,
+                   "the folder holding the built plugpool module, for the py_* keys; empty: "
+                   "skip them (default: the build's, if it was built)")
+        ->type_name("DIR");
     app.add_option("--in-flight", s.chunksInFlight,
                    "Options::chunksInFlight of plugpool's pools (default: its default)");
     app.add_option("--window", s.streamWindow,
@@ -932,8 +986,22 @@ int run(int argc, char** argv) {
   line.finish();
   const std::vector<Workload> all = workloads();
   std::vector<Workload> chosen;
+  Json skipped = Json::array();
   for (const auto& w : all) {
-    if (s.only.empty() || std::ranges::find(s.only, w.key) != s.only.end()) chosen.push_back(w);
+    if (!s.only.empty() && std::ranges::find(s.only, w.key) == s.only.end()) continue;
+    if (w.fromPython && s.pythonModule.empty()) {
+      skipped.push_back(w.key);
+    } else {
+      chosen.push_back(w);
+    }
+  }
+  if (!skipped.empty()) {
+    std::string keys;
+    for (const auto& key : skipped) keys += (keys.empty() ? "" : ", ") + key.get<std::string>();
+    std::fprintf(stderr,
+                 "plugpool-bench: skipping %s: the Python module was not built (meson option "
+                 "python; it needs pybind11-dev and python3-dev)\n",
+                 keys.c_str());
   }
   std::optional<ImageFolder> images;
   if (std::ranges::any_of(chosen, &Workload::needsImages)) {
@@ -997,7 +1065,7 @@ int run(int argc, char** argv) {
       }
       Json pp, py;
       auto runPlugpool = [&] { pp = w.plugpool(s); };
-      auto runPython = [&] { py = python(s, w.key, w.pythonArgs(s)); };
+      auto runPython = [&] { py = python(s, w.pythonWorkload(), w.pythonArgs(s)); };
       if (rep % 2 == 0) {  // alternate which side goes first
         runPlugpool();
         runPython();
@@ -1025,7 +1093,7 @@ int run(int argc, char** argv) {
                    loadAverage().c_str());
     }
   }
-  Json result = report(chosen, samples, machine, s, started, loadBefore, pythonVersion);
+  Json result = report(chosen, samples, machine, s, started, loadBefore, pythonVersion, skipped);
   printTable(result, chosen);
   if (!s.jsonPath.empty()) {
     std::ofstream out(s.jsonPath);

@@ -3,12 +3,19 @@
 
 usage: python_pools.py WORKLOAD --workers N [--items N] [--chunksize N] [--samples N]
                        [--rounds N] [--mib N] [--images DIR]
+                       [--side pool|plugpool] [--module-path DIR] [--bench-plugin PATH]
+                       [--imagefeatures-plugin PATH]
 
 Runs WORKLOAD on multiprocessing.Pool and, where it applies, on
 concurrent.futures.ProcessPoolExecutor, both with N workers started with the "spawn" method
 (fresh interpreters, as plugpool's workers are fresh processes), and prints one JSON object:
 
     {"pool": {...}, "executor": {...} | null, "python": "3.11.2"}
+
+With --side plugpool it runs the same WORKLOAD (map_tiny, imap_c1, apply_rtt, image_job) from
+Python through plugpool.Pool instead (`import plugpool`, found in --module-path), with the
+same workers, warm-up and raw fields, on the bench plugin's tasks (imagefeatures' for
+image_job), and prints {"plugpool": {...}, "python": "3.11.2"}.
 
 Each side's object holds raw measurements (seconds, microseconds, milliseconds) and a
 "check" value that plugpool-bench compares with its own, so both sides provably did the
@@ -322,6 +329,47 @@ def run_images(ctx, args):
     return out
 
 
+# --- the same workloads from Python through plugpool.Pool (--side plugpool) ---------------
+
+
+def import_plugpool(module_path):
+    if module_path:
+        sys.path.insert(0, module_path)
+    try:
+        import plugpool
+    except ImportError as e:
+        sys.exit(f"python_pools.py: cannot import plugpool from {module_path or 'sys.path'}: {e}")
+    return plugpool
+
+
+def plugpool_side(args):
+    """WORKLOAD through plugpool.Pool, as a Python user would call it, with the same warm-up
+    and raw fields as the Python side's mp.Pool run."""
+    plugpool = import_plugpool(args.module_path)
+    workers = args.workers
+    if args.workload == "image_job":
+        paths = image_paths(args.images)
+        with plugpool.Pool(workers, [args.imagefeatures_plugin]) as pool:
+            features = pool.task("imagefeatures", "features")
+            pool.map(features, paths[:workers], 1)  # warm-up
+            return image_raw(*timed(lambda: pool.map(features, paths)))
+    with plugpool.Pool(workers, [args.bench_plugin]) as pool:
+        square = pool.task("bench", "square")
+        if args.workload == "map_tiny":
+            items = list(range(args.items))
+            pool.map(square, range(1000))  # warm-up
+            seconds, results = timed(lambda: pool.map(square, items, args.chunksize or None))
+            return {"seconds": seconds, "check": sum(results) & MASK64}
+        if args.workload == "imap_c1":
+            pool.map(square, range(1000))
+            seconds, total = timed(lambda: sum(pool.imap_unordered(square, range(args.items), 1)))
+            return {"seconds": seconds, "check": total & MASK64}
+        if args.workload == "apply_rtt":
+            noop = pool.task("bench", "noop")
+            return latencies(lambda: pool.apply(noop), args.samples)
+    sys.exit(f"python_pools.py: --side plugpool does not run {args.workload}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workload", choices=["map_tiny", "map_tiny_c10000", "imap_c1",
@@ -334,11 +382,23 @@ def main():
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--images", help="image_job: the folder of images (make_images)")
+    parser.add_argument("--side", choices=["pool", "plugpool"], default="pool",
+                        help="pool: Python's own pools; plugpool: through plugpool.Pool")
+    parser.add_argument("--module-path", help="--side plugpool: the folder holding plugpool/")
+    parser.add_argument("--bench-plugin", default="bench",
+                        help="--side plugpool: the bench plugin (path or name)")
+    parser.add_argument("--imagefeatures-plugin", default="imagefeatures",
+                        help="--side plugpool: the imagefeatures plugin (path or name)")
     args = parser.parse_args()
     if args.workload == "image_job" and not args.images:
         parser.error("image_job needs --images DIR")
     if args.items is None:
         args.items = {"imap_c1": 20_000, "cpu_scaling": 400}.get(args.workload, 1_000_000)
+    if args.side == "plugpool":
+        result = {"plugpool": plugpool_side(args), "python": platform.python_version()}
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        return
     ctx = mp.get_context("spawn")
     runs = {
         "map_tiny": lambda: run_map(ctx, args, args.chunksize or None),
