@@ -15,7 +15,6 @@ Tasks are named "plugin.task", or bound once with pool.task("plugin", "task").
 
 import atexit
 import concurrent.futures
-import itertools
 import os
 import threading
 import weakref
@@ -34,6 +33,8 @@ _open_pools = weakref.WeakSet()
 def _shut_down_open_pools():
     for pool in list(_open_pools):
         pool.shutdown(wait=True)
+    # shutdown() returns once the work is done; its callbacks may still be running Python.
+    _plugpool.drain_callbacks()
 
 
 class Task:
@@ -200,42 +201,11 @@ class Pool:
         return self._stream(func, iterable, chunksize, ordered=False)
 
     def _stream(self, func, iterable, chunksize, ordered):
-        bound = self._bound(func)
-        window = 4 * self._pool.processes()
-        source = iter(iterable)
-        pending = []  # futures of chunks, in input order
-        done = threading.Condition()
-        finished = []
-
-        def send():
-            chunk = list(itertools.islice(source, max(1, chunksize)))
-            if not chunk:
-                return False
-            future = self._pool.map_async(bound, chunk, len(chunk))
-            if not ordered:
-                def mark(f=future):
-                    with done:
-                        finished.append(f)
-                        done.notify()
-                future.add_done_callback(mark)
-            pending.append(future)
-            return True
-
-        more = True
-        while more and len(pending) < window:
-            more = send()
-        while pending:
-            if ordered:
-                future = pending.pop(0)
-            else:
-                with done:
-                    while not finished:
-                        done.wait(0.05)
-                    future = finished.pop(0)
-                pending.remove(future)
-            if more:
-                more = send()
-            yield from future.result()
+        # A few chunks per worker out at once, and for small chunks at least about a hundred
+        # items, so that the workers never wait for the host.
+        chunksize = max(1, chunksize)
+        window = max(4 * self._pool.processes(), 128 // chunksize)
+        return self._pool.stream(self._bound(func), iterable, chunksize, window, ordered)
 
     # --- concurrent.futures.Executor ------------------------------------------------------
 

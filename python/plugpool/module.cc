@@ -13,8 +13,12 @@
 // The GIL is released while waiting, in slices of WAIT_SLICE, so that Ctrl-C reaches the
 // waiting thread: its call is then cancelled and KeyboardInterrupt raised. plugpool's errors
 // become the classes of plugpool._errors, with their fields.
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -92,6 +96,45 @@ void translate(std::exception_ptr p) {
 
 struct PoolHandle;
 
+// Done callbacks not yet finished with Python, so that the interpreter's exit can wait for
+// them (drain_callbacks): a thread still inside Python while the interpreter finalizes aborts.
+struct Pending {
+  std::mutex mutex;
+  std::condition_variable none;
+  std::size_t count = 0;
+};
+Pending& pending() {
+  static auto* instance = new Pending;  // used until exit
+  return *instance;
+}
+
+// One done callback: counted from add_done_callback until its callable has been dropped, with
+// the GIL, and the GIL released again (this object's end, on plugpool's callback thread).
+struct PendingCallback {
+  py::function fn;
+  explicit PendingCallback(py::function f) : fn(std::move(f)) {
+    std::lock_guard lock(pending().mutex);
+    ++pending().count;
+  }
+  PendingCallback(const PendingCallback&) = delete;
+  PendingCallback& operator=(const PendingCallback&) = delete;
+  ~PendingCallback() {
+    {
+      py::gil_scoped_acquire gil;
+      fn = py::function();
+    }
+    std::lock_guard lock(pending().mutex);
+    if (--pending().count == 0) pending().none.notify_all();
+  }
+};
+
+// Waits, without the GIL, until no done callback is pending.
+void drainCallbacks() {
+  py::gil_scoped_release release;
+  std::unique_lock lock(pending().mutex);
+  pending().none.wait(lock, [] { return pending().count == 0; });
+}
+
 // A task's arguments by declared type: what converts Python values into its argument tuple.
 struct Arguments {
   std::string label;  // "plugin.task", for messages
@@ -152,8 +195,8 @@ struct PyTask {
     arguments.encode(out, item, star);
   }
 
-  py::object decode(const DynamicResult& r, const std::shared_ptr<const void>& keep) const {
-    PyTo to{keep};
+  py::object decode(const DynamicResult& r) const {
+    PyTo to{&r};
     return values::decode(to, *arguments.schemas, result, r.tuple(), 0);
   }
 };
@@ -200,19 +243,130 @@ struct PyFuture {
       py::gil_scoped_release release;  // decoding may rethrow; no Python here
       results = &future.get();
     }
-    if (single) return task->decode(results->front(), keepOf(results->front()));
+    if (single) return task->decode(results->front());
     py::list out(results->size());
     for (std::size_t i = 0; i < results->size(); ++i) {
-      out[i] = task->decode((*results)[i], keepOf((*results)[i]));
+      out[i] = task->decode((*results)[i]);
     }
     return out;
   }
+};
 
-  // A DynamicResult's message, for zero-copy data results: the result object itself holds
-  // its share, so a copy of it does.
-  static std::shared_ptr<const void> keepOf(const DynamicResult& r) {
-    return std::make_shared<DynamicResult>(r);
+// imap and imap_unordered: chunks of `chunksize` items pulled from a Python iterator, at most
+// `window` chunks out at once, results handed out in input order or as their chunks finish.
+// Items are pulled and converted on the iterating thread, with the GIL (a value that does not
+// fit raises there, before its chunk is sent); waiting is without it, in WAIT_SLICE slices so
+// that Ctrl-C cancels every chunk out and raises KeyboardInterrupt. A failed chunk raises its
+// error from next(); the stream goes on after it, as multiprocessing's IMapIterator does.
+class PyStream {
+ public:
+  PyStream(std::shared_ptr<Pool> pool, std::shared_ptr<PyTask> task, py::object source,
+           std::size_t chunksize, std::size_t window, bool ordered)
+      : pool_(std::move(pool)),
+        task_(std::move(task)),
+        source_(std::move(source)),
+        chunksize_(std::max<std::size_t>(1, chunksize)),
+        window_(std::max<std::size_t>(1, window)),
+        ordered_(ordered) {}
+
+  py::object next() {
+    for (;;) {
+      if (results_ != nullptr && at_ < results_->size()) return task_->decode((*results_)[at_++]);
+      results_ = nullptr;
+      current_.reset();
+      fill();
+      if (out_.empty()) throw py::stop_iteration();
+      const std::size_t i = ordered_ ? waitFront() : waitAnyOut();
+      current_.emplace(std::move(out_[i]));
+      out_.erase(out_.begin() + static_cast<std::ptrdiff_t>(i));
+      fill();  // the workers keep busy while these results are converted
+      {
+        py::gil_scoped_release release;
+        results_ = &current_->get();  // throws the chunk's error
+      }
+      at_ = 0;
+    }
   }
+
+  // Cancels every chunk still out; the stream ends.
+  void close() {
+    more_ = false;
+    py::gil_scoped_release release;
+    for (auto& f : out_) f.cancel();
+    out_.clear();
+  }
+
+ private:
+  using Chunk = Future<std::vector<DynamicResult>>;
+
+  void fill() {
+    while (more_ && out_.size() < window_) send();
+  }
+
+  void send() {
+    std::vector<py::object> items;
+    while (items.size() < chunksize_) {
+      PyObject* item = PyIter_Next(source_.ptr());
+      if (item == nullptr) {
+        if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+        more_ = false;
+        break;
+      }
+      items.push_back(py::reinterpret_steal<py::object>(item));
+    }
+    if (items.empty()) return;
+    auto encode = [this](capnp::AnyStruct::Builder out, const py::object& item) {
+      task_->encode(out, item, /*star=*/false);
+    };
+    out_.push_back(pool_->mapAsync(task_->task, items, encode, items.size()));
+  }
+
+  // Waits, without the GIL, until `ready()`; Ctrl-C cancels everything out and raises.
+  template <typename Ready>
+  void waitSliced(Ready&& ready) {
+    for (;;) {
+      bool done;
+      {
+        py::gil_scoped_release release;
+        done = ready(std::chrono::duration_cast<std::chrono::milliseconds>(WAIT_SLICE));
+      }
+      if (done) return;
+      if (PyErr_CheckSignals() != 0) {
+        close();
+        throw py::error_already_set();
+      }
+    }
+  }
+
+  std::size_t waitFront() {
+    waitSliced([this](std::chrono::milliseconds slice) { return out_.front().wait(slice); });
+    return 0;
+  }
+
+  // The first chunk out that is ready (usually the oldest), waiting for one if none is.
+  std::size_t waitAnyOut() {
+    for (std::size_t i = 0; i < out_.size(); ++i) {
+      if (out_[i].ready()) return i;
+    }
+    std::size_t found = 0;
+    waitSliced([this, &found](std::chrono::milliseconds slice) {
+      auto i = plugpool::waitAny(out_, slice);
+      if (i) found = *i;
+      return i.has_value();
+    });
+    return found;
+  }
+
+  std::shared_ptr<Pool> pool_;
+  std::shared_ptr<PyTask> task_;
+  py::object source_;
+  const std::size_t chunksize_, window_;
+  const bool ordered_;
+  bool more_ = true;
+  std::deque<Chunk> out_;  // in input order
+  std::optional<Chunk> current_;
+  const std::vector<DynamicResult>* results_ = nullptr;  // current_'s, being handed out
+  std::size_t at_ = 0;
 };
 
 std::shared_ptr<PyTask> bindTask(const std::shared_ptr<Pool>& pool, const std::string& plugin,
@@ -278,16 +432,11 @@ PYBIND11_MODULE(_plugpool, m) {
            })
       .def("cancelled", [](PyFuture& f) { return f.future.cancelled(); })
       .def("add_done_callback", [](PyFuture& f, py::function fn) {
-        // The callable is called, and its last reference dropped, with the GIL.
-        auto held =
-            std::shared_ptr<py::function>(new py::function(std::move(fn)), [](py::function* p) {
-              py::gil_scoped_acquire gil;
-              delete p;
-            });
-        auto call = [held] {
+        auto pending = std::make_shared<PendingCallback>(std::move(fn));
+        auto call = [pending] {
           py::gil_scoped_acquire gil;
           try {
-            (*held)();
+            pending->fn();
           } catch (py::error_already_set& e) {
             e.discard_as_unraisable("plugpool done callback");
           }
@@ -295,6 +444,14 @@ PYBIND11_MODULE(_plugpool, m) {
         f.future.then([call](const std::vector<DynamicResult>&) { call(); },
                       [call](std::exception_ptr) { call(); });
       });
+
+  m.def("drain_callbacks", &drainCallbacks,
+        "Waits until every done callback has run and let go of Python (for the exit).");
+
+  py::class_<PyStream, std::shared_ptr<PyStream>>(m, "_Stream")
+      .def("__iter__", [](py::object self) { return self; })
+      .def("__next__", &PyStream::next)
+      .def("close", &PyStream::close);
 
   py::class_<Pool, std::shared_ptr<Pool>>(m, "_Pool")
       .def(
@@ -358,6 +515,14 @@ PYBIND11_MODULE(_plugpool, m) {
           },
           py::arg("task"), py::arg("items"), py::arg("chunksize") = 0, py::arg("star") = false,
           py::arg("single") = false)
+      .def(
+          "stream",
+          [](const std::shared_ptr<Pool>& p, const std::shared_ptr<PyTask>& task,
+             py::iterable items, std::size_t chunksize, std::size_t window, bool ordered) {
+            return std::make_shared<PyStream>(p, task, py::iter(items), chunksize, window, ordered);
+          },
+          py::arg("task"), py::arg("items"), py::arg("chunksize"), py::arg("window"),
+          py::arg("ordered"))
       .def("stats",
            [](const Pool& p) {
              const Stats s = p.stats();

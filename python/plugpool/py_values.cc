@@ -240,21 +240,21 @@ void setDynamic(capnp::DynamicStruct::Builder out, capnp::StructSchema::Field fi
   }
 }
 
-py::object fromDynamic(capnp::DynamicValue::Reader value, const std::shared_ptr<const void>& keep);
+py::object fromDynamic(capnp::DynamicValue::Reader value);
 
-py::object fromDynamicStruct(capnp::DynamicStruct::Reader value,
-                             const std::shared_ptr<const void>& keep) {
+// (Data inside a struct is copied.)
+py::object fromDynamicStruct(capnp::DynamicStruct::Reader value) {
   py::dict out;
   for (auto field : value.getSchema().getNonUnionFields()) {
-    out[field.getProto().getName().cStr()] = fromDynamic(value.get(field), keep);
+    out[field.getProto().getName().cStr()] = fromDynamic(value.get(field));
   }
   KJ_IF_MAYBE (field, value.which()) {
-    out[field->getProto().getName().cStr()] = fromDynamic(value.get(*field), keep);
+    out[field->getProto().getName().cStr()] = fromDynamic(value.get(*field));
   }
   return out;
 }
 
-py::object fromDynamic(capnp::DynamicValue::Reader value, const std::shared_ptr<const void>& keep) {
+py::object fromDynamic(capnp::DynamicValue::Reader value) {
   switch (value.getType()) {
     case capnp::DynamicValue::VOID:
       return py::none();
@@ -278,7 +278,7 @@ py::object fromDynamic(capnp::DynamicValue::Reader value, const std::shared_ptr<
     case capnp::DynamicValue::LIST: {
       auto list = value.as<capnp::DynamicList>();
       py::list out(list.size());
-      for (unsigned i = 0; i < list.size(); ++i) out[i] = fromDynamic(list[i], keep);
+      for (unsigned i = 0; i < list.size(); ++i) out[i] = fromDynamic(list[i]);
       return out;
     }
     case capnp::DynamicValue::ENUM: {
@@ -289,7 +289,7 @@ py::object fromDynamic(capnp::DynamicValue::Reader value, const std::shared_ptr<
       return py::int_(e.getRaw());
     }
     case capnp::DynamicValue::STRUCT:
-      return fromDynamicStruct(value.as<capnp::DynamicStruct>(), keep);
+      return fromDynamicStruct(value.as<capnp::DynamicStruct>());
     default:
       return py::none();
   }
@@ -375,14 +375,14 @@ PyTo::Value PyTo::text(const Type&, std::string_view text) {
 }
 
 PyTo::Value PyTo::data(const Type&, std::span<const std::byte> bytes) {
-  if (bytes.size() < LARGE_DATA || !keep) {
+  if (bytes.size() < LARGE_DATA || result == nullptr) {
     return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   }
-  return py::memoryview(py::cast(Buffer{bytes, keep}));
+  return py::memoryview(py::cast(Buffer{bytes, std::make_shared<DynamicResult>(*result)}));
 }
 
 PyTo::Value PyTo::structValue(const Type&, capnp::DynamicStruct::Reader value) {
-  return fromDynamicStruct(value, keep);
+  return fromDynamicStruct(value);
 }
 
 void defineBuffer(py::module_& m) {

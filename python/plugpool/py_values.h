@@ -27,6 +27,8 @@
 #include <capnp/dynamic.h>
 #include <pybind11/pybind11.h>
 
+#include <plugpool/dynamic.h>
+
 #include "types.h"
 
 namespace plugpool::python {
@@ -51,8 +53,9 @@ struct PyFrom {
 
 struct PyTo {
   using Value = py::object;
-  // What a large data result's memoryview keeps alive: the message it lives in.
-  std::shared_ptr<const void> keep;
+  // The result being decoded (null: data results are copied). A large data result's
+  // memoryview keeps a share of its message, taken only then.
+  const DynamicResult* result = nullptr;
 
   Value scalar(const Type& type, std::uint64_t word);
   Value text(const Type& type, std::string_view text);
