@@ -118,6 +118,16 @@ def test_imap_unordered_is_lazy_over_an_endless_generator(pool):
     assert seen == 20000
 
 
+def test_a_failed_item_of_imap_raises_in_its_place_and_the_stream_goes_on(pool):
+    results = pool.imap("examples.set_offset", [1, 2, -3, 4], chunksize=1)
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(plugpool.TaskError, match="negative offset -3"):
+        next(results)
+    assert list(results) == [4]
+    with pytest.raises(TypeError, match="expected int64, got str"):
+        list(pool.imap_unordered("examples.square", [1, "x"]))
+
+
 def test_imap_unordered_runs_in_flat_memory():
     def rss():
         with open("/proc/self/statm") as f:
