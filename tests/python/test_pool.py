@@ -205,11 +205,14 @@ def test_threads_share_one_pool(pool):
 
 def test_shutdown_with_cancel_futures_cancels_what_has_not_started():
     p = plugpool.Pool(1, ["examples"])
-    running = p.submit("examples.sleep_ms", 300)
-    queued = [p.submit("examples.sleep_ms", 300) for _ in range(5)]
-    time.sleep(0.1)
+    # The worker is up, and has told the pool its chunks are slow: it gets only a couple of
+    # chunks ahead (chunksInFlight), so most of the queued ones are still in the host.
+    p.apply("examples.sleep_ms", (50,))
+    running = p.submit("examples.sleep_ms", 1000)
+    queued = [p.submit("examples.sleep_ms", 1000) for _ in range(5)]
+    time.sleep(0.3)
     p.shutdown(wait=True, cancel_futures=True)
-    assert running.result(0) == 300
+    assert running.result(0) == 1000
     outcomes = [type(f.exception(0)).__name__ if f.exception(0) else "done" for f in queued]
     assert "Cancelled" in outcomes, outcomes
     with pytest.raises(plugpool.PoolClosed):
