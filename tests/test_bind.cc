@@ -1,14 +1,21 @@
 // Bad configuration gives a clear PluginError or StartError early: at pool start for plugins
 // that cannot be loaded, at bind time for unknown names and wrong signatures.
+#include <stdlib.h>
+
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
+#include <plugpool/local_plugin.h>
 #include <plugpool/pool.h>
 #include <catch2/catch.hpp>
 
 #include "support.h"
 
 using Catch::Matchers::Contains;
+using Catch::Matchers::EndsWith;
+using Catch::Matchers::Equals;
+namespace fs = std::filesystem;
 using plugpool::Pool;
 using Int = std::int64_t;
 
@@ -25,6 +32,41 @@ std::string startError(std::vector<std::string> plugins) {
   FAIL("the pool started");
   return "";
 }
+
+// Sets an environment variable for the scope: unset again however the test ends, so that a
+// failed check does not change the tests after it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    ::setenv(name, value.c_str(), 1);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  ~ScopedEnv() { ::unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
+
+// A fresh temporary folder, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "plugpool-bind-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
 
 }  // namespace
 
@@ -107,7 +149,29 @@ TEST_CASE("a missing worker executable is a StartError naming where it looked") 
   options.plugins = {"examples"};
   options.workerExecutable = "/nonexistent/plugpool-worker";
   REQUIRE_THROWS_AS(Pool(options), plugpool::StartError);
-  REQUIRE_THROWS_WITH(Pool(options), Contains("/nonexistent/plugpool-worker"));
+  // It was set: no hint to set it.
+  REQUIRE_THROWS_WITH(Pool(options),
+                      "Options::workerExecutable names /nonexistent/plugpool-worker, "
+                      "which does not exist");
+  options.workerExecutable = std::string(FIXTURES_SOURCE_DIR) + "/not_a_library.so";
+  REQUIRE_THROWS_WITH(Pool(options), EndsWith("not_a_library.so, which is not an executable file"));
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("PLUGPOOL_WORKER naming a missing file is a StartError, not skipped") {
+  testing::ProcessSnapshot before;
+  ScopedEnv worker("PLUGPOOL_WORKER", "/nonexistent/plugpool-worker");
+  REQUIRE_THROWS_WITH(Pool(1, {"examples"}),
+                      "PLUGPOOL_WORKER names /nonexistent/plugpool-worker, which does not exist");
+  // Options::workerExecutable comes first.
+  plugpool::Options options;
+  options.workers = 1;
+  options.plugins = {"examples"};
+  options.workerExecutable = REAL_WORKER;
+  {
+    Pool pool(options);
+    REQUIRE(pool.apply(pool.task<Int(Int)>("examples", "square"), 3) == 9);
+  }
   testing::requireCleanShutdown(before);
 }
 
@@ -120,5 +184,27 @@ TEST_CASE("plugins are found by bare name through PLUGPOOL_PLUGIN_PATH") {
     REQUIRE(pool.apply(pool.task<Int(Int)>("faults", "sleep_ms"), 1) == 1);
   }
   ::unsetenv("PLUGPOOL_PLUGIN_PATH");
+  testing::requireCleanShutdown(before);
+}
+
+TEST_CASE("a bare name finds the plugin of that name, or is refused naming both") {
+  testing::ProcessSnapshot before;
+  // A decoy: the faults plugin under the file name libexamples.so, first on the search path.
+  TempDir folder;
+  const std::string decoy = (folder.path() / "libexamples.so").string();
+  fs::copy_file(testing::fixture("faults"), decoy);
+  ScopedEnv path("PLUGPOOL_PLUGIN_PATH", folder.path().string());
+  const std::string refused = decoy +
+                              " was found for the plugin name \"examples\", but it is the plugin "
+                              "\"faults\"; remove or rename that file, or give a path to load "
+                              "it as \"faults\"";
+  REQUIRE_THAT(startError({"examples"}), Equals(refused));
+  REQUIRE_THROWS_MATCHES(plugpool::LocalPlugin("examples"), plugpool::PluginError,
+                         Catch::Matchers::Message(refused));
+  {
+    // By path, a file loads under its own name whatever the file is called.
+    Pool pool(1, {decoy});
+    REQUIRE(pool.plugins().front().name == "faults");
+  }
   testing::requireCleanShutdown(before);
 }

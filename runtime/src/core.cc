@@ -394,6 +394,13 @@ void Core::hello(Worker& w, HelloContent hello) {
     return;
   }
   if (plugins_.empty() && starting_) {
+    try {
+      // decodeHello checked that there is one manifest per plugin asked for.
+      for (std::size_t i = 0; i < hello.plugins.size(); ++i)
+        checkFoundPlugin(options_.plugins[i], hello.plugins[i]);
+    } catch (const PluginError&) {
+      return startFailed(std::current_exception());
+    }
     plugins_ = std::move(hello.plugins);
     if (options_.initializer) {
       Initializer& init = options_.initializer;

@@ -10,6 +10,7 @@ LocalPlugin::LocalPlugin(const std::string& plugin) {
     auto loaded = detail::loadPlugin(detail::findPlugin(plugin));
     descriptor_ = loaded.descriptor;
     info_ = detail::manifestOf(loaded);
+    detail::checkFoundPlugin(plugin, info_);
   } catch (const detail::PluginLoadError& e) {
     throw PluginError(e.what());
   }

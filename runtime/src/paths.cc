@@ -26,6 +26,14 @@ fs::path libraryDirectory() {
       .parent_path();
 }
 
+// Whether libplugpool, in `library`, is a build tree's (build/runtime/) and not an installed
+// copy: only that one looks for the worker and plugins the build tree holds. meson puts the
+// mark next to the library it builds and never installs it (runtime/meson.build).
+bool inBuildTree(const fs::path& library) {
+  std::error_code ec;
+  return fs::is_regular_file(library / "plugpool-build-tree.txt", ec);
+}
+
 bool isExecutableFile(const fs::path& p) {
   std::error_code ec;
   return fs::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0;
@@ -49,9 +57,11 @@ std::vector<fs::path> pluginDirectories() {
       if (!dir.empty()) dirs.emplace_back(dir);
     }
   }
-  // In a build tree libplugpool lives in build/runtime and plugins in build/plugins.
+  // The build tree's plugins, for the build tree's own libplugpool only: the same rule
+  // applied to an installed library would search a folder beside libdir that nobody made
+  // for plugpool (<prefix>/lib/plugins for lib/x86_64-linux-gnu).
   fs::path library = libraryDirectory();
-  dirs.push_back(library.parent_path() / "plugins");
+  if (inBuildTree(library)) dirs.push_back(library.parent_path() / "plugins");
   // Installed: libdir/plugpool/plugins, found from where this library was loaded first (the
   // plugins installed with it, wherever the tree was copied), then at the configured prefix.
   addUnique(dirs, library / PLUGPOOL_PLUGINDIR_FROM_LIBDIR);
@@ -62,20 +72,26 @@ std::vector<fs::path> pluginDirectories() {
 }  // namespace
 
 std::string findWorkerExecutable(const std::string& configured) {
-  std::vector<fs::path> candidates;
-  if (!configured.empty()) {
-    candidates.emplace_back(configured);
-  } else {
-    if (const char* env = std::getenv("PLUGPOOL_WORKER")) candidates.emplace_back(env);
-    // A build tree: next to libplugpool. Installed: libexecdir, found from where this
-    // library was loaded first (the worker installed with it, wherever the tree was copied),
-    // then at the configured prefix.
-    fs::path library = libraryDirectory();
-    candidates.push_back(library / "plugpool-worker");
-    if (*PLUGPOOL_WORKER_FROM_LIBDIR != '\0')
-      addUnique(candidates, library / PLUGPOOL_WORKER_FROM_LIBDIR);
-    addUnique(candidates, PLUGPOOL_INSTALL_WORKER);
+  // Named by the host or by the environment: that file or nothing, never a search.
+  auto named = [](const std::string& file, const std::string& by) {
+    std::error_code ec;
+    if (isExecutableFile(file)) return fs::absolute(file).string();
+    const char* why = fs::exists(file, ec) ? "is not an executable file" : "does not exist";
+    throw StartError(by + " names " + file + ", which " + why);
+  };
+  if (!configured.empty()) return named(configured, "Options::workerExecutable");
+  if (const char* env = std::getenv("PLUGPOOL_WORKER"); env != nullptr && *env != '\0') {
+    return named(env, "PLUGPOOL_WORKER");
   }
+  // The build tree's worker, next to its libplugpool. Installed: libexecdir, found from
+  // where this library was loaded first (the worker installed with it, wherever the tree
+  // was copied), then at the configured prefix.
+  std::vector<fs::path> candidates;
+  fs::path library = libraryDirectory();
+  if (inBuildTree(library)) candidates.push_back(library / "plugpool-worker");
+  if (*PLUGPOOL_WORKER_FROM_LIBDIR != '\0')
+    addUnique(candidates, library / PLUGPOOL_WORKER_FROM_LIBDIR);
+  addUnique(candidates, PLUGPOOL_INSTALL_WORKER);
   std::string looked;
   for (const auto& c : candidates) {
     if (isExecutableFile(c)) return fs::absolute(c).string();
@@ -102,6 +118,14 @@ std::string findPlugin(const std::string& spec) {
   }
   throw PluginError("no plugin named \"" + spec + "\" (looked for lib" + spec + ".so and " + spec +
                     ".so in " + looked + "); give a path or set PLUGPOOL_PLUGIN_PATH");
+}
+
+void checkFoundPlugin(const std::string& spec, const PluginInfo& plugin) {
+  if (spec.find('/') != std::string::npos || plugin.name == spec) return;
+  throw PluginError(plugin.path + " was found for the plugin name \"" + spec +
+                    "\", but it is the plugin \"" + plugin.name +
+                    "\"; remove or rename that file, or give a path to load it as \"" +
+                    plugin.name + "\"");
 }
 
 std::uint32_t bindTask(const PluginInfo& plugin, std::string_view name,

@@ -10,20 +10,24 @@ UNPACKED/usr); nothing is installed at the prefix itself.
    and of the installed examples schema (`schemadir`/geometry.capnp) into the temporary folder.
 4. g++ builds SOURCE_DIR/mytasks.cc (with mytypes.capnp.c++) into libmytasks.so with the flags
    of plugpool-sdk and -Wl,--no-undefined, and copies it into plugpool-sdk's `plugindir`.
-5. g++ builds SOURCE_DIR/host.cc (with both schemas' .capnp.c++) with the flags of plugpool and
+5. Decoys where only a build tree's library would look: an unrelated plugin (SOURCE_DIR/
+   mystats.cc, plugin "mystats") as LIBDIR/../plugins/libexamples.so, and a plugpool-worker
+   that fails, in LIBDIR. An installed library searches only its documented places, so
+   neither may be picked up below.
+6. g++ builds SOURCE_DIR/host.cc (with both schemas' .capnp.c++) with the flags of plugpool and
    an rpath to its libdir.
-6. The host runs without LD_LIBRARY_PATH, PLUGPOOL_WORKER or PLUGPOOL_PLUGIN_PATH: it must load
+7. The host runs without LD_LIBRARY_PATH, PLUGPOOL_WORKER or PLUGPOOL_PLUGIN_PATH: it must load
    ROOT's libplugpool, which must start ROOT's plugpool-worker (found relative to the library)
    and find both plugins by bare name in ROOT's plugin folder; its struct tasks must answer.
-7. CMake builds the same plugin and host from SOURCE_DIR/CMakeLists.txt with
+8. CMake builds the same plugin and host from SOURCE_DIR/CMakeLists.txt with
    CMAKE_PREFIX_PATH=ROOT (find_package(plugpool 0.1), plugpool::sdk, plugpool::plugpool), which
    must report plugpool's version and its MIT licence; `cmake --install` puts the plugin into
-   plugpool_PLUGIN_DIR, and the host must run as in 6.
-8. ROOT/bin/plugpool runs the same way: it must load ROOT's libplugpool (through its
+   plugpool_PLUGIN_DIR, and the host must run as in 7.
+9. ROOT/bin/plugpool runs the same way: it must load ROOT's libplugpool (through its
    $ORIGIN-relative RUNPATH, as ldd reports), `plugpool tasks examples` must list ROOT's
    examples plugin, `plugpool run examples square 7` must print 49, and
    `plugpool run mytasks worker_executable` must name ROOT's worker.
-9. No process may still run from the temporary folder.
+10. No process may still run from the temporary folder.
 Every failure ends the program (sys.exit with the reason); the caller removes its folder.
 """
 import glob
@@ -152,6 +156,17 @@ def check(root, source_dir, tmp, env, expected_extra=()):
         "-I", generated, os.path.join(source_dir, "mytasks.cc"), mytypes_cxx, "-o", plugin,
         *pkg_config("--cflags", "--libs", "plugpool-sdk"), "-Wl,--no-undefined")
     run(env, "cp", plugin, plugindir)
+
+    # The decoys (docstring, step 5).
+    decoys = os.path.join(os.path.dirname(libdir), "plugins")
+    os.makedirs(decoys, exist_ok=True)
+    run(env, "g++", "-std=c++20", "-O2", *WARNINGS, "-shared", "-fPIC", "-fvisibility=hidden",
+        os.path.join(source_dir, "mystats.cc"), "-o", os.path.join(decoys, "libexamples.so"),
+        *pkg_config("--cflags", "--libs", "plugpool-sdk"), "-Wl,--no-undefined")
+    decoy_worker = os.path.join(libdir, "plugpool-worker")
+    with open(decoy_worker, "w") as f:
+        f.write("#!/bin/sh\necho 'the decoy worker in LIBDIR ran' >&2\nexit 1\n")
+    os.chmod(decoy_worker, 0o755)
     host = os.path.join(tmp, "host")
     run(env, "g++", "-std=c++20", "-O2", *WARNINGS, "-I", generated,
         os.path.join(source_dir, "host.cc"), mytypes_cxx, geometry_cxx, "-o", host,

@@ -78,7 +78,8 @@ class LocalTask<R(A...)> {
 class PLUGPOOL_API LocalPlugin {
  public:
   // Loads a plugin given as a path or a bare name (searched as for Options::plugins).
-  // Throws PluginError if it cannot be found or fails the loader's checks.
+  // Throws PluginError if it cannot be found, fails the loader's checks, or (a bare name) is
+  // another plugin.
   explicit LocalPlugin(const std::string& plugin);
 
   const PluginInfo& info() const { return info_; }

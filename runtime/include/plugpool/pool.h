@@ -165,15 +165,18 @@ struct Options {
 
   // The plugins every worker loads. Each entry is a path (if it contains a '/') or a bare name
   // such as "examples", looked for as lib<name>.so or <name>.so in each directory of
-  // $PLUGPOOL_PLUGIN_PATH (colon-separated), then in the build tree's plugins/ folder (when
-  // libplugpool runs from a build tree), then in the installed plugin directory.
+  // $PLUGPOOL_PLUGIN_PATH (colon-separated), then in the build tree's plugins/ folder (only
+  // when libplugpool is that build tree's own, never an installed copy), then in the
+  // installed plugin directory, and nowhere else. The first file found must be the plugin of
+  // that name (PLUGPOOL_PLUGIN(name, ...)), or the pool refuses it: a path loads any plugin.
   std::vector<std::string> plugins;
 
   // How workers are started; see StartMethod.
   StartMethod startMethod = StartMethod::SPAWN;
 
-  // The worker executable (SPAWN only). Empty: $PLUGPOOL_WORKER if set, else plugpool-worker next
-  // to libplugpool (the build tree), else the installed one.
+  // The worker executable (SPAWN only). Empty: $PLUGPOOL_WORKER if set and not empty, else
+  // plugpool-worker next to libplugpool when libplugpool is its build tree's own, else the
+  // installed one. A file named here or by $PLUGPOOL_WORKER must be executable (StartError).
   std::string workerExecutable;
 
   // Chunks sent to one worker ahead of its replies, so it never waits for the host between
@@ -305,9 +308,11 @@ class PLUGPOOL_API Pool {
   // Starts the workers and waits until every one has loaded every plugin (and run the
   // initializer, if any).
   // Throws UsageError if Options::workers is negative (before anything starts); PluginError
-  // if a plugin cannot be loaded (missing, not a plugin, wrong ABI, two plugins with one name)
-  // or the initializer does not match its task; StartError if the workers cannot be started
-  // or the initializer fails.
+  // if a plugin cannot be loaded (missing, not a plugin, wrong ABI, an undefined symbol, two
+  // plugins with one name, a file found by bare name that is another plugin) or the
+  // initializer does not match its task; StartError if the workers cannot be started (the
+  // worker executable named by Options::workerExecutable or $PLUGPOOL_WORKER is not one, or
+  // none is found) or the initializer fails.
   explicit Pool(Options options = {});
   // Shorthand for the common case: `workers` processes (0: one per core; negative: UsageError)
   // loading `plugins`, everything else as in Options.
