@@ -15,6 +15,7 @@
 using Catch::Matchers::Contains;
 using Catch::Matchers::EndsWith;
 using Catch::Matchers::Equals;
+using Catch::Matchers::StartsWith;
 namespace fs = std::filesystem;
 using plugpool::Pool;
 using Int = std::int64_t;
@@ -116,20 +117,27 @@ TEST_CASE("plugins that cannot be loaded fail the pool at start with the reason"
         startError({"nothing_by_this_name"}),
         Contains("no plugin named \"nothing_by_this_name\"") && Contains("PLUGPOOL_PLUGIN_PATH"));
   }
-  SECTION("not a shared library") {
-    REQUIRE_THAT(startError({std::string(FIXTURES_SOURCE_DIR) + "/not_a_library.so"}),
-                 Contains("cannot be loaded as a shared library"));
+  SECTION("not a shared library: the loader's reason, without an errno") {
+    const std::string file = std::string(FIXTURES_SOURCE_DIR) + "/not_a_library.so";
+    REQUIRE_THAT(startError({file}),
+                 StartsWith(file + ": cannot be loaded as a shared library: ") &&
+                     !Contains("Bad file descriptor") && !Contains("boost::dll"));
   }
-  SECTION("a shared library that is not a plugin") {
-    REQUIRE_THAT(startError({testing::fixture("not_a_plugin")}), Contains("not a plugpool plugin"));
+  SECTION("a shared library that is not a plugin: did you forget the macro?") {
+    REQUIRE_THAT(
+        startError({testing::fixture("not_a_plugin")}),
+        Contains("not a plugpool plugin") && Contains("did you forget PLUGPOOL_PLUGIN(...)"));
   }
   SECTION("a plugin built for another ABI version") {
     REQUIRE_THAT(startError({testing::fixture("wrong_abi")}),
                  Contains("built for plugpool ABI version 999") && Contains("speaks version 1"));
   }
-  SECTION("a plugin with an undefined symbol") {
+  SECTION("a plugin with an undefined symbol: demangled, with the link option that finds it") {
     REQUIRE_THAT(startError({testing::fixture("missing_symbol")}),
-                 Contains("undefined symbol: plugpool_fixture_symbol_nobody_defines"));
+                 StartsWith(testing::fixture("missing_symbol") +
+                            ": undefined symbol: missing_helper(long) (_Z14missing_helperl); ") &&
+                     Contains("link plugins with -Wl,--no-undefined") &&
+                     !Contains("Bad file descriptor"));
   }
   SECTION("two plugins with one name") {
     REQUIRE_THAT(startError({"examples", testing::fixture("also_examples")}),

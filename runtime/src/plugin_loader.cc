@@ -1,7 +1,9 @@
 #include "plugin_loader.h"
 
+#include <cxxabi.h>
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <string_view>
@@ -19,6 +21,37 @@ namespace {
 
 [[noreturn]] void refuse(const std::string& path, const std::string& why) {
   throw PluginLoadError(path + ": " + why);
+}
+
+// "_Z14missing_helperl" -> "missing_helper(long)"; anything that is not a mangled C++ name
+// as it is.
+std::string demangle(const std::string& symbol) {
+  int status = 0;
+  char* readable = ::abi::__cxa_demangle(symbol.c_str(), nullptr, nullptr, &status);
+  std::string name = (status == 0 && readable != nullptr) ? readable : symbol;
+  std::free(readable);
+  return name;
+}
+
+// What to tell the user for dlerror()'s `why` ("<file>: <reason>"), without the leading
+// path when it is the plugin's own (refuse() names it). An undefined symbol is demangled,
+// with the link option that would have found it when the plugin was built.
+std::string explainLoadFailure(const std::string& path, std::string why) {
+  if (why.starts_with(path + ": ")) why.erase(0, path.size() + 2);
+  static constexpr std::string_view UNDEFINED = "undefined symbol: ";
+  const auto at = why.find(UNDEFINED);
+  if (at == std::string::npos) return "cannot be loaded as a shared library: " + why;
+  // glibc writes "undefined symbol: NAME" or "undefined symbol: NAME, version V".
+  const auto from = at + UNDEFINED.size();
+  const auto to = why.find(',', from);
+  const std::string symbol =
+      why.substr(from, to == std::string::npos ? std::string::npos : to - from);
+  const std::string readable = demangle(symbol);
+  std::string named = readable == symbol ? symbol : readable + " (" + symbol + ")";
+  if (to != std::string::npos) named += why.substr(to);
+  return why.substr(0, at) + "undefined symbol: " + named +
+         "; neither the plugin nor a library it links to defines it (link plugins with "
+         "-Wl,--no-undefined to be told when they are built)";
 }
 
 void checkDescriptor(const std::string& path, const abi::PluginDescriptor* d) {
@@ -57,13 +90,19 @@ LoadedPlugin loadPlugin(const std::string& path) {
   namespace mode = boost::dll::load_mode;
   const auto flags = static_cast<mode::type>(mode::rtld_now | mode::rtld_local | RTLD_NODELETE);
   boost::dll::shared_library library;
-  try {
-    library.load(path, flags);
-  } catch (const std::system_error& e) {
-    refuse(path, std::string("cannot be loaded as a shared library: ") + e.what());
+  boost::dll::fs::error_code failed;
+  library.load(path, flags, failed);
+  if (failed) {
+    // Boost.DLL reports every dlopen failure as EBADF, which says nothing; dlerror() has
+    // the reason, and Boost leaves it set when it fails (it clears it only on success).
+    const char* why = ::dlerror();
+    refuse(path,
+           why != nullptr ? explainLoadFailure(path, why) : "cannot be loaded as a shared library");
   }
   if (!library.has(abi::ABI_VERSION_SYMBOL)) {
-    refuse(path, "not a plugpool plugin (it does not export plugpool_abi_version)");
+    refuse(path,
+           "not a plugpool plugin: it does not export plugpool_abi_version (did you forget "
+           "PLUGPOOL_PLUGIN(...) in one of its source files?)");
   }
   const std::uint32_t version = library.get<const std::uint32_t>(abi::ABI_VERSION_SYMBOL);
   if (version != PLUGPOOL_ABI_VERSION) {

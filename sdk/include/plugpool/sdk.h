@@ -25,8 +25,9 @@
 //  3. Throw to fail. Whatever you throw is caught inside your plugin and becomes an error
 //     result for that item only, carrying the exception's type name and what(); the worker
 //     and the other items go on. Nothing you throw reaches the host as a C++ exception.
-//  4. Build with hidden visibility (plugpool's build does); the macro exports the only
-//     symbols a worker needs (abi.h). Link capnp and kj dynamically.
+//  4. Build with -std=c++20 and hidden visibility (plugpool's build does); the macro exports
+//     the only symbols a worker needs (abi.h). Link capnp and kj dynamically, and with
+//     -Wl,--no-undefined: a symbol that nothing defines then fails the link, not the load.
 //  5. Your plugin is never unloaded while a worker lives, so statics are fine; but a worker
 //     may run many items, one at a time, and may be replaced at any time: do not rely on
 //     state surviving between items.
