@@ -20,6 +20,9 @@
 //     plugin side: parameter X::Reader, result through a trailing X::Builder parameter;
 //     host side: pass X::Reader or plugpool::Message<X>, results come back as Message<X>.
 //
+// Any other type in a task signature (std::optional, a raw pointer, ...) is a compile error:
+// one static_assert listing these, with the compiler's note naming the type.
+//
 // The views (std::string_view, std::span, X::Reader) point into the message being decoded and
 // are valid only during the call that received them.
 //
@@ -31,11 +34,19 @@
 // Thread safety: everything here is stateless; Message<T> is a value type (move-only).
 #pragma once
 
+// The SDK is C++20 (concepts, std::span, std::bit_cast). Stop at this one error instead of
+// the screens of errors its templates would give in an older mode.
+#if __cplusplus < 202002L
+#error "plugpool needs C++20: compile with -std=c++20 (or -std=gnu++20)"
+#include <plugpool: stopping here, see the #error above>  // a missing file stops the compiler
+#endif
+
 #include <sys/mman.h>
 
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -123,8 +134,43 @@ std::string structTypeName(capnp::StructSchema schema);
 //   static std::string typeName();
 // and, for Slot::DATA, toWord(const T&) / fromWord(uint64_t); for Slot::POINTER,
 // write(capnp::AnyPointer::Builder, const U&) / read(capnp::AnyPointer::Reader).
+//
+// A type with no specialization is a compile error: one static_assert, which the compiler
+// shows under "In instantiation of plugpool::Codec<T>" and "IS_SUPPORTED<T> evaluates to
+// false", both naming the type.
 template <typename T, typename Enable = void>
 struct Codec;
+
+namespace codec {
+
+// False for every type: the condition of the unsupported types' static_assert, written so
+// that the compiler's note names the type.
+template <typename T>
+inline constexpr bool IS_SUPPORTED = false;
+
+// What an unsupported type's Codec has besides its static_assert: just enough for the code
+// that uses it to compile, so that the static_assert is the only error a build shows.
+template <typename T>
+struct Unsupported {
+  static constexpr Slot slot = Slot::POINTER;
+  using Value = T;
+  static std::string typeName() { return "unsupported"; }
+  template <typename U>
+  static void write(capnp::AnyPointer::Builder, const U&) {}
+  [[noreturn]] static Value read(capnp::AnyPointer::Reader) { std::abort(); }
+};
+
+}  // namespace codec
+
+template <typename T, typename Enable>
+struct Codec : codec::Unsupported<T> {
+  static_assert(codec::IS_SUPPORTED<T>,
+                "plugpool: this type cannot be a task's argument or result. Supported: bool, "
+                "int8_t ... int64_t, uint8_t ... uint64_t, float, double, std::string, "
+                "std::string_view, plugpool::Bytes, std::span<const std::byte>, a Cap'n Proto "
+                "struct (X::Reader; a result through a trailing X::Builder), and std::vector, "
+                "std::pair, std::tuple, std::map, std::unordered_map of these (plugpool/codec.h)");
+};
 
 // --- scalars -------------------------------------------------------------------------------
 
@@ -138,7 +184,7 @@ inline constexpr bool IS_CHARACTER =
 // Character types are refused: whether `char` is signed differs between platforms, so its
 // name in a manifest would too. Use int8_t / uint8_t, or std::string for text.
 template <typename T>
-struct Codec<T, std::enable_if_t<codec::IS_CHARACTER<T>>> {
+struct Codec<T, std::enable_if_t<codec::IS_CHARACTER<T>>> : codec::Unsupported<T> {
   static_assert(!codec::IS_CHARACTER<T>,
                 "plugpool: character types are not task values; use int8_t/uint8_t or text");
 };

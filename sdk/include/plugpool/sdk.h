@@ -33,6 +33,13 @@
 //     state surviving between items.
 #pragma once
 
+// The SDK is C++20 (concepts, std::span, std::bit_cast). Stop at this one error instead of
+// the screens of errors its templates would give in an older mode.
+#if __cplusplus < 202002L
+#error "plugpool needs C++20: compile with -std=c++20 (or -std=gnu++20)"
+#include <plugpool: stopping here, see the #error above>  // a missing file stops the compiler
+#endif
+
 #include <cxxabi.h>
 
 #include <array>
