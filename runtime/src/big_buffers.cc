@@ -130,6 +130,10 @@ BigSegmentBuilder::~BigSegmentBuilder() {
 }
 
 kj::ArrayPtr<capnp::word> BigSegmentBuilder::allocateSegment(unsigned minimumSize) {
+  if (first_.size() != 0 && !started_ && minimumSize <= first_.size()) {
+    started_ = true;
+    return first_;
+  }
   if (std::size_t{minimumSize} * sizeof(capnp::word) < BIG_BUFFER_BYTES) {
     return MallocMessageBuilder::allocateSegment(minimumSize);
   }

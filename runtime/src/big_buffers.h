@@ -65,10 +65,16 @@ class BigSegmentBuilder : private big_buffers::Segments, public capnp::MallocMes
   void placeIn(SharedRegion* region) { region_ = region; }
   // The message was sent with its segment in the region: the receiver releases it now.
   void handOver() { claimed_ = false; }
+  // Builds the message's first segment in `first` (zeroed words, such as a reply log's,
+  // reply_log.h), however large it is asked to be; later segments are allocated as above.
+  // Call before building.
+  void startIn(kj::ArrayPtr<capnp::word> first) { first_ = first; }
 
  private:
   SharedRegion* region_ = nullptr;
   bool claimed_ = false;
+  kj::ArrayPtr<capnp::word> first_;
+  bool started_ = false;  // first_ is in use
 };
 
 }  // namespace plugpool::detail

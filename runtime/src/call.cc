@@ -48,6 +48,7 @@ ChunkRequest::ChunkRequest(const TaskRef& task, unsigned count, std::uint16_t da
   auto run = message_->initRoot<wire::HostMessage>().initRun();
   run.setPlugin(task.plugin);
   run.setTask(task.task);
+  run.setItemStartTimes(task.timeout.count() != 0);  // so that each item is timed
   items_ = run.initItems().initAsListOfAnyStruct(dataWords, pointers, count);
 }
 
@@ -333,6 +334,7 @@ std::optional<std::size_t> CompletionOrder::next(Deadline deadline) {
 
 std::exception_ptr itemError(const TaskRef& task, const ChunkOutcome& outcome,
                              const ItemFailure& f) {
+  if (f.error) return f.error;
   return std::make_exception_ptr(TaskError(task.pluginName, task.taskName, f.type, f.message,
                                            outcome.firstItem + f.index, outcome.workerPid));
 }

@@ -241,6 +241,9 @@ void Core::terminateNow(Stop how, const std::string& why) {
 }
 
 void Core::expire(Clock::time_point now) {
+  for (WorkerId id : scheduler_.due(now)) {
+    if (Worker* w = find(id)) scheduler_.observe(id, w->link->progress());
+  }
   for (WorkerId id : scheduler_.timedOut(now)) {
     if (Worker* w = find(id)) stop(*w, Stop::TERMINATE);  // and replaced at once: supervise()
   }
@@ -456,7 +459,7 @@ void Core::becomeReady(Worker& w) {
   startFailures_ = 0;  // healed
   lastStartError_ = nullptr;
   nextStartAt_ = {};
-  scheduler_.addWorker(w.id, w.link->pid());
+  scheduler_.addWorker(w.id, w.link->pid(), w.link->logsReplies());
 }
 
 void Core::stop(Worker& w, Stop how) {

@@ -92,6 +92,7 @@ HelloContent decodeHello(wire::Hello::Reader hello, std::size_t expectedPlugins)
     }
     HelloContent content;
     content.sharedMemory = hello.getSharedMemory();
+    content.replyLog = content.sharedMemory && hello.getReplyLog();
     if (hello.isLoadError()) {
       content.loadError = hello.getLoadError().getMessage().cStr();
       if (content.loadError.empty()) content.loadError = "a plugin could not be loaded";
@@ -107,7 +108,11 @@ HelloContent decodeHello(wire::Hello::Reader hello, std::size_t expectedPlugins)
   });
 }
 
-ChunkOutcome decodeChunkDone(wire::ChunkDone::Reader done, std::uint64_t id, std::size_t items) {
+namespace {
+
+// A ChunkDone's first `finished` results (of `items`) and its first `errors` errors.
+ChunkOutcome decodeReply(wire::ChunkDone::Reader done, std::uint64_t id, std::size_t items,
+                         std::size_t finished, std::size_t errors) {
   return checked([&] {
     if (done.getId() != id) {
       throw ProtocolViolation("answered chunk " + std::to_string(done.getId()) + " but chunk " +
@@ -123,17 +128,36 @@ ChunkOutcome decodeChunkDone(wire::ChunkDone::Reader done, std::uint64_t id, std
       throw ProtocolViolation("sent " + std::to_string(outcome.results.size()) + " results for " +
                               std::to_string(items) + " items");
     }
+    auto list = done.getErrors();
+    if (errors > list.size()) throw ProtocolViolation("logged more errors than it wrote");
     long last = -1;
-    for (auto e : done.getErrors()) {
-      if (static_cast<long>(e.getIndex()) <= last || e.getIndex() >= items) {
+    for (unsigned k = 0; k < errors; ++k) {
+      auto e = list[k];
+      // A dead worker may have logged the failure of the item it was running: not finished.
+      if (finished < items && e.getIndex() >= finished && static_cast<long>(e.getIndex()) > last) {
+        break;
+      }
+      if (static_cast<long>(e.getIndex()) <= last || e.getIndex() >= finished) {
         throw ProtocolViolation("sent an error for an item index out of order or out of range");
       }
       last = e.getIndex();
-      outcome.errors.push_back({e.getIndex(), e.getType().cStr(), e.getMessage().cStr()});
+      outcome.errors.push_back({e.getIndex(), e.getType().cStr(), e.getMessage().cStr(), {}});
     }
     outcome.elapsedNs = done.getElapsedNs();
     return outcome;
   });
+}
+
+}  // namespace
+
+ChunkOutcome decodeChunkDone(wire::ChunkDone::Reader done, std::uint64_t id, std::size_t items) {
+  return decodeReply(done, id, items, items, done.getErrors().size());
+}
+
+ChunkOutcome decodePartialChunkDone(wire::ChunkDone::Reader done, std::uint64_t id,
+                                    std::size_t items, std::size_t finished, std::size_t errors) {
+  if (finished > items) throw ProtocolViolation("logged more items finished than its chunk has");
+  return decodeReply(done, id, items, finished, errors);
 }
 
 wire::Setup::Reader decodeSetup(wire::HostMessage::Reader message) {
@@ -160,7 +184,7 @@ RunRequest decodeRun(wire::HostMessage::Reader message, std::span<const unsigned
       throw ProtocolViolation("Run names an unknown task");
     }
     return RunRequest{run.getId(), run.getPlugin(), run.getTask(),
-                      codec::readTupleList(run.getItems())};
+                      codec::readTupleList(run.getItems()), run.getItemStartTimes()};
   });
 }
 

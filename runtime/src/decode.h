@@ -47,6 +47,7 @@ struct HelloContent {
   std::vector<PluginInfo> plugins;
   std::string loadError;
   bool sharedMemory = false;
+  bool replyLog = false;  // and the reply log (reply_log.h)
 };
 
 // Checks the protocol version, that a manifest came for each of the `expectedPlugins` plugins
@@ -57,6 +58,11 @@ HelloContent decodeHello(wire::Hello::Reader hello, std::size_t expectedPlugins)
 // `items` tuple structs, errors name strictly increasing indices below `items`. Fills
 // results, errors and elapsedNs of the outcome; the caller sets keepAlive.
 ChunkOutcome decodeChunkDone(wire::ChunkDone::Reader done, std::uint64_t id, std::size_t items);
+// The same for a ChunkDone half built in a dead worker's reply log (wire.capnp, "The reply
+// log"): of its `items` results only the first `finished` count, and only the first `errors`
+// elements of its errors list, whose indices must lie below `finished`.
+ChunkOutcome decodePartialChunkDone(wire::ChunkDone::Reader done, std::uint64_t id,
+                                    std::size_t items, std::size_t finished, std::size_t errors);
 
 // A worker's Crash (wire.capnp), as text for a human: at most CRASH_MAX_FRAMES frames, each
 // text cut to CRASH_MAX_TEXT bytes with control characters replaced by '?', C++ names
@@ -80,6 +86,7 @@ struct RunRequest {
   std::uint64_t id;
   unsigned plugin, task;                        // valid indices (checked)
   capnp::List<capnp::AnyStruct>::Reader items;  // one argument tuple per call
+  bool itemStartTimes = false;                  // the host times each item (reply_log.h)
 };
 
 // Every later message: a Run naming one of the loaded plugins (`taskCounts[p]` tasks in

@@ -106,6 +106,15 @@ TaskTimeout::TaskTimeout(std::string plugin, std::string task, long long timeout
       plugin_(std::move(plugin)),
       task_(std::move(task)),
       timeoutMs_(timeoutMs) {}
+TaskTimeout::TaskTimeout(std::string plugin, std::string task, long long timeoutMs, int pid,
+                         std::uint64_t item)
+    : Error(plugin + "." + task + ": item " + std::to_string(item) +
+            " did not finish within its timeout of " + std::to_string(timeoutMs) + " ms; worker " +
+            std::to_string(pid) + " was stopped and replaced"),
+      plugin_(std::move(plugin)),
+      task_(std::move(task)),
+      timeoutMs_(timeoutMs),
+      item_(item) {}
 TaskTimeout::~TaskTimeout() = default;
 Cancelled::~Cancelled() = default;
 PoolClosed::~PoolClosed() = default;

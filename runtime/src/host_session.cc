@@ -11,8 +11,10 @@ namespace plugpool::detail {
 HostSession::HostSession(std::shared_ptr<const SessionConfig> config)
     : config_(std::move(config)) {}
 
-std::unique_ptr<capnp::MallocMessageBuilder> HostSession::setup(bool offerSharedMemory) {
+std::unique_ptr<capnp::MallocMessageBuilder> HostSession::setup(bool offerSharedMemory,
+                                                                bool offerReplyLog) {
   offered_ = offerSharedMemory;
+  logOffered_ = offerSharedMemory && offerReplyLog;
   auto message = std::make_unique<capnp::MallocMessageBuilder>();
   auto s = message->initRoot<wire::HostMessage>().initSetup();
   s.setProtocolVersion(wire::PROTOCOL_VERSION);
@@ -25,6 +27,7 @@ std::unique_ptr<capnp::MallocMessageBuilder> HostSession::setup(bool offerShared
   auto list = s.initPlugins(static_cast<unsigned>(paths.size()));
   for (unsigned i = 0; i < paths.size(); ++i) list.set(i, paths[i]);
   s.setSharedMemory(offerSharedMemory);
+  s.setReplyLog(logOffered_);
   return message;
 }
 
@@ -32,6 +35,11 @@ void HostSession::number(capnp::MessageBuilder& run, unsigned items, RunKind kin
   const std::uint64_t id = nextId_++;
   run.getRoot<wire::HostMessage>().getRun().setId(id);
   sent_.push_back({id, items, kind});
+}
+
+std::optional<HostSession::Running> HostSession::running() const {
+  if (sent_.empty() || sent_.front().kind != RunKind::CHUNK) return std::nullopt;
+  return Running{sent_.front().id, sent_.front().items};
 }
 
 std::uint64_t HostSession::maxWords() const {
@@ -49,6 +57,8 @@ HostSession::Incoming HostSession::receive(std::shared_ptr<Received> message) {
         in.hello.sharedMemory = in.hello.sharedMemory && offered_;
         hello_ = true;
         shared_ = in.hello.sharedMemory;
+        in.hello.replyLog = in.hello.replyLog && logOffered_;
+        replyLog_ = in.hello.replyLog;
         return in;
       }
       case wire::WorkerMessage::CHUNK_DONE:

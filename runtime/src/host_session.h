@@ -39,8 +39,10 @@ class HostSession {
   explicit HostSession(std::shared_ptr<const SessionConfig> config);
 
   // The conversation's first message. With `offerSharedMemory`, it says that two regions are
-  // passed with it (the link passes them); the worker's Hello says whether it mapped them.
-  std::unique_ptr<capnp::MallocMessageBuilder> setup(bool offerSharedMemory);
+  // passed with it (the link passes them), and with `offerReplyLog` a third, the reply log;
+  // the worker's Hello says whether it mapped them.
+  std::unique_ptr<capnp::MallocMessageBuilder> setup(bool offerSharedMemory,
+                                                     bool offerReplyLog = false);
 
   enum class RunKind { INITIALIZER, CHUNK };
   // Sets `run`'s id; the worker must answer runs in the order they were numbered. The
@@ -71,6 +73,14 @@ class HostSession {
   bool helloReceived() const { return hello_; }
   // The worker mapped the regions offered with Setup.
   bool sharedMemory() const { return shared_; }
+  // The worker builds its replies in the reply log offered with Setup.
+  bool replyLog() const { return replyLog_; }
+  // The oldest unanswered run, if it is a chunk: the one the worker is running.
+  struct Running {
+    std::uint64_t id;
+    unsigned items;
+  };
+  std::optional<Running> running() const;
   // Runs sent and not yet answered (the initializer's included).
   std::size_t unanswered() const { return sent_.size(); }
 
@@ -84,6 +94,8 @@ class HostSession {
 
   std::shared_ptr<const SessionConfig> config_;
   bool offered_ = false;  // Setup offered shared memory
+  bool logOffered_ = false;
+  bool replyLog_ = false;
   bool hello_ = false;
   bool shared_ = false;
   bool crashed_ = false;  // a Crash came

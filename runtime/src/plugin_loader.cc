@@ -123,6 +123,10 @@ LoadedPlugin loadPlugin(const std::string& path) {
   }
   if (library.has(abi::RUNNING_ITEM_SYMBOL)) {
     plugin.runningItem = library.get<volatile std::uint32_t*()>(abi::RUNNING_ITEM_SYMBOL)();
+    if (library.has(abi::SET_RUNNING_ITEM_SYMBOL)) {
+      plugin.setRunningItem =
+          library.get<void(volatile std::uint32_t*)>(abi::SET_RUNNING_ITEM_SYMBOL);
+    }
   }
   if (library.has(abi::CHUNKS_SYMBOL)) {
     plugin.chunks = library.get<const abi::ChunkTable*()>(abi::CHUNKS_SYMBOL)();

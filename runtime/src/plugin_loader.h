@@ -30,9 +30,11 @@ class PluginLoadError : public std::runtime_error {
 struct LoadedPlugin {
   std::string path;
   const abi::PluginDescriptor* descriptor = nullptr;
-  const abi::SchemaTable* schemas = nullptr;  // null: the plugin ships none (convention 8)
-  const abi::ChunkTable* chunks = nullptr;    // null: the plugin ships none (convention 9)
+  const abi::SchemaTable* schemas = nullptr;      // null: the plugin ships none (convention 8)
+  const abi::ChunkTable* chunks = nullptr;        // null: the plugin ships none (convention 9)
   volatile std::uint32_t* runningItem = nullptr;  // null: not told (convention 10)
+  // Moves runningItem to another word (convention 11); null if the plugin cannot.
+  void (*setRunningItem)(volatile std::uint32_t*) = nullptr;
 
   // Task `task`'s chunk entry, or null: call it item by item through invoke.
   // REQUIRES: task < descriptor->taskCount.

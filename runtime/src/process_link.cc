@@ -15,6 +15,7 @@
 #include "big_buffers.h"
 #include "framing.h"
 #include "plugpool/errors.h"
+#include "reply_log.h"
 #include "shared_memory.h"
 #include "termination.h"
 #include "worker.h"
@@ -69,12 +70,29 @@ class ProcessLink final : public WorkerLink {
         toWorker_.reset();
         toHost_.reset();
       }
+      if (!fds.empty()) {
+        try {
+          log_ = SharedRegion::create(REPLY_LOG_BYTES, false, "plugpool-log");
+          fds.push_back(log_->fd());
+        } catch (const std::system_error&) {
+          log_.reset();  // without it, a crash costs its whole chunk
+        }
+      }
     }
-    auto setup = session_.setup(/*offerSharedMemory=*/!fds.empty());
+    auto setup = session_.setup(/*offerSharedMemory=*/!fds.empty(), log_ != nullptr);
     writer_.push(std::move(setup), nullptr, std::move(fds));
   }
 
   int pid() const override { return process_.pid; }
+
+  bool logsReplies() const override { return log_ && session_.replyLog(); }
+
+  std::optional<ItemProgress> progress() const override {
+    if (!log_ || !session_.replyLog() || ended_) return std::nullopt;
+    auto running = session_.running();
+    if (!running) return std::nullopt;
+    return peek(*log_, running->id, running->items);
+  }
   bool open() const override { return channelOpen_; }
 
   void send(std::shared_ptr<capnp::MessageBuilder> run, unsigned items,
@@ -312,6 +330,14 @@ class ProcessLink final : public WorkerLink {
       end.crashItem = crashItem_;
     }
     end.unallocatableBytes = unallocatable_;
+    // What it had finished of the chunk it was running, unless it broke the protocol (then
+    // nothing it wrote is believed).
+    if (log_ && session_.replyLog() && end.violation.empty() && lost_.empty()) {
+      if (auto running = session_.running()) {
+        end.partial =
+            readPartial(log_, running->id, running->items, session_.maxWords(), end.crashItem);
+      }
+    }
     closeChannel();
     process_.pidfd.reset();
     ended_ = true;
@@ -358,6 +384,7 @@ class ProcessLink final : public WorkerLink {
   // its Hello agrees. `sharedSince` is when they last carried a message, while they may hold
   // pages worth giving back.
   std::shared_ptr<SharedRegion> toWorker_, toHost_;
+  std::shared_ptr<SharedRegion> log_;  // the worker's reply log (reply_log.h)
   std::optional<Clock::time_point> sharedSince_;
   std::string violation_;  // why it was stopped, if it broke the protocol
   // Its stream ended inside a message (TruncatedStream): until `endBy`, its own death (it was

@@ -15,10 +15,19 @@
 //   takes one only while fewer run. So a retiring worker's replacement takes work only once
 //   the retiring one has answered all it holds.
 // - A worker runs what it holds in order: only the first unanswered chunk is running. When a
-//   worker is lost, that chunk is retried (Options::crashRetries, a crash only) or fails with
-//   the error its end calls for; the chunks behind it go out again, first.
-// - A running chunk past its timeout (taskTimeout per item) fails with TaskTimeout; the ones
-//   behind it go out again at once, and its worker is to be stopped.
+//   worker is lost, the chunks behind it go out again, first. Of the running chunk:
+//   - if the worker's end says how far it got (WorkerEnd::partial, from its reply log), the
+//     items it had finished keep their results, the item it was running is retried alone
+//     (Options::crashRetries, a crash only) or fails with the error its end calls for, and
+//     the items after it go out again, first; the chunk ends once all its parts have
+//     (Assembly);
+//   - otherwise (no log: a remote worker, a chunk run as one call) the whole chunk is retried
+//     or fails.
+// - Timeouts (taskTimeout): for a worker that says which item it runs and since when
+//   (addWorker's `itemProgress`), an item running past the timeout fails with TaskTimeout
+//   once its worker is gone, as above; for other workers a chunk running for longer than
+//   taskTimeout times its items fails with TaskTimeout at once. Either way the chunks behind
+//   it go out again at once, and its worker is to be stopped.
 // - Cancelling a call ends its queued chunks, and if asked its sent ones too; a worker running
 //   one is to be killed.
 // - A worker that has been sent maxTasksPerChild items takes no more and retires once it
@@ -49,7 +58,9 @@ namespace plugpool::detail {
 
 using WorkerId = std::uint64_t;
 
-// One chunk of a call.
+struct Assembly;
+
+// One chunk of a call, or a part of one (`assembly`).
 struct Job {
   std::shared_ptr<Call> call;
   std::size_t index;
@@ -57,7 +68,30 @@ struct Job {
   unsigned items;
   std::uint64_t firstItem;  // the call's index of its first item
   unsigned attempts = 0;    // times resent after its worker crashed running it
+  // Set for a part of a chunk whose worker died part-way: the chunk's items from `offset` on.
+  std::shared_ptr<Assembly> assembly = nullptr;
+  unsigned offset = 0;
 };
+
+// A chunk whose worker died part-way, put back together from its parts (the items that
+// worker had finished, the one it was running, the rest sent again) into one ChunkOutcome.
+struct Assembly {
+  struct Part {
+    unsigned offset;  // in the chunk
+    unsigned count;
+    ChunkOutcome outcome;  // its results[0, count), or a failure of all of them
+  };
+  unsigned items;    // the chunk's
+  unsigned missing;  // items in no part yet
+  std::uint64_t firstItem;
+  std::vector<Part> parts;
+};
+
+// The parts of `assembly` as one outcome of its chunk: results copied into one message, each
+// failed item's error made an exception (it names its own worker). Throws std::bad_alloc.
+ChunkOutcome assemble(const Assembly& assembly, const TaskRef& task);
+// A Job of the `count` items of `job` from `from` on, in a Run of their own (copied).
+Job slice(const Job& job, unsigned from, unsigned count);
 
 // The pool's Stats, counted on the dispatcher thread and read from any.
 class StatsCounter {
@@ -109,8 +143,9 @@ class Scheduler {
 
   void submit(Job job);
 
-  // `w` is ready and takes work; `pid` is what errors name it by.
-  void addWorker(WorkerId w, int pid);
+  // `w` is ready and takes work; `pid` is what errors name it by. `itemProgress`: its link
+  // says which item it runs and since when (WorkerLink::progress), so each item is timed.
+  void addWorker(WorkerId w, int pid, bool itemProgress = false);
   // `w` takes no more work (its channel ended); what it holds is settled by workerLost().
   void closed(WorkerId w);
   // The pool stops `w`: closed(), and it no longer counts as running tasks.
@@ -126,8 +161,14 @@ class Scheduler {
   // `w` answered its oldest unanswered chunk (HostSession checked that it did). Completes the
   // chunk's Call unless it has ended already (a reply to a cancelled chunk is dropped).
   void replied(WorkerId w, ChunkOutcome&& outcome, Clock::time_point now);
-  // Fails the running chunks past their timeout; returns their workers, now stopping(), to
-  // be stopped.
+  // The workers whose running item or chunk may be past its timeout at `now`: what each says
+  // of its progress is to be passed to observe() before timedOut().
+  std::vector<WorkerId> due(Clock::time_point now) const;
+  // What `w` says it is running: an item of its running chunk, since when (none: it does not
+  // say; its chunk is then timed as a whole).
+  void observe(WorkerId w, const std::optional<ItemProgress>& progress);
+  // Fails the running chunks past their timeout, or marks the item past it to fail once its
+  // worker is gone; returns their workers, now stopping(), to be stopped.
   std::vector<WorkerId> timedOut(Clock::time_point now);
   // Ends `call`'s queued chunks with Cancelled, and if `running` its sent ones too; returns
   // the workers that were running one, now stopping(), to be killed.
@@ -175,7 +216,8 @@ class Scheduler {
   struct Held {
     Job job;
     bool ended = false;  // already completed (cancelled, timed out); its reply is dropped
-    OnWorker onWorker;   // declared after `job`: ends before the Job lets go of its Call
+    std::optional<unsigned> timedOutItem;  // this item ran past its timeout; it fails at the end
+    OnWorker onWorker;  // declared after `job`: ends before the Job lets go of its Call
   };
   struct Worker {
     WorkerId id;
@@ -187,6 +229,10 @@ class Scheduler {
     bool stopping = false;
     Clock::time_point frontSince;  // when the first unanswered chunk started running
     std::uint64_t chunkNs = 0;     // its chunks' smoothed run time; 0 until one ends
+    bool itemProgress = false;     // it says which item it runs (addWorker)
+    // What it last said of its running chunk (observe()); reset when that chunk changes.
+    std::optional<ItemProgress> seen;
+    bool silent = false;  // asked, it said nothing of its running chunk: timed as a whole
   };
 
   Worker* find(WorkerId w);
@@ -198,13 +244,22 @@ class Scheduler {
   Clock::time_point timeoutAt(const Worker& w) const;
   void send(Worker& w, Job job, Clock::time_point now, std::vector<Assignment>& out);
   void requeueAfterFront(Worker& w);  // the chunks behind the running one go out again
+  static void frontChanged(Worker& w, Clock::time_point now);
+  // The running chunk `h` of lost worker `w`, whose end says how far it got: its parts.
+  // Adds what goes out again to `again`.
+  void splitLost(const Worker& w, Held& h, const WorkerEnd& e, std::deque<Job>& again);
+  std::exception_ptr lostError(const Worker& w, const Job& job, const WorkerEnd& e,
+                               std::optional<std::uint64_t> item) const;
   static void end(Held& h, std::exception_ptr error);
   static void fail(Job& job, std::exception_ptr error);
+  // Completes `job` (its Call's chunk, or its part of an Assembly).
+  static void finish(Job& job, ChunkOutcome&& outcome);
+  static void completeAssembly(Job& job);
 
   const SchedulerOptions options_;
   StatsCounter& stats_;
   std::deque<Job> queue_;
-  std::deque<Worker> workers_;  // in the order they were added
+  std::deque<Worker> workers_;        // in the order they were added
   std::vector<Assignment> assigned_;  // assign()'s answer
 };
 

@@ -45,9 +45,10 @@ SharedRegion::~SharedRegion() {
   ::munmap(header_, HEADER_BYTES);
 }
 
-std::shared_ptr<SharedRegion> SharedRegion::create(std::size_t dataBytes, bool writable) {
+std::shared_ptr<SharedRegion> SharedRegion::create(std::size_t dataBytes, bool writable,
+                                                   const char* name) {
   dataBytes = (dataBytes + HEADER_BYTES - 1) & ~(HEADER_BYTES - 1);
-  UniqueFd fd(aboveStdio(::memfd_create("plugpool-shared", MFD_CLOEXEC | MFD_ALLOW_SEALING)));
+  UniqueFd fd(aboveStdio(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)));
   if (!fd) fail("memfd_create");
   if (::ftruncate(fd.get(), static_cast<off_t>(HEADER_BYTES + dataBytes)) != 0) fail("ftruncate");
   if (::fcntl(fd.get(), F_ADD_SEALS, SEALS | F_SEAL_SEAL) != 0) fail("sealing a shared region");
@@ -78,6 +79,16 @@ std::shared_ptr<SharedRegion> SharedRegion::adopt(UniqueFd fd, bool writable) {
 
 std::atomic_ref<std::uint32_t> SharedRegion::state() const {
   return std::atomic_ref<std::uint32_t>(*static_cast<std::uint32_t*>(header_));
+}
+
+std::atomic_ref<std::uint64_t> SharedRegion::headerWord(std::size_t i) const {
+  if (i == 0 || i >= HEADER_WORDS) throw std::out_of_range("not a header word of a region");
+  return std::atomic_ref<std::uint64_t>(static_cast<std::uint64_t*>(header_)[i]);
+}
+
+std::uint32_t* SharedRegion::headerHalfWord(std::size_t i) const {
+  if (i == 0 || i >= HEADER_WORDS) throw std::out_of_range("not a header word of a region");
+  return reinterpret_cast<std::uint32_t*>(static_cast<std::uint64_t*>(header_) + i);
 }
 
 bool SharedRegion::claim() {

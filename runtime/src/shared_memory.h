@@ -54,7 +54,9 @@ class SharedRegion {
   // The host's side: a new memfd with room for `dataBytes` (rounded up to whole pages),
   // sealed, mapped whole; its data writable if this side sends through it. Throws
   // std::system_error.
-  static std::shared_ptr<SharedRegion> create(std::size_t dataBytes, bool writable);
+  // `name` is the memfd's, as /proc/<pid>/maps shows it ("/memfd:plugpool-shared").
+  static std::shared_ptr<SharedRegion> create(std::size_t dataBytes, bool writable,
+                                              const char* name = "plugpool-shared");
   // The worker's side: a region the host created, received as `fd`. Maps its header now and
   // its data as needed, and closes `fd` (fd() is then -1; trim() is the host's). Throws
   // std::system_error if `fd` is not a sealed memfd of a region's shape.
@@ -87,6 +89,15 @@ class SharedRegion {
   kj::ArrayPtr<capnp::word> words(std::size_t offset, std::size_t count);
   // The word offset of `segment` if it lies wholly in this region's mapped data.
   std::optional<std::size_t> offsetOf(kj::ArrayPtr<const capnp::word> segment) const;
+
+  // Word `i` (1 to HEADER_WORDS - 1) of the header page, whose first word holds the state:
+  // what else both sides keep there (the reply log's table, reply_log.h), used with atomic
+  // operations only.
+  static constexpr std::size_t HEADER_WORDS = 4096 / sizeof(std::uint64_t);
+  std::atomic_ref<std::uint64_t> headerWord(std::size_t i) const;
+  // The low 32 bits of header word `i` (its first four bytes: the machines are little-endian),
+  // for a word written 32 bits at a time; its high half stays 0.
+  std::uint32_t* headerHalfWord(std::size_t i) const;
 
   // Gives the data pages back to the system unless a message holds the region; the next
   // message then writes to fresh pages. Returns whether it did.

@@ -32,6 +32,7 @@
 #include "framing.h"
 #include "plugin_loader.h"
 #include "plugpool/codec.h"
+#include "reply_log.h"
 #include "spin.h"
 #include "wire.capnp.h"
 
@@ -85,13 +86,22 @@ std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::setUp(
     capnp::MessageReader& message, std::vector<UniqueFd> descriptors) {
   auto setup = decodeSetup(message.getRoot<wire::HostMessage>());
   maxWords_ = setup.getMaxMessageWords();
-  if (setup.getSharedMemory() && descriptors.size() == 2) {
+  const std::size_t regions = setup.getReplyLog() ? 3 : 2;
+  if (setup.getSharedMemory() && descriptors.size() == regions) {
     try {
       inbound_ = SharedRegion::adopt(std::move(descriptors[0]), false);
       outbound_ = SharedRegion::adopt(std::move(descriptors[1]), true);
     } catch (const std::system_error&) {
       inbound_.reset();  // not regions after all: everything goes through the channel
       outbound_.reset();
+    }
+    if (outbound_ && regions == 3) {
+      try {
+        log_ =
+            std::make_unique<ReplyLogWriter>(SharedRegion::adopt(std::move(descriptors[2]), true));
+      } catch (const std::exception&) {
+        log_.reset();  // no log: a crash costs its whole chunk
+      }
     }
   }
 
@@ -100,6 +110,7 @@ std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::setUp(
   hello.setProtocolVersion(wire::PROTOCOL_VERSION);
   hello.setPid(::getpid());
   hello.setSharedMemory(outbound_ != nullptr);
+  hello.setReplyLog(log_ != nullptr);
   std::set<std::string> names;
   std::string failedPath;
   try {
@@ -111,6 +122,11 @@ std::unique_ptr<capnp::MallocMessageBuilder> WorkerSession::setUp(
       if (!names.insert(info.name).second) {
         throw PluginLoadError(failedPath + ": another plugin in this pool is also named \"" +
                               info.name + "\"");
+      }
+      if (log_ && loaded.setRunningItem != nullptr) {
+        // Its chunk entries say which item runs in the reply log (abi.h convention 11).
+        loaded.setRunningItem(log_->runningAddress());
+        loaded.runningItem = log_->runningAddress();
       }
       taskCounts_.push_back(loaded.descriptor->taskCount);
       plugins_.push_back({std::move(loaded), std::move(info)});
@@ -143,19 +159,29 @@ std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& mess
   auto reply = std::make_unique<BigSegmentBuilder>(std::max<unsigned>(
       128, 32 + args.size() * (task.resultDataWords + task.resultPointers * 3u)));
   reply->placeIn(outbound_.get());
+  ReplyLogWriter* log = log_.get();
+  // Items the host times have their start times published, item by item: not in a chunk
+  // entry, which runs the chunk as one call.
+  abi::InvokeChunkFn invokeChunk = log != nullptr && run.itemStartTimes
+                                       ? nullptr
+                                       : plugins_[run.plugin].loaded.chunkEntry(run.task);
+  if (log != nullptr) reply->startIn(log->begin(run.id, args.size(), run.itemStartTimes));
+  logged_ = log != nullptr;
   auto done = reply->initRoot<wire::WorkerMessage>().initChunkDone();
   done.setId(run.id);
   auto results = done.initResults().initAsListOfAnyStruct(task.resultDataWords, task.resultPointers,
                                                           args.size());
   failures_.clear();
+  loggedErrors_ = 0;
   const auto started = std::chrono::steady_clock::now();
-  if (abi::InvokeChunkFn invokeChunk = plugins_[run.plugin].loaded.chunkEntry(run.task)) {
+  if (invokeChunk != nullptr) {
     // One call for the whole chunk (abi.h convention 9). A report that breaks the convention
     // (an index out of range or out of order) is dropped: the host would refuse the reply.
     struct Chunk {
       WorkerSession* self;
       unsigned items;
-    } chunk{this, args.size()};
+      wire::ChunkDone::Builder done;
+    } chunk{this, args.size(), done};
     noteRunning(run.id, CRASH_ITEM_UNKNOWN, plugins_[run.plugin].loaded.runningItem);
     abi::ChunkErrorSink sink{
         &chunk, [](void* context, std::uint32_t index, const char* type, std::size_t typeSize,
@@ -167,23 +193,31 @@ std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& mess
           }
           c->self->current_ = index;
           recordFailure(c->self, type, typeSize, message, messageSize);
+          if (c->self->log_ != nullptr) c->self->logErrors(c->done);
         }};
     invokeChunk(&args, &results, &sink);
+    if (log != nullptr) log->running(args.size());
   } else {
     abi::ErrorSink sink{this, &WorkerSession::recordFailure};
     for (unsigned i = 0; i < args.size(); ++i) {
       current_ = i;
       noteRunning(run.id, i);
+      if (log != nullptr) log->running(i);
       capnp::AnyStruct::Reader in = args[i];
       capnp::AnyStruct::Builder out = results[i];
       task.invoke(&in, &out, &sink);
+      if (log != nullptr && failures_.size() != loggedErrors_) logErrors(done);
     }
+    if (log != nullptr) log->running(args.size());
   }
   const auto elapsed = std::chrono::steady_clock::now() - started;
   noteRunning(0, CRASH_ITEM_UNKNOWN);
 
+  bool replaced = false;
   if (capnp::computeSerializedSizeInWords(*reply) > maxWords_) {
     // Too big to send: fail every item of this chunk rather than break the protocol.
+    if (logged_) logUsed_ = reply->getSegmentsForOutput()[0].size();
+    replaced = true;
     reply = std::make_unique<BigSegmentBuilder>();
     done = reply->initRoot<wire::WorkerMessage>().initChunkDone();
     done.setId(run.id);
@@ -203,7 +237,34 @@ std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& mess
     errors[k].setType(failures_[k].type);
     errors[k].setMessage(failures_[k].message);
   }
+  // What the log's next message must find zeroed: all this one used (its final errors list
+  // included).
+  if (logged_ && !replaced) logUsed_ = reply->getSegmentsForOutput()[0].size();
   return reply;
+}
+
+void WorkerSession::logErrors(wire::ChunkDone::Builder done) {
+  // The list grows by doubling, so that a chunk of many failures costs a few copies of them;
+  // the reply's final list (run()) has exactly as many.
+  auto list = done.getErrors();
+  unsigned from = loggedErrors_;
+  if (failures_.size() > list.size()) {
+    list = done.initErrors(static_cast<unsigned>(std::max<std::size_t>(4, 2 * failures_.size())));
+    from = 0;
+  }
+  for (unsigned k = from; k < failures_.size(); ++k) {
+    list[k].setIndex(failures_[k].index);
+    list[k].setType(failures_[k].type);
+    list[k].setMessage(failures_[k].message);
+  }
+  loggedErrors_ = static_cast<unsigned>(failures_.size());
+  log_->errors(loggedErrors_);
+}
+
+void WorkerSession::replySent() {
+  if (logged_) log_->end(logUsed_);
+  logged_ = false;
+  logUsed_ = 0;
 }
 
 void WorkerSession::recordFailure(void* context, const char* type, std::size_t typeSize,
@@ -258,6 +319,7 @@ int converse(int fd) {
       reply = session.run(message.reader());
     }  // the host's region is free again before the host hears of this chunk
     if (writeMessage(fd, *reply, session.outbound())) reply->handOver();
+    session.replySent();
   }
 }
 

@@ -20,7 +20,9 @@
 #include "fd.h"
 #include "plugin_loader.h"
 #include "plugpool/manifest.h"
+#include "reply_log.h"
 #include "shared_memory.h"
+#include "wire.capnp.h"
 
 namespace plugpool::detail {
 
@@ -55,6 +57,9 @@ class WorkerSession {
   // failures per item; throws ProtocolViolation (or kj::Exception from a lazily checked
   // pointer) for a malformed message.
   std::unique_ptr<BigSegmentBuilder> run(capnp::MessageReader& message);
+  // The reply run() returned has been written to the channel: the reply log (reply_log.h)
+  // may take the next.
+  void replySent();
 
   // The loaded plugins' manifests, in Setup's order.
   std::vector<PluginInfo> plugins() const;
@@ -64,6 +69,7 @@ class WorkerSession {
     LoadedPlugin loaded;
     PluginInfo info;
   };
+  void logErrors(wire::ChunkDone::Builder done);
   static void recordFailure(void* context, const char* type, std::size_t typeSize,
                             const char* message, std::size_t messageSize) noexcept;
 
@@ -74,6 +80,11 @@ class WorkerSession {
   std::vector<unsigned> taskCounts_;
   std::vector<ItemFailureRecord> failures_;
   unsigned current_ = 0;
+  // The reply log, if the host passed one: run() builds replies in it, item by item.
+  std::unique_ptr<ReplyLogWriter> log_;
+  bool logged_ = false;        // the last reply was built in it
+  std::size_t logUsed_ = 0;    // words of it that reply used
+  unsigned loggedErrors_ = 0;  // failures_ written to the logged reply's errors list
 };
 
 // Exit statuses of a worker process (besides 0, "the host closed the channel").

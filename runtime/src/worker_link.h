@@ -29,6 +29,7 @@
 
 #include "decode.h"
 #include "host_session.h"
+#include "reply_log.h"
 
 namespace plugpool::detail {
 
@@ -55,6 +56,10 @@ struct WorkerEnd {
   // Non-zero: a reply of this many bytes could not be allocated while it held unanswered
   // work; it was killed for that.
   std::uint64_t unallocatableBytes = 0;
+  // What its reply log held of the chunk it was running: the items it had finished, and the
+  // one it was running. None for a worker without a log (a remote one), a chunk run as one
+  // call, or a worker that broke the protocol.
+  std::optional<PartialReply> partial;
 };
 
 class WorkerLink;
@@ -86,6 +91,11 @@ class WorkerLink {
 
   // What errors name the worker by: its process id (for a remote worker, its launcher's).
   virtual int pid() const = 0;
+  // Which item of its running chunk it is running, and since when, if it says (a local
+  // worker with a reply log, for a chunk sent with Run.itemStartTimes: reply_log.h).
+  virtual std::optional<ItemProgress> progress() const { return std::nullopt; }
+  // Whether it has a reply log: progress() may say, and its end says what it had finished.
+  virtual bool logsReplies() const { return false; }
   // Queues a Run of `items` items (numbered by the session: kind says whether it is the
   // initializer's or a chunk); flush() writes it. Dropped if the channel has ended.
   virtual void send(std::shared_ptr<capnp::MessageBuilder> run, unsigned items,

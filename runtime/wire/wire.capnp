@@ -46,6 +46,36 @@
 # once the caller has decoded the results. A sender that finds its region held sends on the
 # stream instead; nobody ever waits for a region.
 #
+# ## The reply log
+#
+# With the two regions the host may pass a third descriptor, the worker's reply log (and set
+# Setup.replyLog): a sealed memfd of the same shape, one 4096-byte header page and data, that
+# the worker writes and the host reads once the worker is gone. A worker that maps it says so
+# in Hello.replyLog; only then is it used. It makes a worker's death cost only the item that
+# was running: the items of its chunk that it had finished keep their results.
+#
+# The worker builds each ChunkDone in the log as it runs the chunk: the message's first
+# segment is the log's data from its start, zeroed, so the results list is there from the
+# start and item i's result is in it once item i has run. The header holds UInt64 words,
+# written by the worker with atomic stores (release order), at these word indexes:
+#   1 run       the Run.id whose ChunkDone is being built; 0 while none is
+#   2 items     that Run's number of items
+#   3 running   the index of the item being run (`items` once all have run)
+#   4 finished  how many items, from the first, have run and are readable in the message
+#   5 errors    how many elements of ChunkDone.errors are written (the list may be longer)
+#   6 started   CLOCK_MONOTONIC nanoseconds at which `running` began, if Run.itemStartTimes
+#               asked for it; 0 otherwise
+#   7 words     the size of the first segment, in words
+# `finished` stops growing once the message needs a segment outside the log: the items after
+# that are run again if the worker dies. Once the reply has been written to the stream, the
+# worker stores 0 in `run` and zeroes what the message used.
+#
+# A host whose worker died reads the log if `run` names the oldest unanswered chunk: the first
+# `finished` results and the first `errors` errors (each index below `finished`, increasing),
+# with the same checks and limits as a ChunkDone from the stream, the segment bounded by the
+# log's data. A log that fails them costs the whole chunk, as if there were none. While the
+# worker lives the host reads only `run`, `running` and `started`, to time each item.
+#
 # ## Conversation
 #
 #   host → worker   Setup                 exactly once, first
@@ -106,6 +136,9 @@ struct Setup {
 
   sharedMemory @4 :Bool;
   # The two regions of "Shared segments" came with this message.
+
+  replyLog @5 :Bool;
+  # With sharedMemory: a third descriptor, the reply log ("The reply log"), came after them.
 }
 
 struct Limits {
@@ -139,6 +172,9 @@ struct Hello {
   sharedMemory @4 :Bool;
   # The worker mapped both regions Setup passed: from now on frames may use shared segments
   # both ways.
+
+  replyLog @5 :Bool;
+  # The worker mapped the reply log Setup passed and builds its replies there.
 }
 
 struct LoadError {
@@ -188,6 +224,9 @@ struct Run {
   items @3 :AnyPointer;
   # A List(AnyStruct): one argument tuple struct per call, in order. Anything else (not a
   # list, not a struct list) is a protocol error. An empty list is allowed.
+
+  itemStartTimes @4 :Bool;
+  # Write each item's start time in the reply log (`started`): the host times each item.
 }
 
 struct ChunkDone {

@@ -145,15 +145,22 @@ class PLUGPOOL_API ProtocolError : public Error {
 class PLUGPOOL_API TaskTimeout : public Error {
  public:
   TaskTimeout(std::string plugin, std::string task, long long timeoutMs, unsigned items, int pid);
+  // The call's item `item` ran past it (alone: the items around it were not lost).
+  TaskTimeout(std::string plugin, std::string task, long long timeoutMs, int pid,
+              std::uint64_t item);
   ~TaskTimeout() override;
 
   const std::string& plugin() const { return plugin_; }
   const std::string& task() const { return task_; }
   long long timeoutMs() const { return timeoutMs_; }  // per item
+  // The index in its call of the item that ran past the timeout, if it is known (a worker
+  // that says which item it runs); else a whole chunk timed out.
+  std::optional<std::uint64_t> item() const { return item_; }
 
  private:
   std::string plugin_, task_;
   long long timeoutMs_;
+  std::optional<std::uint64_t> item_;
 };
 
 class PLUGPOOL_API Cancelled : public Error {

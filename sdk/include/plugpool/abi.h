@@ -60,6 +60,13 @@
 //     process, to say which item was running (wire.capnp's Crash); it writes
 //     0xffffffff ("unknown") there before each chunk. A loader treats a missing symbol as
 //     "unknown".
+// 11. Optionally (added within ABI version 1), with convention 10, a plugin also exports
+//       void plugpool_set_running_item_v1(volatile std::uint32_t* word);
+//     which makes its chunk entries write the running item's index to `word` from then on
+//     (null: back to its own word), and plugpool_running_item_v1 return `word`. Each item's
+//     result is wholly written before the next item's index is. A worker passes a word of its
+//     reply log, which its host reads after the worker died, so that the items before the
+//     one that was running keep their results. It calls it once, right after loading.
 #pragma once
 
 #include <cstddef>
@@ -143,9 +150,10 @@ struct ChunkTable {
 // The exported symbols' names, for loaders.
 inline constexpr const char* ABI_VERSION_SYMBOL = "plugpool_abi_version";
 inline constexpr const char* DESCRIPTOR_SYMBOL = "plugpool_plugin_v1";
-inline constexpr const char* SCHEMAS_SYMBOL = "plugpool_schemas_v1";  // optional
-inline constexpr const char* CHUNKS_SYMBOL = "plugpool_chunks_v1";    // optional
-inline constexpr const char* RUNNING_ITEM_SYMBOL = "plugpool_running_item_v1";  // optional
+inline constexpr const char* SCHEMAS_SYMBOL = "plugpool_schemas_v1";                    // optional
+inline constexpr const char* CHUNKS_SYMBOL = "plugpool_chunks_v1";                      // optional
+inline constexpr const char* RUNNING_ITEM_SYMBOL = "plugpool_running_item_v1";          // optional
+inline constexpr const char* SET_RUNNING_ITEM_SYMBOL = "plugpool_set_running_item_v1";  // optional
 using DescriptorFn = const PluginDescriptor* (*)();
 using SchemasFn = const SchemaTable* (*)();
 using ChunksFn = const ChunkTable* (*)();

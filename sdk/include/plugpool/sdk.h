@@ -108,14 +108,18 @@ inline void reportCurrentException(const abi::ChunkErrorSink* sink, std::uint32_
   });
 }
 
-// The item a chunk entry is running, for the worker's crash report (abi.h convention 10). One
+// The item a chunk entry is running, for the worker's crash report (abi.h convention 10): in
+// the plugin's own word, or in the one the worker gave (convention 11: its reply log). One
 // per plugin (hidden: never shared with another library through symbol interposition).
-__attribute__((visibility("hidden"))) inline volatile std::uint32_t runningItem = 0;
+__attribute__((visibility("hidden"))) inline volatile std::uint32_t ownRunningItem = 0;
+__attribute__((visibility("hidden"))) inline volatile std::uint32_t* runningItem = &ownRunningItem;
 
 inline void startingItem(std::uint32_t index) noexcept {
-  runningItem = index;
-  // Stored before the task's first instruction, even one inlined here: a crash in it must
-  // find this index.
+  // The items before it are wholly in memory before it is said to run (a worker that dies
+  // keeps their results), and it is said to run before the task's first instruction, even
+  // one inlined here (a crash in it must find this index).
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  *runningItem = index;
   std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
@@ -451,6 +455,10 @@ struct ChunkStore {
   }                                                                                            \
   extern "C" __attribute__((visibility("default"))) volatile std::uint32_t*                    \
   plugpool_running_item_v1() {                                                                 \
-    return &::plugpool::sdk::runningItem;                                                      \
+    return ::plugpool::sdk::runningItem;                                                       \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) void plugpool_set_running_item_v1(         \
+      volatile std::uint32_t* word) {                                                          \
+    ::plugpool::sdk::runningItem = word != nullptr ? word : &::plugpool::sdk::ownRunningItem;  \
   }                                                                                            \
   static_assert(true, "PLUGPOOL_PLUGIN ends with a semicolon")

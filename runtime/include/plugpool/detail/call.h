@@ -75,8 +75,9 @@ class PLUGPOOL_API ChunkRequest {
 
 struct ItemFailure {
   unsigned index;
-  std::string type;
+  std::string type;  // what the task threw, if it threw
   std::string message;
+  std::exception_ptr error;  // set instead if the item failed otherwise (its worker crashed)
 };
 
 // How one chunk ended: either `failure` (the whole chunk was lost: crash, protocol error,
