@@ -120,6 +120,23 @@ class Gate : public TempPath {
   }
 };
 
+// How long process `pid` has run (0 if it is gone).
+inline std::chrono::milliseconds ageOf(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return {};
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::string field;
+  for (int i = 3; i < 22 && rest >> field; ++i) {  // fields 3 (state) to 21
+  }
+  unsigned long long startTicks = 0;
+  rest >> startTicks;  // field 22: start time, in clock ticks after boot
+  double uptime = 0;
+  std::ifstream("/proc/uptime") >> uptime;
+  const double age = uptime - static_cast<double>(startTicks) / ::sysconf(_SC_CLK_TCK);
+  return std::chrono::milliseconds(static_cast<long long>(age * 1000));
+}
+
 inline std::string fixture(const std::string& name) {
   return std::string(FIXTURES_DIR) + "/lib" + name + ".so";
 }

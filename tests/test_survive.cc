@@ -115,23 +115,6 @@ bool isPattern(const Bytes& bytes, std::size_t size, Int seed) {
   return true;
 }
 
-// How long process `pid` has run (0 if it is gone).
-std::chrono::milliseconds ageOf(int pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return {};
-  std::istringstream rest(line.substr(line.rfind(')') + 2));
-  std::string field;
-  for (int i = 3; i < 22 && rest >> field; ++i) {  // fields 3 (state) to 21
-  }
-  unsigned long long startTicks = 0;
-  rest >> startTicks;  // field 22: start time, in clock ticks after boot
-  double uptime = 0;
-  std::ifstream("/proc/uptime") >> uptime;
-  const double age = uptime - static_cast<double>(startTicks) / ::sysconf(_SC_CLK_TCK);
-  return std::chrono::milliseconds(static_cast<long long>(age * 1000));
-}
-
 // Runs this test program again, in a new process, with `args`; returns its exit status, or
 // -1 if it did not end within two minutes (it is killed then).
 int runFresh(std::vector<std::string> args) {
@@ -304,7 +287,7 @@ TEST_CASE("a worker killed while it writes a large reply crashed; crashRetries a
         // another case (workers that cannot start fail work fast).
         std::vector<int> workers;
         for (int child : testing::childProcesses()) {
-          if (ageOf(child) > (SANITIZED ? 2s : 300ms)) workers.push_back(child);
+          if (testing::ageOf(child) > (SANITIZED ? 2s : 300ms)) workers.push_back(child);
         }
         if (workers.empty()) continue;
         ::kill(workers[random() % workers.size()], SIGKILL);

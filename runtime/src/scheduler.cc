@@ -242,7 +242,7 @@ Clock::time_point Scheduler::timeoutAt(const Worker& w) const {
   const Job& job = w.held.front().job;
   auto timeout = job.call->task().timeout;
   if (timeout.count() == 0) return Clock::time_point::max();
-  if (w.itemProgress && !w.silent) {
+  if (timesItems(w)) {
     // Its item's own start, once it has said; until then it is asked when an item that
     // started with the chunk would be due.
     if (w.seen && w.seen->started) return *w.seen->started + timeout;
@@ -254,7 +254,7 @@ Clock::time_point Scheduler::timeoutAt(const Worker& w) const {
 std::vector<WorkerId> Scheduler::due(Clock::time_point now) const {
   std::vector<WorkerId> out;
   for (const Worker& w : workers_) {
-    if (w.itemProgress && !w.silent && timeoutAt(w) <= now) out.push_back(w.id);
+    if (timesItems(w) && timeoutAt(w) <= now) out.push_back(w.id);
   }
   return out;
 }
@@ -281,7 +281,7 @@ std::vector<WorkerId> Scheduler::timedOut(Clock::time_point now) {
     if (timeoutAt(w) > now) continue;
     Held& front = w.held.front();
     const TaskRef& task = front.job.call->task();
-    if (!front.ended && w.itemProgress && !w.silent && w.seen) {
+    if (!front.ended && timesItems(w) && w.seen) {
       // Only this item fails, once the worker is gone and has said what it finished.
       front.timedOutItem = w.seen->item;
       stats_.add(&Stats::chunksTimedOut);
@@ -403,7 +403,7 @@ void Scheduler::workerLost(WorkerId id, const WorkerEnd& e) {
     } else if (!e.violation.empty()) {
       end(h, errorPtr<ProtocolError>("worker " + std::to_string(w.pid) + " " + e.violation +
                                      "; it was killed while running " + name(task)));
-    } else if (e.partial) {
+    } else if (e.partial && !task.wholeChunks) {
       splitLost(w, h, e, again);
     } else if (h.timedOutItem) {
       end(h, errorPtr<TaskTimeout>(task.pluginName, task.taskName, task.timeout.count(),

@@ -240,6 +240,11 @@ class Scheduler {
   // Whether `w` may be running a task: it holds chunks it has not answered (even ones that
   // have ended: it still runs them), unless the pool is stopping it.
   static bool runsTasks(const Worker& w) { return !w.held.empty() && !w.stopping; }
+  // Whether `w`'s running chunk is timed item by item (else as a whole).
+  static bool timesItems(const Worker& w) {
+    return w.itemProgress && !w.silent && !w.held.empty() &&
+           !w.held.front().job.call->task().wholeChunks;
+  }
   std::size_t inFlightLimit(const Worker& w) const;
   Clock::time_point timeoutAt(const Worker& w) const;
   void send(Worker& w, Job job, Clock::time_point now, std::vector<Assignment>& out);

@@ -210,15 +210,21 @@ struct Options {
 
   // The longest an item may run (0: no limit). Per call: Task::withTimeout. When an item runs
   // past it, its worker is sent SIGTERM (SIGKILL after stopTimeout) and replaced at once; the
-  // item fails with TaskTimeout; chunks queued behind it are sent to other workers. Calls on
-  // a task with a timeout default to chunks of 1 item, so the limit applies to each item; with
-  // an explicit chunksize of n, a chunk may take n times the limit and fails as a whole.
+  // item fails with TaskTimeout (its item() says which); the items of its chunk that had run
+  // keep their results, and the ones after it and the chunks queued behind it are sent to
+  // other workers. Calls on a task with a timeout default to chunks of 1 item. A local worker
+  // says when each item started (its reply log), so each item is timed alone whatever the
+  // chunksize; a remote worker's chunk of n items may take n times the limit and fails as a
+  // whole (as does a task made withWholeChunks()).
   std::chrono::milliseconds taskTimeout{0};
 
-  // How many times a chunk whose worker crashed while running it is sent again before its
-  // items fail with WorkerCrashed. 0 (default): never — a crash is usually the input's fault
-  // and would repeat. Raise it when crashes are transient (the OOM killer, a flaky library).
-  // Chunks queued behind a crashed one are always resent; they never ran.
+  // How many times an item whose worker crashed while running it is sent again before it
+  // fails with WorkerCrashed. 0 (default): never — a crash is usually the input's fault and
+  // would repeat. Raise it when crashes are transient (the OOM killer, a flaky library). A
+  // local worker's crash costs only the item it was running: the items of its chunk that had
+  // run keep their results and are not run again, the ones after it are sent again (they
+  // never ran), as are the chunks queued behind it. A remote worker's crash, or one running a
+  // task made withWholeChunks(), costs (or retries) its whole chunk.
   unsigned crashRetries = 0;
 
   // Resource limits of each worker; see WorkerLimits. Default: none beyond the host's own.
@@ -294,6 +300,16 @@ class Task<R(A...)> {
   Task withTimeout(std::chrono::milliseconds timeout) const {
     Task copy = *this;
     copy.ref_.timeout = timeout;
+    return copy;
+  }
+
+  // The same task with whole-chunk failures, for calls whose items of one chunk stand or fall
+  // together: a crash or a timeout fails (or, with crashRetries, resends) every item of the
+  // chunk it happened in, and the chunk is timed as a whole (its items times the limit), as
+  // for remote workers. By default only the item that was running fails.
+  Task withWholeChunks() const {
+    Task copy = *this;
+    copy.ref_.wholeChunks = true;
     return copy;
   }
 

@@ -50,6 +50,7 @@ struct TaskRef {
   std::string pluginName;
   std::string taskName;
   std::chrono::milliseconds timeout{0};  // per item; 0: none
+  bool wholeChunks = false;              // a lost worker fails or retries its whole chunk
 };
 
 // One Run message under construction: the typed layer fills items(), the dispatcher sends it.
