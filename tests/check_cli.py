@@ -254,6 +254,19 @@ class Map(CliTest):
         self.assertRegex(err, r"^plugpool: standard input, line 2: .*SIGSEGV.*\n"
                               r"(plugpool:   #\d+ .*\n)+$")
 
+    def test_a_crash_inside_a_chunk_fails_only_its_line(self):
+        # The lines of its chunk before it keep their results, the ones after it run again.
+        faults = os.path.join(FIXTURES, "libfaults.so")
+        for chunk in ("1", "2", "5"):
+            with self.subTest(chunksize=chunk):
+                status, out, err = plugpool("map", faults, "segfault_if_negative", "-c", chunk,
+                                            input="1\n2\n-3\n4\n5\n")
+                self.assertEqual((status, out), (1, "1\n2\n4\n5\n"))
+                self.assertEqual(re.findall(r"^plugpool: standard input, line (\d+): ", err,
+                                            re.MULTILINE), ["3"], err)
+                self.assertIn("SIGSEGV) while running faults.segfault_if_negative on line 3",
+                              err)
+
     def test_a_crash_shows_the_line_and_the_top_frames_of_the_stack(self):
         faults = os.path.join(FIXTURES, "libfaults.so")
         status, out, err = plugpool("map", faults, "null_deref", "-c", "1", "-o", "jsonl",
@@ -290,6 +303,11 @@ class Map(CliTest):
             for f in os.listdir(d):
                 os.unlink(os.path.join(d, f))
             self.assertEqual(plugpool("map", faults, "crash_once", "-c", "1", "--retries", "1",
+                                      input=lines), (0, "1\n1\n1\n", ""))
+            for f in os.listdir(d):
+                os.unlink(os.path.join(d, f))
+            # In one chunk, each crashed line alone is sent again.
+            self.assertEqual(plugpool("map", faults, "crash_once", "-c", "3", "--retries", "1",
                                       input=lines), (0, "1\n1\n1\n", ""))
         for bad in ["-1", "many", "1.5"]:
             with self.subTest(retries=bad):
