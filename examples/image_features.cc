@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
   std::printf("failed: %zu\n", failed);
   std::printf("mean size: %.1f x %.1f pixels\n", width / n, height / n);
   std::printf("mean brightness: %.1f\n", brightness / n);
-  std::printf("time: %.2fs with %u workers (%.0f images/s)\n", seconds, pool.workers(),
-              static_cast<double>(paths.size()) / seconds);
+  std::printf("time: %.2fs with %u worker%s (%.0f images/s)\n", seconds, pool.workers(),
+              pool.workers() == 1 ? "" : "s", static_cast<double>(paths.size()) / seconds);
   return 0;
 }

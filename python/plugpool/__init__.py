@@ -101,7 +101,8 @@ class Pool:
     maxtasksperchild: replace a worker after this many items (None: never).
     task_timeout: seconds an item may run (None: no limit); past it, the item fails with
         TaskTimeout and its worker is replaced.
-    crash_retries: times a chunk whose worker crashed is sent again before it fails.
+    crash_retries: times an item whose worker crashed while running it is sent again before it
+        fails (alone: the items of its chunk that had run keep their results).
     limits: a dict of per-worker limits: memory_bytes, cpu_seconds, open_files.
 
     `with Pool(...) as pool:` ends by closing the pool and waiting for its work (shutdown),

@@ -31,11 +31,12 @@ class WorkerCrashed(Error):
 
 
 class TaskTimeout(Error):
-    """An item ran past its timeout; its worker was stopped and replaced."""
+    """An item ran past its timeout (seconds); its worker was stopped and replaced. `item`:
+    its index in the call, when known (a local worker times each item)."""
 
-    def __init__(self, text, task=None, timeout=None):
+    def __init__(self, text, task=None, timeout=None, item=None):
         super().__init__(text)
-        self.task, self.timeout = task, timeout
+        self.task, self.timeout, self.item = task, timeout, item
 
 
 class Cancelled(Error):

@@ -72,6 +72,7 @@ void translate(std::exception_ptr p) {
     py::dict f;
     f["task"] = e.plugin() + "." + e.task();
     f["timeout"] = static_cast<double>(e.timeoutMs()) / 1000;
+    f["item"] = e.item() ? py::object(py::int_(*e.item())) : py::none();
     raiseError("TaskTimeout", e.what(), f);
   } catch (const Cancelled& e) {
     raiseError("Cancelled", e.what());

@@ -319,10 +319,22 @@ def test_a_crash_fails_only_its_item_and_the_pool_goes_on():
         assert p.map("faults.segfault_if_negative", [4, 5]) == [4, 5]
 
 
+
+def test_a_crashed_item_alone_is_retried_and_the_others_run_once(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("PLUGPOOL_TEST_RUNS", str(runs))  # faults.logged_chaos logs there
+    # Item 2 crashes its worker the first time (low bits 5), inside one chunk of four.
+    items = [0 << 3, 1 << 3, (2 << 3) | 5, 3 << 3]
+    with plugpool.Pool(1, [FAULTS], crash_retries=1) as p:
+        assert p.map("faults.logged_chaos", items, chunksize=4) == ["r0", "r1", "r2", "r3"]
+    assert sorted(runs.read_text().split()) == ["0", "1", "2", "2", "3"]
+
+
 def test_a_timeout_fails_its_item():
     with plugpool.Pool(1, [FAULTS], task_timeout=0.3) as p:
-        with pytest.raises(plugpool.TaskTimeout):
+        with pytest.raises(plugpool.TaskTimeout) as e:
             p.apply("faults.sleep_ms", (60000,))
+        assert e.value.item == 0
         assert p.apply("faults.sleep_ms", (1,)) == 1
 
 
