@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <memory>
@@ -18,8 +19,11 @@
 #include <capnp/message.h>
 #include <catch2/catch.hpp>
 
+#include "plugpool/codec.h"
 #include "plugpool/errors.h"
+#include "reply_log.h"
 #include "scheduler.h"
+#include "wire.capnp.h"
 
 namespace {
 
@@ -41,6 +45,10 @@ using plugpool::detail::ChunkRequest;
 using plugpool::detail::Clock;
 using plugpool::detail::Core;
 using plugpool::detail::CrashContent;
+using plugpool::detail::itemError;
+using plugpool::detail::ItemFailure;
+using plugpool::detail::ItemProgress;
+using plugpool::detail::PartialReply;
 using plugpool::detail::Scheduler;
 using plugpool::detail::SchedulerOptions;
 using plugpool::detail::StatsCounter;
@@ -67,6 +75,121 @@ int pidOf(WorkerId w) {
   return 100 + static_cast<int>(w);
 }
 
+// Items and results are tuples whose first data word is a number: an argument's is its index
+// in the call; a result's is that index plus LOGGED (read from a dead worker's reply log) or
+// plus REPLIED (in a reply through the channel), so that each says where it came from.
+constexpr std::uint64_t LOGGED = 1000;
+constexpr std::uint64_t REPLIED = 2000;
+
+void setValue(capnp::AnyStruct::Builder tuple, std::uint64_t value) {
+  auto data = tuple.getDataSection();
+  REQUIRE(data.size() >= sizeof value);
+  std::memcpy(data.begin(), &value, sizeof value);
+}
+
+std::uint64_t valueOf(capnp::AnyStruct::Reader tuple) {
+  auto data = tuple.getDataSection();
+  REQUIRE(data.size() >= sizeof(std::uint64_t));
+  std::uint64_t value = 0;
+  std::memcpy(&value, data.begin(), sizeof value);
+  return value;
+}
+
+// The call indexes a Run of `items` items holds: "13", "14-19", or "4,7" if not consecutive.
+std::string itemsOfRun(capnp::MallocMessageBuilder& run, unsigned items) {
+  auto list = plugpool::codec::readTupleList(
+      run.getRoot<plugpool::wire::HostMessage>().getRun().getItems().asReader());
+  CHECK(list.size() == items);
+  std::vector<std::uint64_t> values;
+  for (auto tuple : list) values.push_back(valueOf(tuple));
+  if (values.empty()) return "none";
+  bool consecutive = true;
+  for (std::size_t j = 1; j < values.size(); ++j) consecutive &= values[j] == values[0] + j;
+  if (consecutive) {
+    return values.size() == 1 ? std::to_string(values[0])
+                              : std::to_string(values[0]) + "-" + std::to_string(values.back());
+  }
+  std::string out;
+  for (auto v : values) out += (out.empty() ? "" : ",") + std::to_string(v);
+  return out;
+}
+
+// A list of `count` result tuples, the first `filled` holding value(j).
+template <typename Value>
+ChunkOutcome resultList(unsigned count, unsigned filled, Value value) {
+  auto message = std::make_shared<capnp::MallocMessageBuilder>();
+  auto list = message->getRoot<capnp::AnyPointer>().initAsListOfAnyStruct(1, 0, count);
+  for (unsigned j = 0; j < filled; ++j) setValue(list[j], value(j));
+  ChunkOutcome outcome;
+  outcome.results =
+      plugpool::codec::readTupleList(message->getRoot<capnp::AnyPointer>().asReader());
+  outcome.keepAlive = std::move(message);
+  return outcome;
+}
+
+// A worker's reply to a Run of the call's items [first, first + count): each result is its
+// item's index plus REPLIED.
+ChunkOutcome repliedFor(std::uint64_t first, unsigned count) {
+  return resultList(count, count, [&](unsigned j) { return REPLIED + first + j; });
+}
+
+// What a dead worker's reply log held of its running chunk of `items` items, the first of
+// them the call's item `first`: `finished` results (each its item's index plus LOGGED), and
+// the item it was running.
+PartialReply logged(std::uint64_t first, unsigned items, unsigned finished, unsigned running) {
+  PartialReply partial;
+  partial.outcome = resultList(items, finished, [&](unsigned j) { return LOGGED + first + j; });
+  partial.finished = finished;
+  partial.running = running;
+  return partial;
+}
+
+WorkerEnd withLog(WorkerEnd end, PartialReply partial) {
+  end.partial = std::move(partial);
+  return end;
+}
+
+// What an error is, with the call index of its item if it names one: "WorkerCrashed(13)".
+std::string describe(const std::exception_ptr& error) {
+  auto withItem = [](const char* name, const std::optional<std::uint64_t>& item) {
+    return std::string(name) + (item ? "(" + std::to_string(*item) + ")" : "");
+  };
+  try {
+    std::rethrow_exception(error);
+  } catch (const WorkerCrashed& e) {
+    return withItem("WorkerCrashed", e.item());
+  } catch (const TaskTimeout& e) {
+    return withItem("TaskTimeout", e.item());
+  } catch (const TaskError& e) {
+    return withItem("TaskError", e.item());
+  } catch (const ProtocolError&) {
+    return "ProtocolError";
+  } catch (const Cancelled&) {
+    return "Cancelled";
+  } catch (const std::exception& e) {
+    return std::string("another error: ") + e.what();
+  }
+}
+
+using Items = std::vector<std::string>;
+
+// Each item of a chunk's outcome: its result's value, or what it failed with.
+Items itemsOf(const ChunkOutcome& outcome) {
+  REQUIRE(!outcome.failure);
+  Items out;
+  std::size_t e = 0;
+  for (unsigned j = 0; j < outcome.results.size(); ++j) {
+    if (e < outcome.errors.size() && outcome.errors[e].index == j) {
+      const auto& f = outcome.errors[e++];
+      out.push_back(f.error ? describe(f.error) : "threw " + f.type);
+    } else {
+      out.push_back(std::to_string(valueOf(outcome.results[j])));
+    }
+  }
+  CHECK(e == outcome.errors.size());  // every error names an item, in increasing order
+  return out;
+}
+
 // A Scheduler under test, with the calls and chunks made for it, named for assertions.
 struct Rig {
   explicit Rig(SchedulerOptions options) : scheduler(options, counter) {}
@@ -87,13 +210,17 @@ struct Rig {
   }
 
   // Submits the next chunk of `call` to the scheduler: `items` items of `dataWords` words
-  // each. Returns its index in the call.
+  // each, whose first word is the item's index in the call. Returns its index in the call.
   std::size_t submit(const std::shared_ptr<Call>& call, unsigned items = 1,
                      std::uint16_t dataWords = 1) {
     Named& named = calls.at(call.get());
     const auto [index, firstItem] = call->add(items);
     REQUIRE(firstItem == named.items);
-    auto message = ChunkRequest(call->task(), items, dataWords, 0).release();
+    ChunkRequest request(call->task(), items, dataWords, 0);
+    if (dataWords > 0) {
+      for (unsigned j = 0; j < items; ++j) setValue(request.items()[j], firstItem + j);
+    }
+    auto message = request.release();
     chunkNames.emplace_back(message, named.name + std::to_string(index));
     scheduler.submit({call, index, message, items, firstItem});
     named.items += items;
@@ -104,16 +231,21 @@ struct Rig {
     for (int i = 0; i < chunks; ++i) submit(call, items);
   }
 
-  void add(WorkerId w) { scheduler.addWorker(w, pidOf(w)); }
+  // `itemProgress`: it says which item it runs and since when (a local worker's reply log).
+  void add(WorkerId w, bool itemProgress = false) {
+    scheduler.addWorker(w, pidOf(w), itemProgress);
+  }
 
-  // What assign(now) gives out, in order.
+  // What assign(now) gives out, in order. A part of a chunk (a Run the scheduler made) is
+  // named by the call indexes its Run holds: "items 14-19@2".
   Sent assign(Clock::time_point now = T0) {
     Sent sent;
     for (const auto& a : scheduler.assign(now)) {
-      std::string name = "?";
+      std::string name;
       for (const auto& [message, chunk] : chunkNames) {
         if (message == a.run) name = chunk;
       }
+      if (name.empty()) name = "items " + itemsOfRun(*a.run, a.items);
       sent.push_back(name + "@" + std::to_string(a.worker));
     }
     return sent;
@@ -123,6 +255,11 @@ struct Rig {
   void reply(WorkerId w, Clock::time_point now = T0, std::chrono::nanoseconds elapsed = 1ms) {
     ChunkOutcome outcome;
     outcome.elapsedNs = static_cast<std::uint64_t>(elapsed.count());
+    scheduler.replied(w, std::move(outcome), now);
+  }
+  // `w` answers its oldest unanswered chunk with `outcome` (results, item errors).
+  void reply(WorkerId w, ChunkOutcome outcome, Clock::time_point now = T0) {
+    outcome.elapsedNs = 1'000'000;
     scheduler.replied(w, std::move(outcome), now);
   }
 
@@ -223,6 +360,20 @@ WorkerEnd violated(const std::string& violation) {
   WorkerEnd end = killedBy(SIGKILL);
   end.violation = violation;
   return end;
+}
+
+// The error `error` holds, of type E (fails the test if it is another).
+template <typename E>
+E as(const std::exception_ptr& error) {
+  REQUIRE(error);
+  try {
+    std::rethrow_exception(error);
+  } catch (const E& e) {
+    return e;
+  } catch (const std::exception& e) {
+    FAIL("another error: " << e.what());
+  }
+  throw std::logic_error("not reached: FAIL throws");
 }
 
 }  // namespace
@@ -595,6 +746,262 @@ TEST_CASE(
   CHECK(rig.scheduler.queued() == 0);
 }
 
+// --- a lost worker's reply log: only the item it was running is lost ----------------------------
+
+TEST_CASE(
+    "a worker lost part-way through a chunk: the items it finished keep the log's results, the "
+    "one it was running fails naming its index, and the ones after it go out again first, as "
+    "one part; the chunk ends once, when that part is answered") {
+  Rig rig(limits(1, 3));
+  rig.add(1);
+  auto a = rig.call("a");
+  auto b = rig.call("b");
+  rig.submit(a, 10);  // items 0-9
+  rig.submit(a, 10);  // items 10-19: the chunk its worker dies in
+  rig.submit(a, 1);   // item 20, behind it
+  a->seal();
+  CHECK(rig.assign() == Sent{"a0@1", "a1@1", "a2@1"});
+  rig.reply(1, repliedFor(0, 10));
+  rig.submit(b);
+
+  // It had finished items 10-12 and crashed in 13.
+  PartialReply log = logged(10, 10, 3, 3);
+  SECTION("every item it ran succeeded") {}
+  SECTION("items that threw name their own index, in the log and in the part sent again") {
+    log.outcome.errors.push_back({1, "std::runtime_error", "bad input", nullptr});
+  }
+  const bool threw = !log.outcome.errors.empty();
+  rig.scheduler.workerLost(1, withLog(crashed(SIGSEGV, 3), log));
+  CHECK(Rig::states(a) == std::vector<std::string>{"done", "pending", "pending"});
+  CHECK(rig.stats().chunksRetried == 0);
+  CHECK(rig.scheduler.queued() == 3);
+
+  // The part goes out before a2, which was behind the lost chunk, and before b0, queued.
+  rig.add(2);
+  CHECK(rig.assign() == Sent{"items 14-19@2", "a2@2", "b0@2"});
+  ChunkOutcome part = repliedFor(14, 6);
+  if (threw) part.errors.push_back({1, "std::invalid_argument", "bad input", nullptr});
+  rig.reply(2, std::move(part));
+
+  const ChunkOutcome* a1 = Rig::outcome(a, 1);
+  REQUIRE(a1 != nullptr);
+  CHECK(a1->firstItem == 10);
+  if (threw) {
+    CHECK(itemsOf(*a1) == Items{"1010", "TaskError(11)", "1012", "WorkerCrashed(13)", "2014",
+                                "TaskError(15)", "2016", "2017", "2018", "2019"});
+    CHECK(as<TaskError>(a1->errors[0].error).workerPid() == 101);
+    CHECK(as<TaskError>(a1->errors[2].error).workerPid() == 102);
+    CHECK(as<TaskError>(a1->errors[2].error).remoteType() == "std::invalid_argument");
+  } else {
+    CHECK(itemsOf(*a1) == Items{"1010", "1011", "1012", "WorkerCrashed(13)", "2014", "2015", "2016",
+                                "2017", "2018", "2019"});
+  }
+  const auto crash = as<WorkerCrashed>(a1->errors[threw ? 1 : 0].error);
+  CHECK(crash.pid() == 101);
+  CHECK(crash.signal() == SIGSEGV);
+  REQUIRE(crash.stack().size() == 2);
+  CHECK(crash.stack()[0].function == "crashing(int)");
+  CHECK(!a->finished());
+
+  rig.reply(2);  // a2
+  rig.reply(2);  // b0
+  CHECK(Rig::states(a) == std::vector<std::string>{"done", "done", "done"});
+  CHECK(a->finished());
+  CHECK(rig.scheduler.idle());
+  CHECK(rig.stats().chunksSent == 6);
+  CHECK(rig.stats().itemsSent == 10 + 10 + 1 + 6 + 1 + 1);
+}
+
+TEST_CASE(
+    "with crashRetries 1 the item a worker crashed in goes out again alone and first; it fails "
+    "when its retry crashes too, and gets its result when the retry succeeds") {
+  auto options = limits(1, 3);
+  options.crashRetries = 1;
+  Rig rig(options);
+  rig.add(1);
+  auto a = rig.call("a");
+  auto b = rig.call("b");
+  rig.submit(a, 10);
+  rig.submit(a, 10);  // items 10-19
+  rig.submit(b);
+  CHECK(rig.assign() == Sent{"a0@1", "a1@1", "b0@1"});
+  rig.reply(1, repliedFor(0, 10));
+
+  rig.scheduler.workerLost(1, withLog(crashed(SIGSEGV, 3), logged(10, 10, 3, 3)));
+  CHECK(rig.stats().chunksRetried == 1);
+  CHECK(Rig::state(a, 1) == "pending");
+  rig.add(2);
+  CHECK(rig.assign() == Sent{"items 13@2", "items 14-19@2", "b0@2"});
+
+  SECTION("its retry crashes too: it fails, naming the retry's worker") {
+    rig.scheduler.workerLost(2, withLog(crashed(SIGABRT, 0), logged(13, 1, 0, 0)));
+    CHECK(rig.stats().chunksRetried == 1);
+    CHECK(Rig::state(a, 1) == "pending");  // items 14-19 were behind it: never to blame
+    rig.add(3);
+    CHECK(rig.assign() == Sent{"items 14-19@3", "b0@3"});
+    rig.reply(3, repliedFor(14, 6));
+    const ChunkOutcome* a1 = Rig::outcome(a, 1);
+    REQUIRE(a1 != nullptr);
+    CHECK(itemsOf(*a1) == Items{"1010", "1011", "1012", "WorkerCrashed(13)", "2014", "2015", "2016",
+                                "2017", "2018", "2019"});
+    const auto crash = as<WorkerCrashed>(a1->errors[0].error);
+    CHECK(crash.pid() == 102);
+    CHECK(crash.signal() == SIGABRT);
+  }
+  SECTION("its retry succeeds") {
+    rig.reply(2, repliedFor(13, 1));
+    CHECK(Rig::state(a, 1) == "pending");  // items 14-19 are still out
+    rig.reply(2, repliedFor(14, 6));
+    const ChunkOutcome* a1 = Rig::outcome(a, 1);
+    REQUIRE(a1 != nullptr);
+    CHECK(itemsOf(*a1) ==
+          Items{"1010", "1011", "1012", "2013", "2014", "2015", "2016", "2017", "2018", "2019"});
+    CHECK(rig.stats().chunksRetried == 1);
+  }
+}
+
+TEST_CASE(
+    "a worker lost after the last item of its chunk: the chunk ends with what its log holds, "
+    "and nothing of it goes out again") {
+  Rig rig(limits(1, 2));
+  rig.add(1);
+  auto a = rig.call("a");
+  rig.submit(a, 10);
+  rig.submit(a, 10);  // items 10-19
+  rig.submit(a, 1);
+  CHECK(rig.assign() == Sent{"a0@1", "a1@1"});
+  rig.reply(1, repliedFor(0, 10));
+  CHECK(rig.assign() == Sent{"a2@1"});
+
+  PartialReply log = logged(10, 10, 10, 10);
+  log.outcome.errors.push_back({5, "std::runtime_error", "bad input", nullptr});
+  rig.scheduler.workerLost(1, withLog(killedBy(SIGKILL), log));
+  const ChunkOutcome* a1 = Rig::outcome(a, 1);
+  REQUIRE(a1 != nullptr);
+  CHECK(itemsOf(*a1) == Items{"1010", "1011", "1012", "1013", "1014", "threw std::runtime_error",
+                              "1016", "1017", "1018", "1019"});
+  CHECK(a1->firstItem == 10);
+  CHECK(a1->workerPid == 101);
+  CHECK(describe(itemError(a->task(), *a1, a1->errors[0])) == "TaskError(15)");
+  CHECK(rig.stats().chunksRetried == 0);
+
+  CHECK(rig.scheduler.queued() == 1);  // a2, behind it
+  rig.add(2);
+  CHECK(rig.assign() == Sent{"a2@2"});
+}
+
+TEST_CASE(
+    "items a lost worker had run whose results did not fit its log go out again, not failed; "
+    "only the item it was running fails") {
+  Rig rig(limits(1, 3));
+  rig.add(1);
+  auto a = rig.call("a");
+  rig.submit(a, 10);
+  rig.submit(a, 10);  // items 10-19
+  CHECK(rig.assign() == Sent{"a0@1", "a1@1"});
+  rig.reply(1, repliedFor(0, 10));
+
+  // Its log holds 10-12; it had run 13-15 too, and was running 16.
+  WorkerEnd end;
+  SECTION("its crash report names the item") {
+    end = crashed(SIGSEGV, 6);
+  }
+  SECTION("it was killed without a report") {
+    end = killedBy(SIGKILL);
+  }
+  rig.scheduler.workerLost(1, withLog(end, logged(10, 10, 3, 6)));
+  rig.add(2);
+  CHECK(rig.assign() == Sent{"items 13-15@2", "items 17-19@2"});
+  rig.reply(2, repliedFor(13, 3));
+  CHECK(Rig::state(a, 1) == "pending");
+  rig.reply(2, repliedFor(17, 3));
+  const ChunkOutcome* a1 = Rig::outcome(a, 1);
+  REQUIRE(a1 != nullptr);
+  CHECK(itemsOf(*a1) == Items{"1010", "1011", "1012", "2013", "2014", "2015", "WorkerCrashed(16)",
+                              "2017", "2018", "2019"});
+}
+
+TEST_CASE(
+    "a worker that broke the protocol fails its whole running chunk with ProtocolError, "
+    "whatever its log holds, and it is not retried") {
+  auto options = limits(1, 3);
+  options.crashRetries = 1;
+  Rig rig(options);
+  rig.add(1);
+  auto a = rig.call("a");
+  auto b = rig.call("b");
+  rig.submit(a, 10);
+  rig.submit(a, 10);
+  rig.submit(b);
+  CHECK(rig.assign() == Sent{"a0@1", "a1@1", "b0@1"});
+  rig.reply(1, repliedFor(0, 10));
+
+  rig.scheduler.workerLost(
+      1, withLog(violated("sent a ChunkDone for a run it was not sent"), logged(10, 10, 3, 3)));
+  CHECK(Rig::states(a) == std::vector<std::string>{"done", "ProtocolError"});
+  CHECK(std::string(Rig::error<ProtocolError>(a, 1).what()) ==
+        "worker 101 sent a ChunkDone for a run it was not sent; it was killed while running "
+        "demo.work");
+  CHECK(rig.stats().chunksRetried == 0);
+  CHECK(rig.scheduler.queued() == 1);  // b0, behind it; nothing of a1
+  rig.add(2);
+  CHECK(rig.assign() == Sent{"b0@2"});
+}
+
+TEST_CASE(
+    "cancelling a call whose lost chunk is in parts ends every part, and the chunk once, with "
+    "its unfinished items Cancelled") {
+  auto options = limits(1, 1);
+  options.crashRetries = 1;
+  Rig rig(options);
+  rig.add(1);
+  auto a = rig.call("a");
+  auto b = rig.call("b");
+  rig.submit(a, 10);
+  rig.submit(a, 10);  // items 10-19
+  rig.submit(b);
+  a->seal();
+  CHECK(rig.assign() == Sent{"a0@1"});
+  rig.reply(1, repliedFor(0, 10));
+  CHECK(rig.assign() == Sent{"a1@1"});
+  rig.scheduler.workerLost(1, withLog(crashed(SIGSEGV, 3), logged(10, 10, 3, 3)));
+  rig.add(2);
+  CHECK(rig.assign() == Sent{"items 13@2"});  // the retry runs; 14-19 and b0 wait
+  CHECK(rig.scheduler.queued() == 2);
+
+  SECTION("with the part that runs") {
+    CHECK(rig.scheduler.cancel(a.get(), /*running=*/true) == std::vector<WorkerId>{2});
+    const ChunkOutcome* a1 = Rig::outcome(a, 1);
+    REQUIRE(a1 != nullptr);
+    CHECK(itemsOf(*a1) == Items{"1010", "1011", "1012", "Cancelled", "Cancelled", "Cancelled",
+                                "Cancelled", "Cancelled", "Cancelled", "Cancelled"});
+    CHECK(std::string(as<Cancelled>(a1->errors[0].error).what()) ==
+          "cancelled while it ran; its worker was killed and replaced");
+    CHECK(std::string(as<Cancelled>(a1->errors[1].error).what()) == "cancelled before it ran");
+    CHECK(a->finished());
+    CHECK(rig.scheduler.queued() == 1);  // b0
+
+    rig.reply(2, repliedFor(13, 1));  // answered before the kill reached it: dropped
+    CHECK(itemsOf(*Rig::outcome(a, 1))[3] == "Cancelled");
+    rig.scheduler.workerLost(2, killedBy(SIGKILL));
+    CHECK(rig.scheduler.queued() == 1);
+    rig.add(3);
+    CHECK(rig.assign() == Sent{"b0@3"});
+  }
+  SECTION("only the queued parts") {
+    CHECK(rig.scheduler.cancel(a.get(), /*running=*/false).empty());
+    CHECK(Rig::state(a, 1) == "pending");  // its part on worker 2 runs to completion
+    CHECK(!a->finished());
+    rig.reply(2, repliedFor(13, 1));
+    const ChunkOutcome* a1 = Rig::outcome(a, 1);
+    REQUIRE(a1 != nullptr);
+    CHECK(itemsOf(*a1) == Items{"1010", "1011", "1012", "2013", "Cancelled", "Cancelled",
+                                "Cancelled", "Cancelled", "Cancelled", "Cancelled"});
+    CHECK(a->finished());
+    CHECK(rig.assign() == Sent{"b0@2"});
+  }
+}
+
 // --- timeouts ------------------------------------------------------------------------------------
 
 TEST_CASE(
@@ -689,6 +1096,117 @@ TEST_CASE("a chunk without a timeout never times out") {
   CHECK(rig.scheduler.nextDeadline() == Clock::time_point::max());
   CHECK(rig.scheduler.timedOut(T0 + 24h).empty());
   CHECK(Rig::state(a, 0) == "pending");
+}
+
+TEST_CASE(
+    "a worker that says which item it runs has each item timed; the item past its timeout "
+    "fails with TaskTimeout once its worker is gone, and the items it finished keep their "
+    "results") {
+  auto options = limits(1, 3);
+  options.crashRetries = 1;  // a timed-out item is not retried
+  Rig rig(options);
+  rig.add(1, /*itemProgress=*/true);
+  auto a = rig.call("a", 100ms);
+  auto b = rig.call("b");
+  rig.submit(a, 2);
+  rig.submit(a, 10);  // items 2-11
+  rig.submit(b);
+  CHECK(rig.assign(T0) == Sent{"a0@1", "a1@1", "b0@1"});
+  rig.reply(1, repliedFor(0, 2), T0 + 10ms);  // a1 starts at 10 ms
+
+  // Until it says, it is asked when an item that started with the chunk would be due: the
+  // timeout once, not times the chunk's items.
+  CHECK(rig.scheduler.nextDeadline() == T0 + 110ms);
+  CHECK(rig.scheduler.due(T0 + 109ms).empty());
+  CHECK(rig.scheduler.due(T0 + 110ms) == std::vector<WorkerId>{1});
+  // It runs the chunk's item 4 (the call's 6), since 300 ms.
+  rig.scheduler.observe(1, ItemProgress{4, T0 + 300ms});
+  CHECK(rig.scheduler.nextDeadline() == T0 + 400ms);
+  CHECK(rig.scheduler.due(T0 + 399ms).empty());
+  CHECK(rig.scheduler.timedOut(T0 + 399ms).empty());
+  CHECK(rig.scheduler.due(T0 + 400ms) == std::vector<WorkerId>{1});
+  CHECK(rig.scheduler.timedOut(T0 + 400ms) == std::vector<WorkerId>{1});
+
+  // Nothing fails yet: what it finished is known once it is gone. b0, behind it, goes out
+  // again at once, and the worker is being stopped.
+  CHECK(Rig::state(a, 1) == "pending");
+  CHECK(rig.stats().chunksTimedOut == 1);
+  CHECK(rig.scheduler.held(1) == 1);
+  CHECK(rig.scheduler.queued() == 1);
+  CHECK(!rig.scheduler.canServe());
+  CHECK(rig.scheduler.nextDeadline() == Clock::time_point::max());
+  CHECK(rig.scheduler.timedOut(T0 + 1h).empty());
+  rig.add(2);
+  CHECK(rig.assign(T0 + 401ms) == Sent{"b0@2"});
+
+  SECTION("it was still running that item: only that one fails") {
+    rig.scheduler.workerLost(1, withLog(killedBy(SIGTERM), logged(2, 10, 4, 4)));
+    CHECK(rig.assign(T0 + 402ms) == Sent{"items 7-11@2"});
+    rig.reply(2);  // b0
+    CHECK(Rig::state(a, 1) == "pending");
+    rig.reply(2, repliedFor(7, 5));
+    const ChunkOutcome* a1 = Rig::outcome(a, 1);
+    REQUIRE(a1 != nullptr);
+    CHECK(itemsOf(*a1) == Items{"1002", "1003", "1004", "1005", "TaskTimeout(6)", "2007", "2008",
+                                "2009", "2010", "2011"});
+    const auto e = as<TaskTimeout>(a1->errors[0].error);
+    CHECK(e.timeoutMs() == 100);
+    CHECK_THAT(e.what(), Catch::Contains("101"));
+    CHECK(rig.stats().chunksRetried == 0);
+  }
+  SECTION("it finished that item after all, and was stopped in the next: that one goes out again") {
+    rig.scheduler.workerLost(1, withLog(killedBy(SIGTERM), logged(2, 10, 5, 5)));
+    CHECK(rig.assign(T0 + 402ms) == Sent{"items 7@2", "items 8-11@2"});
+    rig.reply(2);  // b0
+    rig.reply(2, repliedFor(7, 1));
+    CHECK(Rig::state(a, 1) == "pending");
+    rig.reply(2, repliedFor(8, 4));
+    const ChunkOutcome* a1 = Rig::outcome(a, 1);
+    REQUIRE(a1 != nullptr);
+    CHECK(itemsOf(*a1) ==
+          Items{"1002", "1003", "1004", "1005", "1006", "2007", "2008", "2009", "2010", "2011"});
+    CHECK(rig.stats().chunksRetried == 0);
+  }
+  CHECK(rig.stats().chunksTimedOut == 1);
+  CHECK(rig.scheduler.idle());
+}
+
+TEST_CASE(
+    "a worker that does not say which item it runs has its chunk timed whole; past its items "
+    "times the timeout the whole chunk fails at once, whatever its log holds later") {
+  Rig rig(limits(1, 2));
+  auto a = rig.call("a", 100ms);
+  auto b = rig.call("b");
+  bool itemProgress = false;
+  SECTION("a worker without item progress (a remote one)") {}
+  SECTION("a worker with item progress that says nothing of this chunk (run as one call)") {
+    itemProgress = true;
+  }
+  rig.add(1, itemProgress);
+  rig.submit(a, 2);
+  rig.submit(a, 10);  // items 2-11
+  rig.submit(b);
+  CHECK(rig.assign(T0) == Sent{"a0@1", "a1@1"});
+  rig.reply(1, repliedFor(0, 2), T0 + 10ms);
+  CHECK(rig.assign(T0 + 10ms) == Sent{"b0@1"});
+  if (itemProgress) {
+    CHECK(rig.scheduler.due(T0 + 110ms) == std::vector<WorkerId>{1});
+    rig.scheduler.observe(1, std::nullopt);
+  }
+  CHECK(rig.scheduler.due(T0 + 2h).empty());
+  CHECK(rig.scheduler.nextDeadline() == T0 + 1010ms);
+  CHECK(rig.scheduler.timedOut(T0 + 1009ms).empty());
+  CHECK(rig.scheduler.timedOut(T0 + 1010ms) == std::vector<WorkerId>{1});
+  const auto e = Rig::error<TaskTimeout>(a, 1);
+  CHECK(!e.item());
+  CHECK_THAT(e.what(), Catch::Contains("a chunk of 10 items"));
+  CHECK(rig.scheduler.queued() == 1);  // b0
+
+  rig.scheduler.workerLost(1, withLog(killedBy(SIGTERM), logged(2, 10, 4, 4)));
+  CHECK(Rig::state(a, 1) == "TaskTimeout");
+  CHECK(rig.scheduler.queued() == 1);
+  rig.add(2);
+  CHECK(rig.assign(T0 + 1011ms) == Sent{"b0@2"});
 }
 
 // --- cancelling ----------------------------------------------------------------------------------
