@@ -4,10 +4,14 @@
 //                      valid arguments) and DIR/host/* (the Hello and the ChunkDone replies a
 //                      real WorkerSession gives to those Runs, each after its item-count byte)
 //                      and DIR/preamble/* (a remote worker's preamble, and two refused ones)
+//                      and DIR/log/* (the reply log a real WorkerSession leaves of each of
+//                      those Runs, as fuzz_log reads it: whole, and as if the worker had died
+//                      at each of its items)
 //
 // Starting from valid messages lets the fuzzers reach the deep paths (argument and result
 // decoding) at once instead of rediscovering the framing first.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -20,11 +24,13 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include "fuzz_support.h"
 #include "geometry.capnp.h"
 #include "plugpool/codec.h"
-#include "wire.capnp.h"
-#include "fuzz_support.h"
+#include "reply_log.h"
+#include "shared_memory.h"
 #include "tcp.h"
+#include "wire.capnp.h"
 #include "worker.h"
 
 namespace {
@@ -64,6 +70,7 @@ class SeedWriter {
     ::mkdir((dir_ + "/worker").c_str(), 0755);
     ::mkdir((dir_ + "/host").c_str(), 0755);
     ::mkdir((dir_ + "/preamble").c_str(), 0755);
+    ::mkdir((dir_ + "/log").c_str(), 0755);
     capnp::MallocMessageBuilder builder;
     auto setup = builder.initRoot<wire::HostMessage>().initSetup();
     setup.setProtocolVersion(wire::PROTOCOL_VERSION);
@@ -81,6 +88,7 @@ class SeedWriter {
     }
     writeFile(dir_ + "/host/hello", std::string(1, '\x80'), capnp::messageToFlatArray(*hello));
     tasks_ = session_.plugins().at(0).tasks;
+    setUpLogged(builder);
   }
 
   // Writes a Run of `task` over `items` (each a tuple of the task's argument values) and the
@@ -105,6 +113,7 @@ class SeedWriter {
     auto done = session_.run(reader);
     writeFile(dir_ + "/host/" + task, std::string(1, static_cast<char>(items.size())),
               capnp::messageToFlatArray(*done));
+    logged(task, builder);
   }
 
   // Writes DIR/preamble/*: the preamble fuzz_preamble accepts (split at each of a few
@@ -148,9 +157,65 @@ class SeedWriter {
     std::exit(1);
   }
 
+  // A second worker, set up as a local one is (its two regions and a reply log), whose
+  // replies are built in `log_`.
+  void setUpLogged(capnp::MallocMessageBuilder& message) {
+    auto setup = message.getRoot<wire::HostMessage>().getSetup();
+    inbound_ = SharedRegion::create(SHARED_SEGMENT_BYTES, true);
+    outbound_ = SharedRegion::create(SHARED_SEGMENT_BYTES, false);
+    log_ = SharedRegion::create(REPLY_LOG_BYTES, false, "plugpool-log");
+    setup.setSharedMemory(true);
+    setup.setReplyLog(true);
+    std::vector<UniqueFd> descriptors;
+    for (const auto* region : {&inbound_, &outbound_, &log_}) {
+      descriptors.emplace_back(::dup((*region)->fd()));
+    }
+    auto flat = capnp::messageToFlatArray(message);
+    capnp::FlatArrayMessageReader reader(flat);
+    auto hello = logSession_.setUp(reader, std::move(descriptors));
+    if (!hello->getRoot<wire::WorkerMessage>().getHello().getReplyLog()) {
+      std::fprintf(stderr, "fuzz-seeds: the worker did not take the reply log\n");
+      std::exit(1);
+    }
+  }
+
+  // Runs `run` (a Run message) in the logged worker, timing its items, and writes the log it
+  // leaves: DIR/log/TASK as it is once the chunk has run, and DIR/log/TASK-died-in-K and
+  // TASK-reported-K as if the worker had died running item K (the header says K is running,
+  // or its crash report does; the message is the same). Each is the header's words 1 to 6,
+  // then the data the reply used.
+  void logged(const std::string& task, capnp::MallocMessageBuilder& run) {
+    run.getRoot<wire::HostMessage>().getRun().setItemStartTimes(true);
+    auto flat = capnp::messageToFlatArray(run);
+    capnp::FlatArrayMessageReader reader(flat);
+    auto done = logSession_.run(reader);
+    const auto used = done->getSegmentsForOutput()[0];
+    std::uint64_t header[6];
+    for (std::size_t i = 0; i < 6; ++i) header[i] = log_->headerWord(LOG_RUN + i).load();
+    const unsigned items = static_cast<unsigned>(header[LOG_ITEMS - 1]);
+    const auto data = log_->words(0, used.size()).asBytes();
+    auto write = [&](const std::string& name) {
+      std::string bytes(reinterpret_cast<const char*>(header), sizeof header);
+      bytes.append(data.begin(), data.end());
+      writeBytes(dir_ + "/log/" + name, bytes);
+    };
+    write(task);
+    for (unsigned k = 0; k < items; ++k) {
+      header[LOG_RUNNING - 1] = k;
+      write(task + "-died-in-" + std::to_string(k));
+      // A chunk entry that does not say which item runs, and a crash report that does
+      // (fuzz_log reads it from the high half).
+      header[LOG_RUNNING - 1] = (std::uint64_t{k} + 1) << 32 | LOG_ITEM_UNKNOWN;
+      write(task + "-reported-" + std::to_string(k));
+    }
+    logSession_.replySent();  // the log takes the next reply from its start
+  }
+
   std::string dir_;
   WorkerSession session_;
   std::vector<TaskInfo> tasks_;
+  std::shared_ptr<SharedRegion> inbound_, outbound_, log_;
+  WorkerSession logSession_;
 };
 
 }  // namespace
