@@ -891,6 +891,33 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "a worker lost before it began its chunk (between two) blames nothing: the chunk goes out "
+    "again, first, up to MAX_UNSTARTED times; then it fails whole") {
+  Rig rig(limits(1, 2));
+  auto a = rig.call("a");
+  rig.submit(a, 10);
+  rig.submit(a, 1);  // behind it, queued
+  PartialReply none;
+  none.started = false;
+  WorkerId w = 1;
+  for (unsigned loss = 0; loss < Scheduler::MAX_UNSTARTED; ++loss, ++w) {
+    rig.add(w);
+    const std::string at = "@" + std::to_string(w);
+    CHECK(rig.assign() == Sent{"a0" + at, "a1" + at});
+    rig.scheduler.workerLost(w, withLog(killedBy(SIGKILL), none));
+    CHECK(Rig::outcome(a, 0) == nullptr);  // not failed: it never ran
+    CHECK(rig.scheduler.queued() == 2);
+  }
+  rig.add(w);
+  CHECK(rig.assign() == Sent{"a0@" + std::to_string(w), "a1@" + std::to_string(w)});
+  rig.scheduler.workerLost(w, withLog(killedBy(SIGKILL), none));
+  const ChunkOutcome* a0 = Rig::outcome(a, 0);
+  REQUIRE(a0 != nullptr);
+  CHECK(describe(a0->failure) == "WorkerCrashed");
+  CHECK(rig.stats().chunksRetried == 0);
+}
+
+TEST_CASE(
     "items a lost worker had run whose results did not fit its log go out again, not failed; "
     "only the item it was running fails") {
   Rig rig(limits(1, 3));

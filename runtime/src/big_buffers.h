@@ -65,6 +65,8 @@ class BigSegmentBuilder : private big_buffers::Segments, public capnp::MallocMes
   void placeIn(SharedRegion* region) { region_ = region; }
   // The message was sent with its segment in the region: the receiver releases it now.
   void handOver() { claimed_ = false; }
+  // Whether a segment is in the region placeIn() named.
+  bool inRegion() const { return claimed_; }
   // Builds the message's first segment in `first` (zeroed words, such as a reply log's,
   // reply_log.h), however large it is asked to be; later segments are allocated as above.
   // Call before building.

@@ -305,6 +305,10 @@ bool Core::windDown() {
 }
 
 void Core::poll() {
+  // Replies the workers logged (reply_log.h) come without a system call: take them first, and
+  // do not sleep if there were any (the round that follows has work to send).
+  bool took = false;
+  for (auto& w : slots_) took = w.link->takeLogged() || took;
   fds_.clear();
   fds_.push_back({mailbox_.fd(), POLLIN, 0});
   watched_.clear();
@@ -322,13 +326,27 @@ void Core::poll() {
     auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - Clock::now()).count();
     timeout = static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
   }
+  if (took) timeout = 0;
+  auto logged = [&] {
+    return std::any_of(slots_.begin(), slots_.end(),
+                       [](const Worker& w) { return w.link->hasLogged(); });
+  };
   int n = 0;
   if (timeout != 0 && scheduler_.loneChunk()) {
     // One chunk out and nothing else to do (an apply): watch for its reply before sleeping,
     // as its caller does, so the reply is not delayed by this thread's own wake-up.
-    watchBriefly([&] { return (n = ::poll(fds_.data(), fds_.size(), 0)) != 0; });
+    watchBriefly([&] { return logged() || (n = ::poll(fds_.data(), fds_.size(), 0)) != 0; });
+  }
+  bool waiting = false;
+  if (n == 0 && timeout != 0) {
+    // Each worker is told to wake this thread when it logs a reply; one logged meanwhile
+    // means no sleep (an eventcount).
+    waiting = true;
+    for (auto& w : slots_) waiting = w.link->mayWait() && waiting;
+    if (!waiting) timeout = 0;
   }
   if (n == 0) n = ::poll(fds_.data(), fds_.size(), timeout);
+  for (auto& w : slots_) w.link->awake();
   if (n < 0 && errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
   if (n <= 0) return;
   if ((fds_[0].revents & POLLIN) != 0) mailbox_.clearWake();
@@ -357,7 +375,8 @@ void Core::received(WorkerLink& link, HostSession::Incoming&& message) {
     case HostSession::Incoming::REPLY:
       return scheduler_.replied(w->id, std::move(message.outcome), Clock::now());
     case HostSession::Incoming::CRASH:
-      return;  // the link keeps it for its end
+    case HostSession::Incoming::WAKE:
+      return;  // the link keeps a crash report for its end; a wake-up only woke it
   }
 }
 

@@ -64,6 +64,9 @@ HostSession::Incoming HostSession::receive(std::shared_ptr<Received> message) {
       case wire::WorkerMessage::CHUNK_DONE:
         if (!hello_) throw ProtocolViolation("sent ChunkDone before Hello");
         return receiveChunkDone(root.getChunkDone(), std::move(message));
+      case wire::WorkerMessage::LOGGED:
+        if (!replyLog_) throw ProtocolViolation("sent a wake-up without a reply log");
+        return Incoming{Incoming::WAKE, {}, {}, {}, {}};
       case wire::WorkerMessage::CRASH: {
         if (crashed_) throw ProtocolViolation("sent Crash twice");
         crashed_ = true;

@@ -55,6 +55,7 @@ class HostSession {
       INITIALIZED,  // `outcome`: the initializer's answer (its errors say if it failed)
       REPLY,        // `outcome`: a chunk's results; keepAlive is the message
       CRASH,        // `crash`: what a worker dying of a fatal signal said
+      WAKE,         // nothing: replies wait in the reply log's ring (reply_log.h)
     } kind;
     HelloContent hello;
     ChunkOutcome outcome;
@@ -81,6 +82,8 @@ class HostSession {
     unsigned items;
   };
   std::optional<Running> running() const;
+  // The id the next reply must answer (the oldest unanswered run's); 0 if none.
+  std::uint64_t nextAnswer() const { return sent_.empty() ? 0 : sent_.front().id; }
   // Runs sent and not yet answered (the initializer's included).
   std::size_t unanswered() const { return sent_.size(); }
 

@@ -12,12 +12,15 @@
 #include <utility>
 #include <vector>
 
+#include <kj/exception.h>
+
 #include "big_buffers.h"
 #include "framing.h"
 #include "plugpool/errors.h"
 #include "reply_log.h"
 #include "shared_memory.h"
 #include "termination.h"
+#include "wire.capnp.h"
 #include "worker.h"
 
 namespace plugpool::detail {
@@ -86,6 +89,42 @@ class ProcessLink final : public WorkerLink {
   int pid() const override { return process_.pid; }
 
   bool logsReplies() const override { return log_ && session_.replyLog(); }
+
+  bool takeLogged() override {
+    if (!logsReplies() || !channelOpen_ || !violation_.empty()) return false;
+    bool took = false;
+    while (channelOpen_ && violation_.empty()) {
+      if (!logged_) {
+        try {
+          auto frame = takeRingReply(*log_, session_.maxWords());
+          if (!frame) break;
+          logged_ = std::make_shared<Received>(std::move(*frame));
+        } catch (const ProtocolViolation& e) {
+          violate(e.what());
+          break;
+        }
+      }
+      // A reply to a later run than the oldest unanswered one waits for those before it:
+      // they come on the channel.
+      if (answersLater(*logged_)) break;
+      handle(std::move(logged_));
+      logged_.reset();
+      took = true;
+    }
+    return took;
+  }
+
+  bool hasLogged() const override { return logsReplies() && channelOpen_ && ringHasReplies(*log_); }
+
+  bool mayWait() override {
+    if (!logsReplies() || !channelOpen_) return true;
+    sleeping(*log_, true);
+    return !ringHasReplies(*log_);
+  }
+
+  void awake() override {
+    if (logsReplies()) sleeping(*log_, false);
+  }
 
   std::optional<ItemProgress> progress() const override {
     if (!log_ || !session_.replyLog() || ended_) return std::nullopt;
@@ -208,7 +247,10 @@ class ProcessLink final : public WorkerLink {
         return false;  // ECONNRESET and the like: the worker is gone
       }
       if (status == FrameReader::Status::AGAIN) return true;
-      if (status == FrameReader::Status::END) return false;
+      if (status == FrameReader::Status::END) {
+        takeLogged();  // what it logged before it closed the channel
+        return false;
+      }
       handleMessage(std::move(words));
       if (!violation_.empty()) return false;
       if (!channelOpen_) return true;  // the pool stopped it as it answered (a load error)
@@ -216,10 +258,34 @@ class ProcessLink final : public WorkerLink {
   }
 
   void handleMessage(kj::Array<capnp::word> words) {
+    // What the worker logged before it wrote this goes first (and is all there: the write
+    // came after).
+    takeLogged();
+    if (!violation_.empty()) return;
+    std::shared_ptr<Received> received;
+    try {
+      received = std::make_shared<Received>(std::move(words), reader_.peerRegion());
+      if (received->shared()) noteShared();
+    } catch (const ProtocolViolation& e) {
+      return violate(e.what());
+    }
+    handle(std::move(received));
+  }
+
+  // Whether `reply` (from the ring) answers a later run than the one the next reply must.
+  bool answersLater(Received& reply) {
+    try {
+      auto root = reply.reader().getRoot<wire::WorkerMessage>();
+      return root.isChunkDone() && session_.nextAnswer() != 0 &&
+             root.getChunkDone().getId() > session_.nextAnswer();
+    } catch (const kj::Exception&) {
+      return false;  // malformed: handle() says so
+    }
+  }
+
+  void handle(std::shared_ptr<Received> received) {
     HostSession::Incoming in;
     try {
-      auto received = std::make_shared<Received>(std::move(words), reader_.peerRegion());
-      if (received->shared()) noteShared();
       in = session_.receive(std::move(received));
     } catch (const ProtocolViolation& e) {
       return violate(e.what());
@@ -238,6 +304,8 @@ class ProcessLink final : public WorkerLink {
         crash_ = std::move(in.crash);
         crashItem_ = in.crashItem;
         return;
+      case HostSession::Incoming::WAKE:
+        return;  // takeLogged() has taken what it woke us for
       case HostSession::Incoming::INITIALIZED:
       case HostSession::Incoming::REPLY:
         break;
@@ -293,8 +361,12 @@ class ProcessLink final : public WorkerLink {
   }
 
   void reap() {
-    // Replies written just before the worker died are still in the socket: take them first.
-    if (channelOpen_ && violation_.empty()) drain();
+    // Replies written just before the worker died are still in the socket and its log's
+    // ring: take them first.
+    if (channelOpen_ && violation_.empty()) {
+      drain();
+      takeLogged();
+    }
     // Whatever its tasks started and left in its group (a forked copy, a `sleep &`) ends with
     // it, whichever way it ended; before waitpid, while its zombie still holds the group's id.
     signalGroup(SIGKILL);
@@ -385,6 +457,7 @@ class ProcessLink final : public WorkerLink {
   // pages worth giving back.
   std::shared_ptr<SharedRegion> toWorker_, toHost_;
   std::shared_ptr<SharedRegion> log_;  // the worker's reply log (reply_log.h)
+  std::shared_ptr<Received> logged_;   // taken from its ring, waiting for earlier replies
   std::optional<Clock::time_point> sharedSince_;
   std::string violation_;  // why it was stopped, if it broke the protocol
   // Its stream ended inside a message (TruncatedStream): until `endBy`, its own death (it was

@@ -30,7 +30,10 @@ namespace plugpool::detail {
 // in ordinary memory, and a large result (SHARED_SEGMENT_BYTES or more) in the worker's
 // region for large segments, as without a log, where the host reads it without a copy; the
 // items whose results are not wholly in the log are run again if the worker dies.
-inline constexpr std::size_t REPLY_LOG_BYTES = SHARED_SEGMENT_BYTES;
+// The data's second half, as much again, is the ring of finished replies (below).
+inline constexpr std::size_t REPLY_LOG_BYTES = 2 * SHARED_SEGMENT_BYTES;
+// A finished reply larger than this goes through the channel, not the ring.
+inline constexpr std::size_t RING_MAX_FRAME_WORDS = 8192;
 
 // The header's words (wire.capnp).
 enum ReplyLogWord : std::size_t {
@@ -40,6 +43,10 @@ enum ReplyLogWord : std::size_t {
   LOG_ERRORS = 4,
   LOG_STARTED = 5,
   LOG_WORDS = 6,
+  LOG_HEAD = 7,      // words ever appended to the ring (the worker's)
+  LOG_TAIL = 8,      // words ever taken from it (the host's)
+  LOG_SLEEPING = 9,  // 1: the host may be asleep; the worker that appends wakes it
+  LOG_OPAQUE = 10,   // 1: `running` is not kept for this run (a chunk entry without it)
 };
 inline constexpr std::uint32_t LOG_ITEM_UNKNOWN = 0xffffffff;
 
@@ -52,7 +59,10 @@ class ReplyLogWriter {
 
   // Run `run` of `items` items starts: returns the zeroed words its reply's first segment is
   // to be built in. `timed`: running() publishes each item's start time.
-  kj::ArrayPtr<capnp::word> begin(std::uint64_t run, unsigned items, bool timed);
+  // `opaque`: the run's running item is not written here (a plugin's chunk entry without
+  // abi.h convention 11), so a death costs its whole chunk.
+  kj::ArrayPtr<capnp::word> begin(std::uint64_t run, unsigned items, bool timed,
+                                  bool opaque = false);
   // Item `index` starts: every item before it has run, its result wholly written. `items`
   // once all have run.
   void running(unsigned index) {
@@ -68,6 +78,14 @@ class ReplyLogWriter {
   // took of the segment are zeroed for the next one.
   void end(std::size_t usedWords);
 
+  // Appends `reply`'s frame (wire.capnp's stream framing, all its segments inline) to the
+  // ring of finished replies, where the host takes it without a system call; false (nothing
+  // written) if it is larger than RING_MAX_FRAME_WORDS or the ring has no room for it now.
+  bool append(capnp::MessageBuilder& reply);
+  // Whether the host may be asleep (it said so, and nobody has woken it since): then the
+  // caller wakes it through the channel. Clears the flag: one wake-up per sleep.
+  bool hostSleeping();
+
  private:
   void publish(std::size_t word, std::uint64_t value) {
     log_->headerWord(word).store(value, std::memory_order_release);
@@ -78,9 +96,18 @@ class ReplyLogWriter {
   static std::uint64_t monotonicNs();
 
   std::shared_ptr<SharedRegion> log_;
-  kj::ArrayPtr<capnp::word> data_;
+  kj::ArrayPtr<capnp::word> data_;  // the first half: where a reply is built
+  kj::ArrayPtr<capnp::word> ring_;  // the second half
   bool timed_ = false;
 };
+
+// The host's side of the ring: whether it holds a reply, and the next one, copied out (its
+// room is free again). Throws ProtocolViolation for a record that breaks the format or is
+// larger than `maxWords`. The host says it may sleep with sleeping(true) before it waits,
+// then checks the ring once more (an eventcount), and sleeping(false) when it wakes.
+bool ringHasReplies(const SharedRegion& log);
+std::optional<kj::Array<capnp::word>> takeRingReply(SharedRegion& log, std::uint64_t maxWords);
+void sleeping(SharedRegion& log, bool asleep);
 
 // What a dead worker's log holds of run `run` (of `items` items): the results of the items it
 // had finished (outcome.results, its first `finished` elements; outcome.errors, those of them
@@ -88,12 +115,15 @@ class ReplyLogWriter {
 // those whose results cannot be read wholly from the log (they outgrew it) and the ones after
 // them count as not finished. `crashItem`: the running item its crash report named, for a
 // plugin that writes it only there (abi.h convention 10). Null if the log holds nothing of
-// that run, or nothing that passes the checks of a reply from the channel
+// that run, or nothing that passes the checks of a reply from the channel (a worker that had
+// not begun it yet, whose log names no run or an earlier one, gives one with started false)
 // (decodePartialChunkDone). The outcome's keepAlive holds the log. Never throws.
 struct PartialReply {
   ChunkOutcome outcome;
   unsigned finished = 0;
   unsigned running = 0;  // >= finished; `items` if it had run them all
+  // False: the worker had not begun the run (it died between runs): none of it ran.
+  bool started = true;
 };
 std::optional<PartialReply> readPartial(const std::shared_ptr<SharedRegion>& log, std::uint64_t run,
                                         unsigned items, std::uint64_t maxWords,

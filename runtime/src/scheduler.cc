@@ -403,7 +403,13 @@ void Scheduler::workerLost(WorkerId id, const WorkerEnd& e) {
     } else if (!e.violation.empty()) {
       end(h, errorPtr<ProtocolError>("worker " + std::to_string(w.pid) + " " + e.violation +
                                      "; it was killed while running " + name(task)));
-    } else if (e.partial && !task.wholeChunks) {
+    } else if (e.partial && !e.partial->started && h.job.unstarted < MAX_UNSTARTED &&
+               !h.timedOutItem) {
+      // It died before it began this chunk (between two): nothing of it ran; it goes out
+      // again, unblamed (a few times: a worker that dies as each chunk arrives is to blame).
+      ++h.job.unstarted;
+      again.push_front(std::move(h.job));
+    } else if (e.partial && e.partial->started && !task.wholeChunks) {
       splitLost(w, h, e, again);
     } else if (h.timedOutItem) {
       end(h, errorPtr<TaskTimeout>(task.pluginName, task.taskName, task.timeout.count(),

@@ -68,6 +68,7 @@ struct Job {
   unsigned items;
   std::uint64_t firstItem;  // the call's index of its first item
   unsigned attempts = 0;    // times resent after its worker crashed running it
+  unsigned unstarted = 0;   // times resent after its worker died before it began it
   // Set for a part of a chunk whose worker died part-way: the chunk's items from `offset` on.
   std::shared_ptr<Assembly> assembly = nullptr;
   unsigned offset = 0;
@@ -138,6 +139,9 @@ class Scheduler {
   static constexpr std::size_t AUTO_IN_FLIGHT = 2;
   static constexpr std::size_t MAX_IN_FLIGHT = 64;
   static constexpr std::chrono::milliseconds QUEUED_WORK{1};
+  // Times a chunk whose worker died before it began it is sent again before that death is
+  // taken for a crash of the chunk.
+  static constexpr unsigned MAX_UNSTARTED = 3;
 
   Scheduler(SchedulerOptions options, StatsCounter& stats);
 

@@ -165,7 +165,11 @@ std::unique_ptr<BigSegmentBuilder> WorkerSession::run(capnp::MessageReader& mess
   abi::InvokeChunkFn invokeChunk = log != nullptr && run.itemStartTimes
                                        ? nullptr
                                        : plugins_[run.plugin].loaded.chunkEntry(run.task);
-  if (log != nullptr) reply->startIn(log->begin(run.id, args.size(), run.itemStartTimes));
+  if (log != nullptr) {
+    const bool opaque =
+        invokeChunk != nullptr && plugins_[run.plugin].loaded.setRunningItem == nullptr;
+    reply->startIn(log->begin(run.id, args.size(), run.itemStartTimes, opaque));
+  }
   logged_ = log != nullptr;
   auto done = reply->initRoot<wire::WorkerMessage>().initChunkDone();
   done.setId(run.id);
@@ -261,6 +265,14 @@ void WorkerSession::logErrors(wire::ChunkDone::Builder done) {
   log_->errors(loggedErrors_);
 }
 
+bool WorkerSession::logReply(BigSegmentBuilder& reply) {
+  return log_ != nullptr && !reply.inRegion() && log_->append(reply);
+}
+
+bool WorkerSession::hostSleeping() {
+  return log_ != nullptr && log_->hostSleeping();
+}
+
 void WorkerSession::replySent() {
   if (logged_) log_->end(logUsed_);
   logged_ = false;
@@ -301,6 +313,8 @@ int converse(int fd) {
   if (!session.loaded()) return EXIT_LOAD_FAILED;
   reader.setMaxWords(session.maxWords());
   reader.acceptShared(session.inbound());
+  capnp::MallocMessageBuilder wake(8);
+  wake.initRoot<wire::WorkerMessage>().setLogged();
   // Each reply leaves as soon as it is made, before the next chunk runs: if that chunk
   // crashes the worker, the host knows exactly which chunk was running.
   for (;;) {
@@ -318,7 +332,11 @@ int converse(int fd) {
       Received message(std::move(words), reader.peerRegion());
       reply = session.run(message.reader());
     }  // the host's region is free again before the host hears of this chunk
-    if (writeMessage(fd, *reply, session.outbound())) reply->handOver();
+    if (!session.logReply(*reply)) {
+      if (writeMessage(fd, *reply, session.outbound())) reply->handOver();
+    } else if (session.hostSleeping()) {
+      writeMessage(fd, wake);  // the host waits on the channel: tell it where the reply is
+    }
     session.replySent();
   }
 }

@@ -57,8 +57,13 @@ class WorkerSession {
   // failures per item; throws ProtocolViolation (or kj::Exception from a lazily checked
   // pointer) for a malformed message.
   std::unique_ptr<BigSegmentBuilder> run(capnp::MessageReader& message);
-  // The reply run() returned has been written to the channel: the reply log (reply_log.h)
-  // may take the next.
+  // Appends the reply run() returned to the reply log's ring (reply_log.h) if it can go
+  // there (no segment in the outbound region, room in the ring); false: it takes the channel.
+  bool logReply(BigSegmentBuilder& reply);
+  // After logReply: whether the host may be asleep, so that the caller wakes it (`logged`).
+  bool hostSleeping();
+  // The reply run() returned has been logged or written to the channel: the reply log may
+  // take the next.
   void replySent();
 
   // The loaded plugins' manifests, in Setup's order.

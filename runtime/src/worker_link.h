@@ -96,6 +96,15 @@ class WorkerLink {
   virtual std::optional<ItemProgress> progress() const { return std::nullopt; }
   // Whether it has a reply log: progress() may say, and its end says what it had finished.
   virtual bool logsReplies() const { return false; }
+  // Takes the replies waiting in its reply log's ring (reply_log.h), reporting them as
+  // messages from the channel are; whether it took any. Called each dispatcher round.
+  virtual bool takeLogged() { return false; }
+  // Whether replies wait there.
+  virtual bool hasLogged() const { return false; }
+  // The dispatcher is about to wait: the worker is to wake it when it logs a reply. False if
+  // one is waiting already (then it must not wait). awake() when the wait is over.
+  virtual bool mayWait() { return true; }
+  virtual void awake() {}
   // Queues a Run of `items` items (numbered by the session: kind says whether it is the
   // initializer's or a chunk); flush() writes it. Dropped if the channel has ended.
   virtual void send(std::shared_ptr<capnp::MessageBuilder> run, unsigned items,

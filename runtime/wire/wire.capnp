@@ -70,6 +70,21 @@
 # that are run again if the worker dies. Once the reply has been written to the stream, the
 # worker stores 0 in `run` and zeroes what the message used.
 #
+# Finished replies. The data's second half is a ring of finished replies, which saves their
+# system calls: a worker may append a reply there instead of writing it to the stream (a
+# frame with every segment inline, of at most 8192 words), as a record of one UInt64, the
+# frame's size in words, followed by the frame; a record that would not fit before the ring's
+# end is preceded by the word 2^64-1 ("go on at the start") in the room left. Header words:
+#   7 head      words ever appended (the worker stores it once the record is written)
+#   8 tail      words ever taken (the host stores it once it has copied the record out)
+#   9 sleeping  1 while the host may be asleep: a worker that appends then changes it to 0
+#               and sends `logged` on the stream, which wakes the host
+# The host sets `sleeping` before it waits and then looks at the ring once more; it takes
+# replies from the ring and the stream in the order of their runs (each reply still answers
+# the oldest unanswered run: one in the ring that answers a later run waits for the replies
+# before it, which come on the stream). A record that breaks these rules, or a frame that is
+# not one whole frame within the caps, is a protocol error like a malformed message.
+#
 # A host whose worker died reads the log if `run` names the oldest unanswered chunk: the first
 # `finished` results and the first `errors` errors (each index below `finished`, increasing),
 # with the same checks and limits as a ChunkDone from the stream, the segment bounded by the
@@ -116,6 +131,8 @@ struct WorkerMessage {
     hello @0 :Hello;
     chunkDone @1 :ChunkDone;
     crash @2 :Crash;
+    logged @3 :Void;
+    # A wake-up: replies wait in the reply log's ring ("The reply log"). The host takes them.
   }
 }
 

@@ -146,6 +146,8 @@ bool handleMessage(HostSession& session, kj::Array<capnp::word> words, unsigned 
         static_cast<void>(error.stackTrace().size() + std::string_view(error.what()).size());
         return true;
       }
+      case HostSession::Incoming::WAKE:
+        return true;
     }
   } catch (const ProtocolViolation&) {
   }

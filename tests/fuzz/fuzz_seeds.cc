@@ -71,6 +71,7 @@ class SeedWriter {
     ::mkdir((dir_ + "/host").c_str(), 0755);
     ::mkdir((dir_ + "/preamble").c_str(), 0755);
     ::mkdir((dir_ + "/log").c_str(), 0755);
+    ::mkdir((dir_ + "/ring").c_str(), 0755);
     capnp::MallocMessageBuilder builder;
     auto setup = builder.initRoot<wire::HostMessage>().initSetup();
     setup.setProtocolVersion(wire::PROTOCOL_VERSION);
@@ -207,6 +208,17 @@ class SeedWriter {
       // (fuzz_log reads it from the high half).
       header[LOG_RUNNING - 1] = (std::uint64_t{k} + 1) << 32 | LOG_ITEM_UNKNOWN;
       write(task + "-reported-" + std::to_string(k));
+    }
+    // The reply, finished, in the log's ring behind the earlier seeds' (fuzz_ring reads it):
+    // the ring's head and tail, then its words from its start.
+    if (logSession_.logReply(*done)) {
+      const std::uint64_t ends[2] = {log_->headerWord(LOG_HEAD).load(),
+                                     log_->headerWord(LOG_TAIL).load()};
+      const std::size_t half = log_->capacityWords() / 2;
+      const auto ring = log_->words(half, std::min<std::size_t>(ends[0], half)).asBytes();
+      std::string bytes(reinterpret_cast<const char*>(ends), sizeof ends);
+      bytes.append(ring.begin(), ring.end());
+      writeBytes(dir_ + "/ring/" + task, bytes);
     }
     logSession_.replySent();  // the log takes the next reply from its start
   }
