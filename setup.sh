@@ -60,29 +60,34 @@ build() {
 demo_targets=(runtime/plugpool-worker plugins/libexamples.so examples/pool_speedup)
 
 # Prints "N passed, N failed" over the given meson test logs (testlog[-SETUP].json), counting
-# the pytest suite (meson test `python`) by its own cases (its JUnit report next to the log);
-# fails if any test did not pass.
+# the pytest suite (meson test `python`) by its own cases (its JUnit report next to the log), with
+# a line naming each test that did not pass just above it, where a CI log's tail shows it; fails
+# if any test did not pass.
 summarize() {
   python3 - "$@" <<'PY'
 import json, os, sys
 import xml.etree.ElementTree as ET
-results = []
+results = []  # (name, result)
 for path in sys.argv[1:]:
+    build = os.path.basename(os.path.dirname(os.path.dirname(path)))
     for line in open(path):
         if not line.strip():
             continue
         entry = json.loads(line)
+        name = f"{build}: {entry['name']}"
         junit = os.path.join(os.path.dirname(path), "pytest.xml")
         if entry["name"].endswith(" / python") and entry["result"] == "OK" and os.path.exists(junit):
             for case in ET.parse(junit).getroot().iter("testcase"):
                 bad = any(c.tag in ("failure", "error") for c in case)
-                results.append("FAIL" if bad else "OK")
+                results.append((f"{name} :: {case.get('name')}", "FAIL" if bad else "OK"))
         else:
-            results.append(entry["result"])
-passed = sum(r == "OK" for r in results)
-failed = len(results) - passed
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed or not results else 0)
+            results.append((name, entry["result"]))
+failures = [(name, result) for name, result in results if result != "OK"]
+for name, result in failures:
+    print(f"{result}: {name}")
+passed = len(results) - len(failures)
+print(f"{passed} passed, {len(failures)} failed")
+sys.exit(1 if failures or not results else 0)
 PY
 }
 
