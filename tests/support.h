@@ -137,6 +137,37 @@ inline std::chrono::milliseconds ageOf(int pid) {
   return std::chrono::milliseconds(static_cast<long long>(age * 1000));
 }
 
+// The mappings of this process advised for huge pages (madvise MADV_HUGEPAGE), one line each
+// ("from-to perms ..."), and their total size.
+struct Advised {
+  std::size_t bytes = 0;
+  std::string mappings;
+};
+inline Advised hugePageMappings() {
+  std::ifstream smaps("/proc/self/smaps");
+  Advised advised;
+  std::size_t size = 0;
+  std::string mapping;
+  for (std::string line; std::getline(smaps, line);) {
+    if (line.rfind("VmFlags:", 0) == 0) {
+      std::istringstream flags(line.substr(8));
+      for (std::string flag; flags >> flag;) {
+        if (flag != "hg") continue;
+        advised.bytes += size;
+        advised.mappings += mapping + "\n";
+      }
+      continue;
+    }
+    // A mapping's first line: "from-to perms offset device inode [path]"; field lines
+    // ("Rss:   4 kB") have no '-' before their first space.
+    auto space = line.find(' '), dash = line.find('-');
+    if (dash == std::string::npos || dash > space) continue;
+    size = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16) -
+           std::stoull(line.substr(0, dash), nullptr, 16);
+    mapping = line;
+  }
+  return advised;
+}
 inline std::string fixture(const std::string& name) {
   return std::string(FIXTURES_DIR) + "/lib" + name + ".so";
 }

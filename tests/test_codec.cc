@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <span>
@@ -21,6 +23,7 @@
 #include <catch2/catch.hpp>
 
 #include "geometry.capnp.h"
+#include "support.h"
 
 namespace {
 
@@ -191,6 +194,41 @@ TEST_CASE("lists of integers, booleans and doubles round-trip through a tuple st
   const std::vector<std::int8_t> small{-128, -1, 0, 127};
   CHECK(roundTripOne<std::vector<std::int8_t>>(small) == small);
 }
+
+// copyBytes asks for huge pages for a large copy's fresh memory. glibc serves a block below
+// its mmap threshold (which rises to 32 MiB as mapped blocks are freed) from its heap, which
+// outlives the block: advice there would stay on memory the allocator keeps and reuses, and
+// khugepaged could back that freed memory with huge pages. So only a block of 32 MiB or more
+// (a mapping of its own, which free unmaps) is advised.
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)  // glibc's allocator
+TEST_CASE("a large Bytes copy leaves no huge-page advice on the heap once it is freed") {
+  const std::size_t before = testing::hugePageMappings().bytes;
+  // Freeing a mapped block of 16 MiB raises glibc's threshold above the 3 MiB copies below,
+  // as a pool's results did in test_payloads: they come from the heap.
+  void* volatile mapped = std::malloc(std::size_t{16} << 20);  // volatile: not elided
+  std::free(mapped);
+  const Bytes in(std::size_t{3} << 20, std::byte{7});
+  for (int i = 0; i < 4; ++i) {
+    Bytes copy = plugpool::codec::copyBytes(in);
+    // A block after it (larger than any free one before it), so that freeing the copy
+    // cannot give its pages back to the system.
+    std::vector<char> after(std::size_t{256} << 10);
+    REQUIRE(copy == in);
+    Bytes().swap(copy);  // frees it (assigning {} would keep its capacity)
+    INFO(testing::hugePageMappings().mappings);
+    REQUIRE(testing::hugePageMappings().bytes == before);
+  }
+  // A copy of 32 MiB or more has a mapping of its own: advised, and unmapped with it.
+  Bytes large = plugpool::codec::copyBytes(Bytes(std::size_t{40} << 20, std::byte{1}));
+  REQUIRE(large.size() == std::size_t{40} << 20);
+  // (A kernel without transparent huge pages refuses the advice.)
+  if (std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) {
+    REQUIRE(testing::hugePageMappings().bytes > before);
+  }
+  Bytes().swap(large);
+  REQUIRE(testing::hugePageMappings().bytes == before);
+}
+#endif
 
 TEST_CASE("a list of texts round-trips through a tuple struct") {
   const std::vector<std::string> words{"alpha", "", std::string("nul\0inside", 10), "omega"};

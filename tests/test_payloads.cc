@@ -40,24 +40,7 @@ Bytes pattern(std::size_t size, unsigned seed) {
 // (codec.h's copyBytes too, inside a large result while it lives), not the allocators: the
 // sanitizers' own mappings, which come and go and split as they like, do not count.
 std::size_t hugePageBytes() {
-  std::ifstream smaps("/proc/self/smaps");
-  std::size_t total = 0, size = 0;
-  for (std::string line; std::getline(smaps, line);) {
-    if (line.rfind("VmFlags:", 0) == 0) {
-      std::istringstream flags(line.substr(8));
-      for (std::string flag; flags >> flag;) {
-        if (flag == "hg") total += size;
-      }
-      continue;
-    }
-    // A mapping's first line: "from-to perms offset device inode [path]"; field lines
-    // ("Rss:   4 kB") have no '-' before their first space.
-    auto space = line.find(' '), dash = line.find('-');
-    if (dash == std::string::npos || dash > space) continue;
-    size = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16) -
-           std::stoull(line.substr(0, dash), nullptr, 16);
-  }
-  return total;
+  return testing::hugePageMappings().bytes;
 }
 
 // RssShmem of process `pid` in KiB: the shared-memory pages it has mapped in.
@@ -125,7 +108,9 @@ TEST_CASE("large payloads round-trip intact and their buffers are released") {
       return testing::eventually([&] { return hugePageBytes() <= advised; },
                                  std::chrono::seconds(5));
     });
-    INFO("advised for huge pages: " << hugePageBytes() << " bytes, " << advised << " before");
+    const testing::Advised now = testing::hugePageMappings();
+    INFO("advised for huge pages: " << now.bytes << " bytes, " << advised << " before:\n"
+                                    << now.mappings);
     REQUIRE(released);
 #else
     static_cast<void>(advised);

@@ -277,11 +277,15 @@ inline std::span<const std::byte> readData(capnp::AnyPointer::Reader in) {
 
 // A copy of `view`. Fresh memory is faulted in a page at a time, which for a large copy costs
 // several times the copy itself; so a large one first asks the kernel for transparent huge
-// pages (madvise MADV_HUGEPAGE, a hint: without them it is an ordinary copy).
+// pages (madvise MADV_HUGEPAGE, a hint: without them it is an ordinary copy). Only a block
+// of ADVISED_COPY_BYTES or more, which glibc's malloc always serves with a mapping of its own
+// (its mmap threshold never exceeds 32 MiB) that free unmaps: a smaller one may come from
+// the heap, where the advice would outlive the block, on memory the allocator keeps.
+inline constexpr std::size_t ADVISED_COPY_BYTES = std::size_t{32} << 20;
 inline Bytes copyBytes(std::span<const std::byte> view) {
   constexpr std::uintptr_t HUGE_PAGE = std::uintptr_t{2} << 20;
   Bytes bytes;
-  if (view.size() >= HUGE_PAGE) {
+  if (view.size() >= ADVISED_COPY_BYTES) {
     bytes.reserve(view.size());
     const auto at = reinterpret_cast<std::uintptr_t>(bytes.data());
     const std::uintptr_t from = (at + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
