@@ -10,7 +10,7 @@
 //   failed: 0
 //   mean size: 328.7 x 324.2 pixels
 //   mean brightness: 126.2
-//   time: 2.17s with 2 workers (1387 images/s)
+//   time: 1.00s with 2 workers (3015 images/s)
 //
 // Each failed file prints one line before the summary, in file-name order:
 //   failed: imagefeatures::ImageError: /tmp/images/x.png: not a PNG or JPEG file
