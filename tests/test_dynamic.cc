@@ -202,6 +202,14 @@ TEST_CASE(
         });
     REQUIRE_THROWS_MATCHES(Pool(o), std::invalid_argument,
                            Catch::Message("this value does not fit"));
+    // However many workers report their plugins in the same dispatcher round as the first:
+    // none of them may find the initializer half bound (it once called an empty encoder,
+    // and the start failed with bad_function_call instead).
+    o.workers = 6;
+    for (int round = 0; round < 5; ++round) {
+      REQUIRE_THROWS_MATCHES(Pool(o), std::invalid_argument,
+                             Catch::Message("this value does not fit"));
+    }
     o.initializer = plugpool::dynamicInitializer(
         "examples", "nope",
         [](capnp::AnyStruct::Builder, const plugpool::PluginInfo&, const plugpool::TaskInfo&) {});

@@ -409,6 +409,10 @@ bool Core::startWorker() {
 }
 
 void Core::hello(Worker& w, HelloContent hello) {
+  // The start has failed (startError_ is set only then), by another worker's Hello in this
+  // dispatcher round or before: this worker is being stopped with the rest, and nothing is
+  // sent to it.
+  if (startError_) return;
   if (!hello.loadError.empty()) {
     // The worker exits by itself after this; its exit is not a second failure.
     w.onPurpose = true;
@@ -431,10 +435,13 @@ void Core::hello(Worker& w, HelloContent hello) {
           // Bound by the manifest's own types; an unknown task fails in bindByName.
           const PluginInfo* plugin = findPluginInfo(plugins_, init.plugin_);
           const TaskInfo* info = plugin ? plugin->find(init.task_) : nullptr;
-          initializer_ = bindByName(plugins_, init.plugin_, init.task_,
-                                    info ? info->argTypes : std::vector<std::string>{},
-                                    info ? info->resultType : std::string{});
+          auto bound = bindByName(plugins_, init.plugin_, init.task_,
+                                  info ? info->argTypes : std::vector<std::string>{},
+                                  info ? info->resultType : std::string{});
           init.resolve(*plugin, *info);  // may throw what the front end's encoder threw
+          // Only now: a worker whose Hello follows must never find it bound without its
+          // arguments.
+          initializer_ = std::move(bound);
         } else {
           initializer_ =
               bindByName(plugins_, init.plugin_, init.task_, init.argTypes_, init.resultType_);
